@@ -1,0 +1,714 @@
+//! `portico-backend`: the demo services for `make run` and the benchmark backend for `make bench`.
+//!
+//! One process serves any number of named listeners (`users=127.0.0.1:3001 ...`); every listener
+//! answers every endpoint and tags its answers with `x-backend: NAME@ADDR`, so a demo through the
+//! gateway shows which target answered. It is a benchmark backend first: the hot routes (`/` and
+//! `/ping`) answer from static bytes with no logging and no allocation beyond hyper's own, so the
+//! backend is never the bottleneck when the gateway is measured.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+const USAGE: &str = "usage: portico-backend [--threads N] NAME=ADDR [NAME=ADDR ...]\n\
+                     example: portico-backend users=127.0.0.1:3001 orders=127.0.0.1:3002";
+
+/// Largest `/bytes/{n}` answer; above it the client gets a 400.
+const MAX_BYTES: usize = 16 * 1024 * 1024;
+/// `/delay/{ms}` waits at most this long, so a typo cannot park a connection for hours.
+const MAX_DELAY_MS: u64 = 60_000;
+/// `/echo` returns the body as a string only below this size; it still counts every byte.
+const ECHO_BODY_LIMIT: usize = 64 * 1024;
+
+const X_BACKEND: HeaderName = HeaderName::from_static("x-backend");
+const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
+
+type Resp = Response<Full<Bytes>>;
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, PartialEq, Eq)]
+struct Args {
+    threads: usize,
+    listeners: Vec<(String, String)>,
+}
+
+/// Hand-parsed on purpose: the binary has two options and must start fast with few deps.
+/// `Ok(None)` means `--help` was asked for.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
+    let mut threads = 1;
+    let mut listeners = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let threads_value = if arg == "--threads" || arg == "-t" {
+            Some(args.next().ok_or("--threads needs a value")?)
+        } else {
+            arg.strip_prefix("--threads=").map(str::to_owned)
+        };
+        if let Some(value) = threads_value {
+            threads = match value.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(format!(
+                        "--threads must be a positive number, got {value:?}"
+                    ))
+                }
+            };
+        } else if arg == "--help" || arg == "-h" {
+            return Ok(None);
+        } else if arg.starts_with('-') {
+            return Err(format!("unknown option {arg:?}"));
+        } else {
+            match arg.split_once('=') {
+                Some((name, addr)) if !name.is_empty() && !addr.is_empty() => {
+                    listeners.push((name.to_owned(), addr.to_owned()));
+                }
+                _ => return Err(format!("expected NAME=ADDR, got {arg:?}")),
+            }
+        }
+    }
+    if listeners.is_empty() {
+        return Err("no listeners given".to_owned());
+    }
+    Ok(Some(Args { threads, listeners }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch: a pure function from method + path to what to answer
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
+    /// `/` and `/ping`: the benchmark route.
+    Ok,
+    Health,
+    Users,
+    User(&'a str),
+    Orders,
+    Order(&'a str),
+    UserOrders(&'a str),
+    Products,
+    Product(&'a str),
+    Echo,
+    Bytes(usize),
+    Delay(u64),
+    Status(StatusCode),
+    BadRequest(&'static str),
+    NotFound,
+}
+
+fn dispatch<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
+    if path == "/echo" || path.starts_with("/echo/") {
+        return Endpoint::Echo;
+    }
+    // HEAD rides along with GET; hyper drops the body.
+    if method != Method::GET && method != Method::HEAD {
+        return Endpoint::NotFound;
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Endpoint::NotFound;
+    };
+    // No endpoint has more than three segments; a fixed array keeps the hot path allocation-free.
+    let mut segments = [""; 3];
+    let mut count = 0;
+    for segment in rest.split('/') {
+        if count == segments.len() {
+            return Endpoint::NotFound;
+        }
+        segments[count] = segment;
+        count += 1;
+    }
+    match segments[..count] {
+        [""] | ["ping"] => Endpoint::Ok,
+        ["health"] => Endpoint::Health,
+        ["users"] => Endpoint::Users,
+        ["users", id] if !id.is_empty() => Endpoint::User(id),
+        ["orders"] => Endpoint::Orders,
+        ["orders", "user", id] if !id.is_empty() => Endpoint::UserOrders(id),
+        ["orders", id] if !id.is_empty() => Endpoint::Order(id),
+        ["products"] => Endpoint::Products,
+        ["products", id] if !id.is_empty() => Endpoint::Product(id),
+        ["bytes", n] => match n.parse::<usize>() {
+            Ok(n) if n <= MAX_BYTES => Endpoint::Bytes(n),
+            Ok(_) => Endpoint::BadRequest("n must be at most 16777216 (16 MiB)"),
+            Err(_) => Endpoint::BadRequest("n must be a non-negative integer"),
+        },
+        ["delay", ms] => match ms.parse::<u64>() {
+            Ok(ms) => Endpoint::Delay(ms.min(MAX_DELAY_MS)),
+            Err(_) => Endpoint::BadRequest("ms must be a non-negative integer"),
+        },
+        // 1xx are not final answers, so only 200..=599 make sense here.
+        ["status", code] => match code.parse::<u16>().ok().filter(|c| (200..=599).contains(c)) {
+            Some(code) => match StatusCode::from_u16(code) {
+                Ok(status) => Endpoint::Status(status),
+                Err(_) => Endpoint::BadRequest("code must be between 200 and 599"),
+            },
+            None => Endpoint::BadRequest("code must be between 200 and 599"),
+        },
+        _ => Endpoint::NotFound,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic fake data
+// ---------------------------------------------------------------------------------------------
+
+/// FNV-1a: a stable hash, so the same id always yields the same fake record across runs.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Money is computed in cents and only turned into a decimal at the end, so totals add up.
+fn dollars(cents: u64) -> f64 {
+    cents as f64 / 100.0
+}
+
+fn user(id: &str) -> Value {
+    let tier = if fnv1a(id).is_multiple_of(4) {
+        "premium"
+    } else {
+        "standard"
+    };
+    json!({
+        "id": id,
+        "name": format!("User {id}"),
+        "email": format!("user{id}@example.com"),
+        "tier": tier,
+    })
+}
+
+fn product(id: &str) -> Value {
+    let hash = fnv1a(id);
+    json!({
+        "id": id,
+        "name": format!("Product {id}"),
+        "price": dollars(199 + hash % 9_800),
+        "currency": "USD",
+        "in_stock": !hash.is_multiple_of(5),
+    })
+}
+
+/// Order ids made by `/orders/user/{id}` look like `{user_id}-{n}`, so `/orders/{that id}` names
+/// the same user; any other id gets a user derived from its hash.
+fn order(id: &str) -> Value {
+    let hash = fnv1a(id);
+    let user_id = match id.rsplit_once('-') {
+        Some((user_id, _)) if !user_id.is_empty() => user_id.to_owned(),
+        _ => (hash % 1000 + 1).to_string(),
+    };
+    let item_count = 1 + hash % 3;
+    let mut total_cents = 0;
+    let items: Vec<Value> = (0..item_count)
+        .map(|i| {
+            let item_hash = hash.rotate_left(8 * i as u32 + 8);
+            let quantity = 1 + item_hash % 4;
+            let price_cents = 199 + (item_hash >> 8) % 4_800;
+            total_cents += quantity * price_cents;
+            json!({
+                "product_id": ((item_hash >> 16) % 100 + 1).to_string(),
+                "quantity": quantity,
+                "price": dollars(price_cents),
+            })
+        })
+        .collect();
+    json!({
+        "id": id,
+        "user_id": user_id,
+        "total": dollars(total_cents),
+        "items": items,
+    })
+}
+
+fn user_orders(user_id: &str) -> Value {
+    let count = 2 + fnv1a(user_id) % 2;
+    Value::Array(
+        (1..=count)
+            .map(|n| order(&format!("{user_id}-{n}")))
+            .collect(),
+    )
+}
+
+/// JSON bodies end with a newline so `curl` output in a demo terminal stays readable.
+fn json_body(value: &Value) -> Bytes {
+    let mut body = value.to_string().into_bytes();
+    body.push(b'\n');
+    Bytes::from(body)
+}
+
+/// One shared buffer of `x` for `/bytes/{n}`: every answer is a cheap slice of it. Built on first
+/// use so a demo that never asks for bytes does not pay 16 MiB.
+fn x_bytes(n: usize) -> Bytes {
+    static XS: OnceLock<Bytes> = OnceLock::new();
+    XS.get_or_init(|| Bytes::from(vec![b'x'; MAX_BYTES]))
+        .slice(..n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service
+// ---------------------------------------------------------------------------------------------
+
+/// One named listener's state. Leaked to `'static` at bind time: it lives as long as the process,
+/// and a plain reference saves an `Arc` refcount round trip per request.
+struct Backend {
+    x_backend: HeaderValue,
+    health: Bytes,
+    users: Bytes,
+    orders: Bytes,
+    products: Bytes,
+    http: http1::Builder,
+}
+
+impl Backend {
+    fn new(name: &str, addr: SocketAddr) -> Result<Self, String> {
+        let x_backend = HeaderValue::from_str(&format!("{name}@{addr}"))
+            .map_err(|_| format!("{name:?} is not a valid header value"))?;
+        // No timer is set, so hyper arms no per-request header-read timer; keep-alive is the
+        // default and is what wrk measures.
+        let mut http = http1::Builder::new();
+        http.keep_alive(true);
+        Ok(Backend {
+            x_backend,
+            health: json_body(&json!({"status": "ok", "service": name})),
+            users: json_body(&Value::Array(["1", "2", "3"].map(user).into())),
+            orders: json_body(&Value::Array(["1-1", "2-1", "3-1"].map(order).into())),
+            products: json_body(&Value::Array(["1", "2", "3"].map(product).into())),
+            http,
+        })
+    }
+
+    fn respond(&self, status: StatusCode, content_type: HeaderValue, body: Bytes) -> Resp {
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, content_type);
+        headers.insert(X_BACKEND, self.x_backend.clone());
+        // Content-Length comes from hyper: a `Full` body has an exact size hint.
+        response
+    }
+
+    fn json(&self, status: StatusCode, value: &Value) -> Resp {
+        self.respond(status, APPLICATION_JSON, json_body(value))
+    }
+
+    async fn handle(&'static self, request: Request<Incoming>) -> Result<Resp, Infallible> {
+        let endpoint = dispatch(request.method(), request.uri().path());
+        let ok = StatusCode::OK;
+        Ok(match endpoint {
+            Endpoint::Ok => self.respond(ok, TEXT_PLAIN, Bytes::from_static(b"ok\n")),
+            Endpoint::Health => self.respond(ok, APPLICATION_JSON, self.health.clone()),
+            Endpoint::Users => self.respond(ok, APPLICATION_JSON, self.users.clone()),
+            Endpoint::Orders => self.respond(ok, APPLICATION_JSON, self.orders.clone()),
+            Endpoint::Products => self.respond(ok, APPLICATION_JSON, self.products.clone()),
+            Endpoint::User(id) => self.json(ok, &user(id)),
+            Endpoint::Order(id) => self.json(ok, &order(id)),
+            Endpoint::UserOrders(id) => self.json(ok, &user_orders(id)),
+            Endpoint::Product(id) => self.json(ok, &product(id)),
+            Endpoint::Echo => self.echo(request).await,
+            Endpoint::Bytes(n) => self.respond(ok, OCTET_STREAM, x_bytes(n)),
+            Endpoint::Delay(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                self.json(ok, &json!({"delayed_ms": ms}))
+            }
+            Endpoint::Status(status)
+                if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED =>
+            {
+                // These two must not carry a body.
+                let mut response = self.respond(status, APPLICATION_JSON, Bytes::new());
+                response.headers_mut().remove(CONTENT_TYPE);
+                response
+            }
+            Endpoint::Status(status) => self.json(status, &json!({"status": status.as_u16()})),
+            Endpoint::BadRequest(why) => self.json(StatusCode::BAD_REQUEST, &json!({"error": why})),
+            Endpoint::NotFound => self.respond(
+                StatusCode::NOT_FOUND,
+                APPLICATION_JSON,
+                Bytes::from_static(b"{\"error\":\"not found\"}\n"),
+            ),
+        })
+    }
+
+    /// Answers with what arrived, so gateway tests can see exactly what was forwarded.
+    async fn echo(&self, request: Request<Incoming>) -> Resp {
+        let (parts, mut body) = request.into_parts();
+        // Count every byte but keep only a small body: a large upload must not be buffered.
+        let mut body_bytes = 0usize;
+        let mut kept: Option<Vec<u8>> = Some(Vec::new());
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return self.json(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "request body could not be read"}),
+                );
+            };
+            if let Ok(data) = frame.into_data() {
+                body_bytes += data.len();
+                if let Some(buf) = kept.as_mut() {
+                    if buf.len() + data.len() < ECHO_BODY_LIMIT {
+                        buf.extend_from_slice(&data);
+                    } else {
+                        kept = None;
+                    }
+                }
+            }
+        }
+        let body_text = kept
+            .and_then(|buf| String::from_utf8(buf).ok())
+            .map_or(Value::Null, Value::String);
+
+        let mut headers = serde_json::Map::new();
+        for name in parts.headers.keys() {
+            let values: Vec<_> = parts
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                .collect();
+            headers.insert(name.as_str().to_owned(), Value::String(values.join(", ")));
+        }
+        self.json(
+            StatusCode::OK,
+            &json!({
+                "method": parts.method.as_str(),
+                "path": parts.uri.path(),
+                "query": parts.uri.query().unwrap_or(""),
+                "headers": headers,
+                "body_bytes": body_bytes,
+                "body": body_text,
+            }),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listeners and main
+// ---------------------------------------------------------------------------------------------
+
+/// Binds one named listener. `x-backend` names the bound address, so `:0` shows the real port.
+async fn bind(name: &str, addr: &str) -> Result<(TcpListener, &'static Backend), String> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot bind {name} to {addr}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the address of {name}: {e}"))?;
+    let backend: &'static Backend = Box::leak(Box::new(Backend::new(name, local)?));
+    Ok((listener, backend))
+}
+
+async fn serve(listener: TcpListener, backend: &'static Backend) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning on the same error.
+                eprintln!("portico-backend: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Small answers must leave at once, not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| backend.handle(request));
+            // Clients that reset or vanish mid-request are routine under load: not worth a line.
+            let _ = backend
+                .http
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn shutdown_signal() -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    // Bind everything before serving anything, so a bad address fails the whole start.
+    let mut bound = Vec::with_capacity(args.listeners.len());
+    for (name, addr) in &args.listeners {
+        bound.push((name, bind(name, addr).await?));
+    }
+    for (name, (listener, backend)) in bound {
+        let local = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the address of {name}: {e}"))?;
+        println!("portico-backend: {name} listening on {local}");
+        tokio::spawn(serve(listener, backend));
+    }
+    shutdown_signal().await
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("portico-backend: {message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("portico-backend: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(args));
+    // Open keep-alive connections and pending delays are dropped, not drained: this is a test
+    // backend and callers expect it to stop at once.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("portico-backend: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    #[test]
+    fn dispatch_table() {
+        let get = Method::GET;
+        let cases: &[(&Method, &str, Endpoint)] = &[
+            (&get, "/", Endpoint::Ok),
+            (&get, "/ping", Endpoint::Ok),
+            (&Method::HEAD, "/", Endpoint::Ok),
+            (&get, "/health", Endpoint::Health),
+            (&get, "/users", Endpoint::Users),
+            (&get, "/users/42", Endpoint::User("42")),
+            (&get, "/users/", Endpoint::NotFound),
+            (&get, "/users/42/extra", Endpoint::NotFound),
+            (&get, "/orders", Endpoint::Orders),
+            (&get, "/orders/7", Endpoint::Order("7")),
+            (&get, "/orders/user/42", Endpoint::UserOrders("42")),
+            (&get, "/orders/user", Endpoint::Order("user")),
+            (&get, "/products", Endpoint::Products),
+            (&get, "/products/abc", Endpoint::Product("abc")),
+            (&get, "/echo", Endpoint::Echo),
+            (&Method::POST, "/echo", Endpoint::Echo),
+            (&Method::DELETE, "/echo/a/b/c/d", Endpoint::Echo),
+            (&get, "/echoes", Endpoint::NotFound),
+            (&get, "/bytes/16384", Endpoint::Bytes(16384)),
+            (&get, "/bytes/0", Endpoint::Bytes(0)),
+            (&get, "/bytes/16777216", Endpoint::Bytes(MAX_BYTES)),
+            (
+                &get,
+                "/bytes/16777217",
+                Endpoint::BadRequest("n must be at most 16777216 (16 MiB)"),
+            ),
+            (
+                &get,
+                "/bytes/lots",
+                Endpoint::BadRequest("n must be a non-negative integer"),
+            ),
+            (&get, "/delay/250", Endpoint::Delay(250)),
+            (&get, "/delay/999999", Endpoint::Delay(MAX_DELAY_MS)),
+            (
+                &get,
+                "/status/503",
+                Endpoint::Status(StatusCode::SERVICE_UNAVAILABLE),
+            ),
+            (
+                &get,
+                "/status/100",
+                Endpoint::BadRequest("code must be between 200 and 599"),
+            ),
+            (
+                &get,
+                "/status/600",
+                Endpoint::BadRequest("code must be between 200 and 599"),
+            ),
+            (&Method::POST, "/users", Endpoint::NotFound),
+            (&get, "/nope", Endpoint::NotFound),
+            (&get, "/a/b/c/d", Endpoint::NotFound),
+            (&get, "*", Endpoint::NotFound),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(&dispatch(method, path), want, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn fake_data_is_deterministic_and_consistent() {
+        assert_eq!(user("42"), user("42"));
+        assert_eq!(user("42")["email"], "user42@example.com");
+        let orders = user_orders("42");
+        let orders = orders.as_array().unwrap();
+        assert!((2..=3).contains(&orders.len()));
+        for listed in orders {
+            assert_eq!(listed["user_id"], "42");
+            // The same order fetched by id is the same record.
+            assert_eq!(*listed, order(listed["id"].as_str().unwrap()));
+            let items = listed["items"].as_array().unwrap();
+            let sum: f64 = items
+                .iter()
+                .map(|i| i["quantity"].as_f64().unwrap() * i["price"].as_f64().unwrap())
+                .sum();
+            assert!((sum - listed["total"].as_f64().unwrap()).abs() < 0.005);
+        }
+    }
+
+    #[test]
+    fn args() {
+        let parse = |s: &str| parse_args(s.split_whitespace().map(str::to_owned));
+        assert_eq!(
+            parse("--threads 2 users=127.0.0.1:3001 orders=127.0.0.1:3002"),
+            Ok(Some(Args {
+                threads: 2,
+                listeners: vec![
+                    ("users".into(), "127.0.0.1:3001".into()),
+                    ("orders".into(), "127.0.0.1:3002".into()),
+                ],
+            }))
+        );
+        assert_eq!(parse("--threads=3 a=x:1").unwrap().unwrap().threads, 3);
+        assert_eq!(parse("--help"), Ok(None));
+        assert!(parse("").is_err());
+        assert!(parse("--threads 0 a=x:1").is_err());
+        assert!(parse("--threads").is_err());
+        assert!(parse("users").is_err());
+        assert!(parse("--bogus a=x:1").is_err());
+    }
+
+    struct RawResponse {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl RawResponse {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// A raw HTTP/1.1 exchange: `Connection: close` lets the response end at EOF.
+    async fn fetch(addr: SocketAddr, request: &str) -> RawResponse {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = std::str::from_utf8(&raw[..split]).unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+        let headers = lines
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.to_owned(), v.trim().to_owned())
+            })
+            .collect();
+        RawResponse {
+            status: status.parse().unwrap(),
+            headers,
+            body: raw[split + 4..].to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_health_and_echo_over_tcp() {
+        let (listener, backend) = bind("test", "127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, backend));
+
+        let health = fetch(
+            addr,
+            "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(health.status, 200);
+        assert_eq!(health.header("content-type"), Some("application/json"));
+        assert_eq!(
+            health.header("x-backend"),
+            Some(format!("test@{addr}").as_str())
+        );
+        assert_eq!(
+            health.header("content-length"),
+            Some(health.body.len().to_string().as_str())
+        );
+        let body: Value = serde_json::from_slice(&health.body).unwrap();
+        assert_eq!(body, json!({"status": "ok", "service": "test"}));
+
+        let echo = fetch(
+            addr,
+            "POST /echo/x?a=1&b=2 HTTP/1.1\r\nHost: t\r\nX-Multi: one\r\nX-Multi: two\r\n\
+             Content-Length: 5\r\nConnection: close\r\n\r\nhello",
+        )
+        .await;
+        assert_eq!(echo.status, 200);
+        let body: Value = serde_json::from_slice(&echo.body).unwrap();
+        assert_eq!(body["method"], "POST");
+        assert_eq!(body["path"], "/echo/x");
+        assert_eq!(body["query"], "a=1&b=2");
+        assert_eq!(body["headers"]["x-multi"], "one, two");
+        assert_eq!(body["headers"]["host"], "t");
+        assert_eq!(body["body_bytes"], 5);
+        assert_eq!(body["body"], "hello");
+
+        let ok = fetch(
+            addr,
+            "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(ok.header("content-type"), Some("text/plain"));
+        assert_eq!(ok.body, b"ok\n");
+
+        let missing = fetch(
+            addr,
+            "GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(missing.status, 404);
+    }
+}

@@ -1,0 +1,49 @@
+//! What a plugin knows about the request it is looking at, beyond the request itself.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Per-request state shared by the plugins of one route. The gateway fills in the route,
+/// client address and request id; authentication plugins fill in `identity`, which later
+/// plugins (rate limiting by consumer or tier) and the access log read.
+#[derive(Debug, Clone)]
+pub struct PluginCtx {
+    /// The configured name of the matched route.
+    pub route: Arc<str>,
+    /// The client's address, after `trusted_proxies` decided whether to believe
+    /// `X-Forwarded-For`.
+    pub client_ip: IpAddr,
+    pub request_id: String,
+    /// Set once a plugin has verified who is calling.
+    pub identity: Option<Identity>,
+}
+
+impl PluginCtx {
+    pub fn new(route: Arc<str>, client_ip: IpAddr, request_id: String) -> Self {
+        PluginCtx {
+            route,
+            client_ip,
+            request_id,
+            identity: None,
+        }
+    }
+
+    /// A verified claim's value, if an authentication plugin recorded one.
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.identity
+            .as_ref()
+            .and_then(|id| id.claims.get(name))
+            .map(String::as_str)
+    }
+}
+
+/// A caller whose identity a plugin has verified (a JWT, an API key).
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// The consumer's name: a configured `[consumers.NAME]`, or a token's subject.
+    pub consumer: String,
+    pub tier: Option<String>,
+    /// Verified claims, as strings, for templates, hashing and forwarding.
+    pub claims: HashMap<String, String>,
+}

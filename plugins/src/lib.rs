@@ -1,0 +1,97 @@
+//! Portico's plugin API: the trait every plugin implements, the context it sees, and the
+//! registry of built-in plugin kinds.
+//!
+//! The gateway (`portico`) depends on this crate, never the other way round, so everything a
+//! plugin needs to name (its context, its answers, the stable error codes) lives here.
+
+mod context;
+mod error_code;
+mod headers;
+mod registry;
+
+pub use context::{Identity, PluginCtx};
+pub use error_code::ErrorCode;
+pub use registry::{build_plugin, known_kinds, PluginConfigError};
+
+use async_trait::async_trait;
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+
+/// What the gateway does after a plugin's `on_request`.
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on to the next plugin, then to the upstream.
+    Continue,
+    /// Stop here and answer the client with this rejection (written as problem+json by the
+    /// gateway, so every early answer looks the same).
+    Reject(Rejection),
+}
+
+/// An answer a plugin asks the gateway to give instead of proxying.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    /// Human-readable detail for the problem body. Never a secret, a token or a key.
+    pub detail: String,
+    /// Extra response headers, e.g. `WWW-Authenticate` or `Retry-After`.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// A plugin failed in a way that is the gateway's fault, not the client's: answered as 500
+/// `internal`, and logged with the plugin's name.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// One configured plugin instance. Every phase has a default that does nothing, so a plugin
+/// implements only the phases it cares about.
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    /// Runs in `request_filter`, in the route's plugin order, after routing.
+    /// `Flow::Reject` ends the chain and answers the client; `Flow::Continue` goes on.
+    /// Default: continue.
+    async fn on_request(
+        &self,
+        _session: &mut Session,
+        _cx: &mut PluginCtx,
+    ) -> Result<Flow, PluginError> {
+        Ok(Flow::Continue)
+    }
+
+    /// Runs in `upstream_request_filter`, in the route's plugin order: shape the request
+    /// that is sent upstream (it runs again on each retry). Default: no change.
+    async fn on_upstream_request(
+        &self,
+        _req: &mut RequestHeader,
+        _cx: &mut PluginCtx,
+    ) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Runs in `response_filter`, in reverse plugin order, on every response the route
+    /// sends that came from an upstream. Default: no change.
+    async fn on_response(
+        &self,
+        _resp: &mut ResponseHeader,
+        _cx: &mut PluginCtx,
+    ) -> Result<(), PluginError> {
+        Ok(())
+    }
+}

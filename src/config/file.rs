@@ -1,0 +1,263 @@
+//! The config file's model, as the user writes it (SPEC.md). Kept apart from the compiled
+//! runtime model in `snapshot`, so the file format can stay stable while internals change.
+//! Every table rejects unknown keys; defaults are the documented ones.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use super::units::{ByteSize, ConfigDuration};
+
+fn secs(n: u64) -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(n))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Worker threads; 0 means one per CPU core.
+    #[serde(default)]
+    pub threads: usize,
+    #[serde(default = "default_grace_period")]
+    pub grace_period: ConfigDuration,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default = "default_max_request_body")]
+    pub max_request_body: ByteSize,
+    #[serde(default = "default_access_log")]
+    pub access_log: String,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:8080".into()]
+}
+fn default_grace_period() -> ConfigDuration {
+    secs(10)
+}
+fn default_max_request_body() -> ByteSize {
+    ByteSize(10 << 20)
+}
+fn default_access_log() -> String {
+    "stdout".into()
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: default_listen(),
+            threads: 0,
+            grace_period: default_grace_period(),
+            trusted_proxies: Vec::new(),
+            max_request_body: default_max_request_body(),
+            access_log: default_access_log(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9901".into()
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    pub url: String,
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: ConfigDuration,
+}
+
+fn default_redis_timeout() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_millis(25))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    Random,
+    LeastConn,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub targets: Vec<TargetSpec>,
+    #[serde(default = "default_balance")]
+    pub balance: Balance,
+    pub hash_key: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: ConfigDuration,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: ConfigDuration,
+    /// How long writing the request upstream may stall; defaults to `read_timeout`.
+    pub write_timeout: Option<ConfigDuration>,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: ConfigDuration,
+    pub health_check: Option<HealthCheckSpec>,
+}
+
+fn default_balance() -> Balance {
+    Balance::RoundRobin
+}
+fn default_connect_timeout() -> ConfigDuration {
+    secs(1)
+}
+fn default_read_timeout() -> ConfigDuration {
+    secs(30)
+}
+fn default_idle_timeout() -> ConfigDuration {
+    secs(60)
+}
+
+/// A target is `"host:port"` or `{ addr = "host:port", weight = 3 }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TargetSpec {
+    pub addr: String,
+    pub weight: u32,
+}
+
+impl<'de> Deserialize<'de> for TargetSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Weighted {
+            addr: String,
+            #[serde(default = "one")]
+            weight: u32,
+        }
+        fn one() -> u32 {
+            1
+        }
+        struct TargetVisitor;
+        impl<'de> Visitor<'de> for TargetVisitor {
+            type Value = TargetSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host:port\" or { addr = \"host:port\", weight = N }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TargetSpec, E> {
+                Ok(TargetSpec {
+                    addr: v.to_string(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<TargetSpec, M::Error> {
+                let w = Weighted::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(TargetSpec {
+                    addr: w.addr,
+                    weight: w.weight,
+                })
+            }
+        }
+        d.deserialize_any(TargetVisitor)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// The Host header of the probe; defaults to the target's address.
+    pub host: Option<String>,
+    #[serde(default = "default_health_interval")]
+    pub interval: ConfigDuration,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: ConfigDuration,
+    /// Consecutive passes that bring a target back.
+    #[serde(default = "default_healthy")]
+    pub healthy: usize,
+    /// Consecutive failures that take a target out.
+    #[serde(default = "default_unhealthy")]
+    pub unhealthy: usize,
+}
+
+fn default_health_path() -> String {
+    "/health".into()
+}
+fn default_health_interval() -> ConfigDuration {
+    secs(5)
+}
+fn default_health_timeout() -> ConfigDuration {
+    secs(1)
+}
+fn default_healthy() -> usize {
+    2
+}
+fn default_unhealthy() -> usize {
+    3
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSection {
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    pub tier: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub name: String,
+    pub host: Option<String>,
+    pub path: String,
+    pub methods: Option<Vec<String>>,
+    /// Request headers that must be present with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub upstream: String,
+    pub strip_prefix: Option<String>,
+    #[serde(default)]
+    pub plugins: Vec<String>,
+}
+
+/// The whole file, each part already deserialized on its own (see `load`), so one bad
+/// route does not hide the problems of the next.
+#[derive(Debug, Default)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub admin: AdminSection,
+    pub redis: Option<RedisSection>,
+    pub upstreams: BTreeMap<String, UpstreamSection>,
+    pub consumers: BTreeMap<String, ConsumerSection>,
+    /// Built plugin instances by name, with their kind.
+    pub plugins: BTreeMap<String, PluginInstance>,
+    /// Routes with their index in the file, for error paths.
+    pub routes: Vec<(usize, RouteSection)>,
+    /// Names that are present in the file but failed to parse; references to them are not
+    /// reported a second time as dangling.
+    pub broken_upstreams: Vec<String>,
+    pub broken_plugins: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct PluginInstance {
+    pub kind: String,
+    pub plugin: std::sync::Arc<dyn portico_plugins::Plugin>,
+}
+
+impl fmt::Debug for PluginInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PluginInstance({})", self.kind)
+    }
+}

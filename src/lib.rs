@@ -1,0 +1,3 @@
+//! Portico: an API gateway and edge proxy on Pingora.
+
+pub mod config;
