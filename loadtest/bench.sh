@@ -60,6 +60,7 @@ GATEWAY_OK=1
 if ! cargo build --release -p portico; then
     log "error: the portico gateway does not build; the Portico half will be skipped"
     GATEWAY_OK=0
+    GATEWAY_WHY="the gateway does not build (see the cargo error above)"
 fi
 
 # --- processes, cleaned up on any exit ---------------------------------------------------------
@@ -80,15 +81,20 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Polls until a command succeeds or the deadline passes; a fixed sleep would be slow or flaky.
+# On failure it shows the process's output and returns 1, leaving the decision to the caller.
 wait_until() {
     local what="$1" pid="$2" logfile="$3"; shift 3
-    local deadline=$((SECONDS + 30))
+    local deadline=$((SECONDS + 30)) rc=0
     until "$@" >/dev/null 2>&1; do
         if ! kill -0 "$pid" 2>/dev/null; then
-            log "$what exited early; its output:"; cat "$logfile" >&2; exit 1
+            wait "$pid" || rc=$?
+            log "$what exited early with status $rc; its output:"
+            if [ -s "$logfile" ]; then cat "$logfile" >&2; else log "  (no output)"; fi
+            return 1
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
-            log "$what not ready after 30s; its output:"; cat "$logfile" >&2; exit 1
+            log "$what not ready after 30s; its output:"; cat "$logfile" >&2
+            return 1
         fi
         sleep 0.05
     done
@@ -107,9 +113,11 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 "${PIN_LOAD[@]}" "$BACKEND_BIN" backend=127.0.0.1:0 >"$WORK/backend.log" 2>&1 &
 BACKEND_PID=$!
 PIDS+=("$BACKEND_PID")
-wait_until "portico-backend" "$BACKEND_PID" "$WORK/backend.log" grep -q 'listening on' "$WORK/backend.log"
+wait_until "portico-backend" "$BACKEND_PID" "$WORK/backend.log" \
+    grep -q 'listening on' "$WORK/backend.log" || exit 1
 BACKEND_ADDR="$(awk '/listening on/ {print $NF; exit}' "$WORK/backend.log")"
-wait_until "portico-backend" "$BACKEND_PID" "$WORK/backend.log" curl -fsS "http://$BACKEND_ADDR/ping"
+wait_until "portico-backend" "$BACKEND_PID" "$WORK/backend.log" \
+    curl -fsS "http://$BACKEND_ADDR/ping" || exit 1
 DIRECT_URL="http://$BACKEND_ADDR/"
 log "backend on $BACKEND_ADDR (pid $BACKEND_PID)"
 
@@ -139,13 +147,20 @@ EOF
     "${PIN_GATEWAY[@]}" "$PORTICO_BIN" -c "$WORK/portico.toml" >"$WORK/portico.log" 2>&1 &
     PORTICO_PID=$!
     PIDS+=("$PORTICO_PID")
-    wait_until "portico" "$PORTICO_PID" "$WORK/portico.log" \
-        curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz"
-    PORTICO_URL="http://127.0.0.1:$GATEWAY_PORT/"
-    # Benchmarking error pages would measure the wrong thing: check the route answers first.
-    body="$(curl -fsS "$PORTICO_URL")" || die "GET $PORTICO_URL through Portico failed"
-    [ "$body" = "ok" ] || die "GET $PORTICO_URL through Portico answered '$body', expected 'ok'"
-    log "portico on 127.0.0.1:$GATEWAY_PORT, admin $ADMIN_PORT (pid $PORTICO_PID)"
+    # A gateway that will not start is reported like one that will not build: the direct half
+    # still runs, and the script fails at the end.
+    if wait_until "portico" "$PORTICO_PID" "$WORK/portico.log" \
+        curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz"; then
+        PORTICO_URL="http://127.0.0.1:$GATEWAY_PORT/"
+        # Benchmarking error pages would measure the wrong thing: check the route answers first.
+        body="$(curl -fsS "$PORTICO_URL")" || die "GET $PORTICO_URL through Portico failed"
+        [ "$body" = "ok" ] || die "GET $PORTICO_URL through Portico answered '$body', not 'ok'"
+        log "portico on 127.0.0.1:$GATEWAY_PORT, admin $ADMIN_PORT (pid $PORTICO_PID)"
+    else
+        log "error: portico did not become ready; the Portico half will be skipped"
+        GATEWAY_OK=0
+        GATEWAY_WHY="portico did not start (see its output above)"
+    fi
 fi
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -231,6 +246,6 @@ if [ "$GATEWAY_OK" -eq 1 ]; then
     row portico "$WORK/portico.txt" "$cpu_us"
     echo "(cpu us/req: Portico's utime+stime over its runs / requests it served; ${CLK_TCK} ticks/s)"
 else
-    printf '%-10s %s\n' portico "not measured: the gateway does not build (see the cargo error above)"
+    printf '%-10s %s\n' portico "not measured: $GATEWAY_WHY"
     exit 1
 fi

@@ -1,4 +1,15 @@
-//! Portico: an API gateway and edge proxy on Pingora.
+//! Portico: an API gateway and edge proxy on Pingora. The modules follow a request's path:
+//! config → snapshot → router → proxy → upstream, with admin and lifecycle beside them.
 
+pub mod access_log;
+pub mod admin;
 pub mod config;
+pub mod lifecycle;
+pub mod metrics;
+pub mod problem;
+pub mod proxy;
 pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod state;
+pub mod upstream;

@@ -98,6 +98,18 @@ pub enum Balance {
     ConsistentHash,
 }
 
+impl Balance {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::Random => "random",
+            Balance::LeastConn => "least_conn",
+            Balance::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {

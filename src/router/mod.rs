@@ -43,14 +43,6 @@ impl HostMatch {
             "host \"{text}\" must be a host name like \"api.example.com\" or \"*.example.com\" (no port)"
         ))
     }
-
-    fn rank(&self) -> u8 {
-        match self {
-            HostMatch::Exact(_) => 2,
-            HostMatch::Wildcard(_) => 1,
-            HostMatch::Any => 0,
-        }
-    }
 }
 
 /// What a route asks of a request.
@@ -179,6 +171,11 @@ impl<T> RouteTable<T> {
 
     pub fn routes(&self) -> impl Iterator<Item = &T> {
         self.routes.iter().map(|(_, t)| t)
+    }
+
+    /// Every route with its matcher, in file order.
+    pub fn entries(&self) -> impl Iterator<Item = (&RouteMatcher, &T)> {
+        self.routes.iter().map(|(m, t)| (m, t))
     }
 
     /// Choose the route for a request. `host` is the Host header or authority as sent (a

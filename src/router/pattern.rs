@@ -88,6 +88,19 @@ impl PathPattern {
         true
     }
 
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Whether `prefix` is a leading part of this pattern (capture names aside).
+    pub fn starts_with(&self, prefix: &PathPattern) -> bool {
+        prefix.segments.len() <= self.segments.len()
+            && PathPattern {
+                segments: self.segments[..prefix.segments.len()].to_vec(),
+            }
+            .same_shape(prefix)
+    }
+
     pub fn has_captures(&self) -> bool {
         self.segments
             .iter()
@@ -118,6 +131,21 @@ impl PathPattern {
                     (Segment::Capture(_), Segment::Capture(_)) => true,
                     _ => false,
                 })
+    }
+}
+
+impl std::fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.segments.is_empty() {
+            return f.write_str("/");
+        }
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(s) => write!(f, "/{s}")?,
+                Segment::Capture(name) => write!(f, "/{{{name}}}")?,
+            }
+        }
+        Ok(())
     }
 }
 

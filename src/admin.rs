@@ -1,0 +1,180 @@
+//! The admin API on `admin.listen`: health, readiness, metrics, status and reload. Never on
+//! the public listener.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use portico_plugins::ErrorCode;
+use serde_json::{json, Value};
+
+use crate::access_log::format_rfc3339;
+use crate::router::HostMatch;
+use crate::state::GatewayState;
+
+pub struct AdminApi {
+    pub state: Arc<GatewayState>,
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec(body).unwrap_or_default();
+    response(status, "application/json", body)
+}
+
+fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let length = body.len();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    if let Ok(v) = content_type.parse() {
+        headers.insert(http::header::CONTENT_TYPE, v);
+    }
+    headers.insert(http::header::CONTENT_LENGTH, length.into());
+    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn problem(code: ErrorCode, detail: &str, path: &str) -> Response<Vec<u8>> {
+    response(
+        StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        "application/problem+json",
+        crate::problem::body(code, detail, path, "").to_vec(),
+    )
+}
+
+impl AdminApi {
+    fn status(&self) -> Value {
+        let state = &self.state;
+        let snapshot = state.current();
+        let last = state.last_load();
+        let routes: Vec<Value> = snapshot
+            .routes
+            .entries()
+            .map(|(matcher, route)| {
+                json!({
+                    "name": &*route.name,
+                    "host": match &matcher.host {
+                        HostMatch::Any => Value::Null,
+                        HostMatch::Exact(h) => json!(h),
+                        HostMatch::Wildcard(suffix) => json!(format!("*{suffix}")),
+                    },
+                    "path": matcher.path.to_string(),
+                    "methods": matcher.methods.as_ref().map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
+                    "upstream": &*route.upstream.name,
+                    "plugins": route.plugins.iter().map(|(name, _)| &**name).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let upstreams: serde_json::Map<String, Value> = snapshot
+            .pools
+            .iter()
+            .map(|(name, pool)| {
+                let targets: Vec<Value> = pool
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        json!({
+                            "target": &*t.label,
+                            "weight": t.weight,
+                            "healthy": pool.is_healthy(i),
+                            "circuit": "closed",
+                            "in_flight": t.in_flight.load(Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
+                (
+                    name.clone(),
+                    json!({
+                        "balance": pool.spec.balance.as_str(),
+                        "health_check": pool.spec.health_check.is_some(),
+                        "targets": targets,
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "generation": state.generation(),
+            "loaded_at": format_rfc3339(state.loaded_at()),
+            "draining": state.is_draining(),
+            "last_reload": {
+                "at": format_rfc3339(last.at),
+                "result": if last.ok { "ok" } else { "error" },
+                "errors": last.errors,
+            },
+            "routes": routes,
+            "upstreams": upstreams,
+        })
+    }
+
+    async fn reload(&self, path: &str) -> Response<Vec<u8>> {
+        let state = Arc::clone(&self.state);
+        // Reading the file and resolving target names may block: keep it off the event loop.
+        match tokio::task::spawn_blocking(move || state.reload()).await {
+            Ok(Ok(generation)) => json_response(StatusCode::OK, &json!({ "generation": generation })),
+            Ok(Err(errors)) => invalid_config(&errors.lines(), path),
+            Err(_) => problem(ErrorCode::Internal, "the reload did not complete", path),
+        }
+    }
+}
+
+/// 422 for a rejected reload: a problem (code `invalid_config`, an extension of SPEC.md's
+/// list) with every error in `errors`.
+fn invalid_config(errors: &[String], path: &str) -> Response<Vec<u8>> {
+    let body = json!({
+        "type": "urn:portico:error:invalid_config",
+        "title": "Unprocessable Content",
+        "status": 422,
+        "detail": "the new config has problems; the old config keeps serving",
+        "instance": path,
+        "code": "invalid_config",
+        "errors": errors,
+    });
+    response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "application/problem+json",
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        let allowed = match path.as_str() {
+            "/healthz" | "/readyz" | "/metrics" | "/status" => Method::GET,
+            "/reload" => Method::POST,
+            _ => return problem(ErrorCode::NoRoute, "no admin endpoint here", &path),
+        };
+        if method != allowed && !(allowed == Method::GET && method == Method::HEAD) {
+            let mut resp = problem(ErrorCode::MethodNotAllowed, &format!("use {allowed}"), &path);
+            if let Ok(v) = allowed.as_str().parse() {
+                resp.headers_mut().insert(http::header::ALLOW, v);
+            }
+            return resp;
+        }
+        match path.as_str() {
+            "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+            "/readyz" if self.state.is_draining() => {
+                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "draining" }))
+            }
+            "/readyz" => json_response(
+                StatusCode::OK,
+                &json!({ "status": "ready", "generation": self.state.generation() }),
+            ),
+            "/metrics" => response(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.state.metrics.render(),
+            ),
+            "/status" => json_response(StatusCode::OK, &self.status()),
+            _ => self.reload(&path).await,
+        }
+    }
+}

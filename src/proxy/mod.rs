@@ -1,0 +1,421 @@
+//! The `ProxyHttp` implementation: each hook in the order Pingora calls it. Every hook reads
+//! the route and snapshot kept in the request context, so one request sees one config.
+
+pub mod ctx;
+pub mod failure;
+pub mod forwarding;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Uri};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use portico_plugins::{ErrorCode, Flow, PluginCtx};
+
+use crate::access_log::AccessRecord;
+use crate::metrics::method_label;
+use crate::problem;
+use crate::router::{path::normalize_path, RouteMatch};
+use crate::snapshot::strip_segments;
+use crate::state::GatewayState;
+use crate::upstream::HashKey;
+pub use ctx::RequestCtx;
+use forwarding::*;
+
+pub struct Portico {
+    pub state: Arc<GatewayState>,
+}
+
+impl Portico {
+    pub fn new(state: Arc<GatewayState>) -> Self {
+        Portico { state }
+    }
+
+    /// Answer with a problem now; `request_filter` then returns `Ok(true)`.
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        code: ErrorCode,
+        detail: &str,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<bool> {
+        ctx.decided = Some(code);
+        problem::respond(session, code, detail, &ctx.request_id, extra).await?;
+        Ok(true)
+    }
+
+    /// The bytes consistent hashing hashes for this request.
+    fn hash_input(key: &HashKey, session: &Session, ctx: &RequestCtx) -> Vec<u8> {
+        let req = session.req_header();
+        match key {
+            HashKey::ClientIp => ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default().into_bytes(),
+            HashKey::Path => ctx
+                .normalized_path
+                .as_deref()
+                .unwrap_or_else(|| req.uri.path())
+                .as_bytes()
+                .to_vec(),
+            HashKey::Header(name) => req.headers.get(name).map(|v| v.as_bytes().to_vec()).unwrap_or_default(),
+            HashKey::Cookie(name) => cookie(req, name).unwrap_or_default().into_bytes(),
+            HashKey::Claim(name) => ctx
+                .plugin_cx
+                .as_ref()
+                .and_then(|cx| cx.claim(name))
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec(),
+        }
+    }
+}
+
+fn cookie(req: &RequestHeader, name: &str) -> Option<String> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Milliseconds with microsecond precision, for the access log.
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+fn header_value(text: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(text).ok()
+}
+
+#[async_trait]
+impl ProxyHttp for Portico {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(&self.state.active_requests)
+    }
+
+    /// Identify the request (id, client, trace), check its path and size, route it, and run
+    /// the route's plugins. `Ok(true)` means an answer was already sent.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snapshot = self.state.current();
+        let req = session.req_header();
+
+        ctx.request_id = match req.headers.get(X_REQUEST_ID) {
+            Some(v) if sane_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            _ => new_request_id(),
+        };
+        ctx.traceparent = match req.headers.get(TRACEPARENT) {
+            Some(v) if trace_id_of(v.as_bytes()).is_some() => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            _ => new_traceparent(),
+        };
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let trusted = &snapshot.server.trusted_proxies;
+        ctx.peer_trusted = is_trusted(peer, trusted);
+        let client_ip = client_ip(peer, &req.headers, trusted);
+        ctx.client_ip = Some(client_ip);
+
+        let path = match normalize_path(req.uri.path()) {
+            Ok(path) => path,
+            Err(rejection) => {
+                ctx.snapshot = Some(snapshot);
+                return self.reject(session, ctx, ErrorCode::BadRequest, rejection.detail(), &[]).await;
+            }
+        };
+        let normalized = match path {
+            std::borrow::Cow::Owned(p) => Some(p),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
+
+        let declared_length = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared_length.is_some_and(|n| n > snapshot.server.max_request_body) {
+            let detail = format!("the request body is larger than {} bytes", snapshot.server.max_request_body);
+            ctx.snapshot = Some(snapshot);
+            return self.reject(session, ctx, ErrorCode::PayloadTooLarge, &detail, &[]).await;
+        }
+
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host());
+        let routed_path = normalized.as_deref().unwrap_or_else(|| req.uri.path());
+        let matched = snapshot.routes.match_request(host, &req.method, routed_path, &req.headers);
+        let route = match matched {
+            RouteMatch::Found(route) => Arc::clone(route),
+            RouteMatch::NotFound => {
+                ctx.snapshot = Some(snapshot);
+                return self.reject(session, ctx, ErrorCode::NoRoute, "no route matches this request", &[]).await;
+            }
+            RouteMatch::MethodNotAllowed(allowed) => {
+                let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+                let extra: Vec<_> = header_value(&allow).map(|v| (http::header::ALLOW, v)).into_iter().collect();
+                ctx.snapshot = Some(snapshot);
+                let detail = format!("this route accepts {allow}");
+                return self.reject(session, ctx, ErrorCode::MethodNotAllowed, &detail, &extra).await;
+            }
+        };
+        ctx.normalized_path = normalized;
+        ctx.snapshot = Some(snapshot);
+
+        let mut cx = PluginCtx::new(Arc::clone(&route.name), client_ip, ctx.request_id.clone());
+        ctx.route = Some(Arc::clone(&route));
+        for (name, plugin) in &route.plugins {
+            match plugin.on_request(session, &mut cx).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Reject(rejection)) => {
+                    ctx.plugin_cx = Some(cx);
+                    return self
+                        .reject(session, ctx, rejection.code, &rejection.detail, &rejection.headers)
+                        .await;
+                }
+                Err(e) => {
+                    log::error!("plugin {name} failed on request {}: {e}", ctx.request_id);
+                    ctx.plugin_cx = Some(cx);
+                    return self.reject(session, ctx, ErrorCode::Internal, "the gateway failed to process the request", &[]).await;
+                }
+            }
+        }
+        ctx.plugin_cx = Some(cx);
+        Ok(false)
+    }
+
+    /// Enforce `max_request_body` on bodies without a declared length as they stream.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            let limit = ctx.snapshot.as_ref().map_or(u64::MAX, |s| s.server.max_request_body);
+            if ctx.body_bytes > limit {
+                ctx.decided = Some(ErrorCode::PayloadTooLarge);
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_request_body");
+            }
+        }
+        Ok(())
+    }
+
+    /// Choose the target. Runs again on a retry, so it only chooses: no other side effects.
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
+        };
+        let pool = &route.upstream;
+        let hash_input = match &pool.hash_key {
+            Some(key) => Self::hash_input(key, session, ctx),
+            None => Vec::new(),
+        };
+        // Release the previous attempt's target before choosing again.
+        ctx.in_flight = None;
+        let Some(index) = pool.select(&hash_input) else {
+            ctx.decided = Some(ErrorCode::UpstreamUnavailable);
+            let mut e = Error::explain(ErrorType::HTTPStatus(503), format!("upstream {} has no healthy target", pool.name));
+            e.set_retry(false);
+            return Err(e);
+        };
+        let in_flight = pool.start_request(index);
+        let peer = Box::new(in_flight.target().peer.clone());
+        ctx.in_flight = Some(in_flight);
+        ctx.upstream_started = Some(Instant::now());
+        Ok(peer)
+    }
+
+    /// Shape the request the upstream sees: path rewrite, forwarding headers, identity and
+    /// trace headers, then the route's plugins.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        if ctx.normalized_path.is_some() || route.strip_segments > 0 {
+            let path = ctx.normalized_path.as_deref().unwrap_or_else(|| upstream.uri.path());
+            let path = strip_segments(path, route.strip_segments);
+            let uri = match upstream.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            let uri: Uri = uri.parse().map_err(|e| Error::because(ErrorType::InternalError, "rewriting the upstream path", e))?;
+            upstream.set_uri(uri);
+        }
+
+        drop_connection_headers(upstream);
+        let peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
+        let forwarded_for = match upstream.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(existing) if ctx.peer_trusted => format!("{existing}, {peer_ip}"),
+            _ => peer_ip,
+        };
+        upstream.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+        if !(ctx.peer_trusted && upstream.headers.contains_key(X_FORWARDED_PROTO)) {
+            upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+        }
+        if !(ctx.peer_trusted && upstream.headers.contains_key(X_FORWARDED_HOST)) {
+            match session.req_header().headers.get(http::header::HOST).cloned() {
+                Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
+                None => {
+                    upstream.remove_header(X_FORWARDED_HOST);
+                }
+            }
+        }
+        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream.insert_header(TRACEPARENT, ctx.traceparent.as_str())?;
+
+        if let Some(cx) = ctx.plugin_cx.as_mut() {
+            for (name, plugin) in &route.plugins {
+                if let Err(e) = plugin.on_upstream_request(upstream, cx).await {
+                    log::error!("plugin {name} failed shaping request {}: {e}", ctx.request_id);
+                    ctx.decided = Some(ErrorCode::Internal);
+                    return Error::e_explain(ErrorType::InternalError, "plugin failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tell the client its request id, then the route's plugins in reverse order.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let (Some(route), Some(cx)) = (ctx.route.clone(), ctx.plugin_cx.as_mut()) {
+            for (name, plugin) in route.plugins.iter().rev() {
+                if let Err(e) = plugin.on_response(resp, cx).await {
+                    log::error!("plugin {name} failed on response {}: {e}", ctx.request_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Connect failures are not retried here yet (retries and budgets are their own feature);
+    /// the error goes to `fail_to_proxy`.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        e.set_retry(false);
+        e
+    }
+
+    /// The one place a failed request becomes a problem+json answer.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let code = failure::classify(e, ctx.decided);
+        let Some(code) = code else {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        ctx.decided = Some(code);
+        if session.response_written().is_none() {
+            let detail = match code {
+                ErrorCode::BadGateway => "the upstream failed to answer",
+                ErrorCode::UpstreamTimeout => "the upstream did not answer in time",
+                ErrorCode::UpstreamUnavailable => "no healthy upstream target is available",
+                ErrorCode::PayloadTooLarge => "the request body is larger than the gateway accepts",
+                ErrorCode::BadRequest => "the request is malformed",
+                _ => "the gateway failed to process the request",
+            };
+            let extra: Vec<(HeaderName, HeaderValue)> = if code == ErrorCode::UpstreamUnavailable {
+                vec![(http::header::RETRY_AFTER, HeaderValue::from_static("1"))]
+            } else {
+                Vec::new()
+            };
+            if let Err(write_error) = problem::respond(session, code, detail, &ctx.request_id, &extra).await {
+                log::debug!("could not send the error answer: {write_error}");
+            }
+        }
+        FailToProxy {
+            error_code: code.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Outcomes are recorded here, once per request, however it ended.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.decided.map(ErrorCode::status))
+            .unwrap_or(0);
+        let route_name = ctx.route.as_ref().map(|r| Arc::clone(&r.name));
+        let route_label = route_name.as_deref().unwrap_or("");
+        let method = session.req_header().method.clone();
+        let metrics = &self.state.metrics;
+        let status_label = status.to_string();
+        metrics
+            .http_requests
+            .with_label_values(&[route_label, method_label(&method), status_label.as_str()])
+            .inc();
+        metrics
+            .http_request_duration
+            .with_label_values(&[route_label])
+            .observe(ctx.started.elapsed().as_secs_f64());
+
+        let (upstream, target) = match &ctx.in_flight {
+            Some(f) => (Some(Arc::clone(&f.pool().name)), Some(Arc::clone(&f.target().label))),
+            None => (None, None),
+        };
+        if let (Some(upstream), Some(target)) = (&upstream, &target) {
+            let outcome = match e {
+                Some(e) if ctx.decided != Some(ErrorCode::PayloadTooLarge) => failure::outcome(e),
+                _ if status >= 500 => "http_5xx",
+                _ => "success",
+            };
+            metrics.upstream_requests.with_label_values(&[upstream, target, outcome]).inc();
+        }
+        let upstream_ms = ctx.upstream_started.map(|t| millis(t.elapsed()));
+        ctx.in_flight = None;
+
+        if self.state.access_log.enabled() {
+            let record = AccessRecord {
+                ts: SystemTime::now(),
+                request_id: std::mem::take(&mut ctx.request_id),
+                client_ip: ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                method: method.as_str().to_string(),
+                path: ctx
+                    .normalized_path
+                    .take()
+                    .unwrap_or_else(|| session.req_header().uri.path().to_string()),
+                status,
+                route: route_name,
+                upstream,
+                target,
+                duration_ms: millis(ctx.started.elapsed()),
+                upstream_ms,
+                bytes_sent: session.body_bytes_sent(),
+                cache: None,
+                consumer: ctx.plugin_cx.as_ref().and_then(|cx| cx.identity.as_ref()).map(|id| id.consumer.clone()),
+                trace_id: ctx.trace_id().map(str::to_string),
+            };
+            if !self.state.access_log.log(record) {
+                metrics.access_log_dropped.inc();
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Assembling the Pingora server: the proxy service on `server.listen`, the admin API on
+//! `admin.listen`, and the background services (health checks, drain).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+
+use crate::access_log::AccessLog;
+use crate::admin::AdminApi;
+use crate::lifecycle::Drain;
+use crate::metrics::Metrics;
+use crate::proxy::Portico;
+use crate::snapshot::Snapshot;
+use crate::state::GatewayState;
+use crate::upstream::health::HealthChecks;
+
+/// How the process was asked to start (SPEC.md's command line, minus `-t`).
+pub struct StartOptions {
+    pub config_path: PathBuf,
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// Build the server for a compiled snapshot and run it until it is told to stop.
+pub fn run(snapshot: Snapshot, options: StartOptions) -> Result<(), StartError> {
+    let server_settings = snapshot.server.clone();
+    let access_log = AccessLog::start(&server_settings.access_log).map_err(StartError::AccessLog)?;
+    let metrics = Metrics::new()?;
+    let admin_listen = snapshot.admin_listen;
+    let state = GatewayState::new(snapshot, options.config_path, metrics, access_log);
+
+    let conf = ServerConf {
+        threads: server_settings.threads,
+        daemon: options.daemon,
+        // Pingora waits out this whole period on SIGTERM; `lifecycle::Drain` ends the process
+        // earlier once nothing is in flight. Rounded up to whole seconds, as Pingora counts.
+        grace_period_seconds: Some(server_settings.grace_period.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: "/tmp/portico.pid".into(),
+        upgrade_sock: "/tmp/portico_upgrade.sock".into(),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: options.upgrade,
+        daemon: options.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Portico::new(Arc::clone(&state)),
+        "portico proxy",
+    );
+    for addr in &server_settings.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    proxy.threads = Some(server_settings.threads);
+
+    let mut admin = Service::new("portico admin".to_string(), AdminApi { state: Arc::clone(&state) });
+    admin.add_tcp(&admin_listen.to_string());
+    admin.threads = Some(1);
+
+    let health = background_service("health checks", HealthChecks { state: Arc::clone(&state) });
+    let drain = background_service("drain", Drain { state: Arc::clone(&state) });
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(health);
+    server.add_service(drain);
+    log::info!(
+        "portico {} serving {} on {:?}, admin on {admin_listen}",
+        env!("CARGO_PKG_VERSION"),
+        state.config_path.display(),
+        server_settings.listen,
+    );
+    server.run_forever()
+}

@@ -1,0 +1,412 @@
+//! Compiling a parsed config into the immutable runtime model the proxy serves from. Every
+//! string that can be parsed once (addresses, CIDRs, header names, patterns, plugins) is
+//! parsed here, never per request. A config with any problem yields no snapshot at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use portico_plugins::Plugin;
+
+use crate::config::{self, ConfigErrors, ParsedConfig, Problems, RouteSection};
+use crate::router::{HostMatch, PathPattern, RouteMatcher, RouteTable};
+use crate::upstream::UpstreamPool;
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+/// `[server]`, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads, with 0 already turned into the number of cores.
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_request_body: u64,
+    pub access_log: AccessLogTarget,
+}
+
+/// A compiled `[[routes]]` entry.
+pub struct Route {
+    pub name: Arc<str>,
+    pub upstream: Arc<UpstreamPool>,
+    pub pattern: PathPattern,
+    /// How many leading path segments `strip_prefix` removes before the request goes upstream.
+    pub strip_segments: usize,
+    pub plugins: Vec<(Arc<str>, Arc<dyn Plugin>)>,
+}
+
+pub struct Snapshot {
+    pub server: ServerSettings,
+    pub admin_listen: SocketAddr,
+    pub routes: RouteTable<Arc<Route>>,
+    pub pools: BTreeMap<String, Arc<UpstreamPool>>,
+}
+
+/// Read, validate and compile the config at `path`. `previous` is the snapshot now serving,
+/// whose unchanged upstream pools are kept (with their health state and connections).
+pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
+    compile(config::read_file(path)?, previous)
+}
+
+pub fn compile(parsed: ParsedConfig, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
+    let ParsedConfig {
+        file,
+        map,
+        origin,
+        problems: earlier,
+    } = parsed;
+    let mut problems = Problems::new(&map);
+    problems.extend(earlier);
+
+    let server = compile_server(&file.server, &mut problems);
+    let admin_listen = match file.admin.listen.parse::<SocketAddr>() {
+        Ok(addr) => {
+            if server.listen.contains(&addr) {
+                problems.at("admin.listen", "must differ from every server.listen address");
+            }
+            Some(addr)
+        }
+        Err(_) => {
+            problems.at("admin.listen", format!("\"{}\" is not an ip:port address", file.admin.listen));
+            None
+        }
+    };
+    if let Some(redis) = &file.redis {
+        if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
+            problems.at("redis.url", "must start with redis:// or rediss://");
+        }
+    }
+
+    let mut pools = BTreeMap::new();
+    for (name, spec) in &file.upstreams {
+        let reused = previous
+            .and_then(|p| p.pools.get(name))
+            .filter(|pool| pool.spec == *spec);
+        if let Some(pool) = reused {
+            pools.insert(name.clone(), Arc::clone(pool));
+            continue;
+        }
+        match UpstreamPool::build(name, spec) {
+            Ok(pool) => {
+                pools.insert(name.clone(), Arc::new(pool));
+            }
+            Err(errors) => {
+                for (key, message) in errors {
+                    let path = if key.is_empty() {
+                        format!("upstreams.{name}")
+                    } else {
+                        format!("upstreams.{name}.{key}")
+                    };
+                    problems.at(path, message);
+                }
+            }
+        }
+    }
+
+    let mut api_keys = BTreeMap::new();
+    for (name, consumer) in &file.consumers {
+        for (i, key) in consumer.api_keys.iter().enumerate() {
+            let path = format!("consumers.{name}.api_keys[{i}]");
+            if key.len() < 8 {
+                problems.at(&path, "an API key must be at least 8 characters");
+            } else if let Some(owner) = api_keys.insert(key.clone(), name.clone()) {
+                problems.at(&path, format!("this key is also an API key of consumer \"{owner}\""));
+            }
+        }
+    }
+
+    let mut names = BTreeMap::new();
+    let mut compiled: Vec<(usize, RouteMatcher, Arc<Route>)> = Vec::new();
+    for (index, route) in &file.routes {
+        let at = |key: &str| format!("routes[{index}].{key}");
+        if route.name.is_empty() {
+            problems.at(at("name"), "must not be empty");
+        } else if let Some(first) = names.insert(route.name.clone(), *index) {
+            problems.at(at("name"), format!("route name \"{}\" is already used by routes[{first}]", route.name));
+        }
+        let upstream = pools.get(&route.upstream).cloned();
+        if upstream.is_none() && !file.broken_upstreams.contains(&route.upstream) {
+            problems.at(at("upstream"), format!("no upstream named \"{}\"", route.upstream));
+        }
+        let mut plugins = Vec::new();
+        for (i, name) in route.plugins.iter().enumerate() {
+            match file.plugins.get(name) {
+                Some(instance) => plugins.push((Arc::<str>::from(name.as_str()), Arc::clone(&instance.plugin))),
+                None if file.broken_plugins.contains(name) => {}
+                None => problems.at(at(&format!("plugins[{i}]")), format!("no plugin named \"{name}\"")),
+            }
+        }
+        let matcher = compile_matcher(route, *index, &mut problems);
+        let strip_segments = compile_strip_prefix(route, *index, matcher.as_ref(), &mut problems);
+        if let (Some(matcher), Some(upstream), Some(strip_segments)) = (matcher, upstream, strip_segments) {
+            let pattern = matcher.path.clone();
+            compiled.push((
+                *index,
+                matcher,
+                Arc::new(Route {
+                    name: route.name.as_str().into(),
+                    upstream,
+                    pattern,
+                    strip_segments,
+                    plugins,
+                }),
+            ));
+        }
+    }
+
+    let file_indices: Vec<usize> = compiled.iter().map(|(i, _, _)| *i).collect();
+    let routes = match RouteTable::build(compiled.into_iter().map(|(_, m, r)| (m, r)).collect()) {
+        Ok(table) => Some(table),
+        Err(ambiguities) => {
+            for a in ambiguities {
+                let (first, second) = (file_indices[a.first], file_indices[a.second]);
+                problems.at(
+                    format!("routes[{second}]"),
+                    format!("could take the same requests as routes[{first}] with the same specificity; make one more specific (host, path, methods or headers)"),
+                );
+            }
+            None
+        }
+    };
+
+    problems.finish(&origin)?;
+    match (routes, admin_listen) {
+        (Some(routes), Some(admin_listen)) => Ok(Snapshot {
+            server,
+            admin_listen,
+            routes,
+            pools,
+        }),
+        _ => Err(ConfigErrors::single(&origin, "the config could not be compiled")),
+    }
+}
+
+fn compile_server(s: &config::ServerSection, problems: &mut Problems) -> ServerSettings {
+    let mut listen = Vec::new();
+    if s.listen.is_empty() {
+        problems.at("server.listen", "needs at least one address");
+    }
+    for (i, text) in s.listen.iter().enumerate() {
+        match text.parse::<SocketAddr>() {
+            Ok(addr) if listen.contains(&addr) => problems.at(format!("server.listen[{i}]"), format!("{addr} is listed twice")),
+            Ok(addr) => listen.push(addr),
+            Err(_) => problems.at(format!("server.listen[{i}]"), format!("\"{text}\" is not an ip:port address")),
+        }
+    }
+    let mut trusted_proxies = Vec::new();
+    for (i, text) in s.trusted_proxies.iter().enumerate() {
+        let parsed = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => problems.at(format!("server.trusted_proxies[{i}]"), format!("\"{text}\" is not an IP address or CIDR range")),
+        }
+    }
+    let access_log = match s.access_log.as_str() {
+        "off" => AccessLogTarget::Off,
+        "stdout" => AccessLogTarget::Stdout,
+        "" => {
+            problems.at("server.access_log", "must be \"stdout\", \"off\" or a file path");
+            AccessLogTarget::Off
+        }
+        path => {
+            let path = PathBuf::from(path);
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                problems.at("server.access_log", format!("directory {} does not exist", dir.display()));
+            }
+            AccessLogTarget::File(path)
+        }
+    };
+    if s.threads > 1024 {
+        problems.at("server.threads", "must be at most 1024 (0 means one per CPU core)");
+    }
+    if s.max_request_body.0 == 0 {
+        problems.at("server.max_request_body", "must be greater than zero");
+    }
+    let threads = if s.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        s.threads
+    };
+    ServerSettings {
+        listen,
+        threads,
+        grace_period: s.grace_period.0,
+        trusted_proxies,
+        max_request_body: s.max_request_body.0,
+        access_log,
+    }
+}
+
+fn compile_matcher(route: &RouteSection, index: usize, problems: &mut Problems) -> Option<RouteMatcher> {
+    let at = |key: &str| format!("routes[{index}].{key}");
+    let mut ok = true;
+    let host = match route.host.as_deref().map(HostMatch::parse) {
+        None => HostMatch::Any,
+        Some(Ok(h)) => h,
+        Some(Err(e)) => {
+            problems.at(at("host"), e);
+            ok = false;
+            HostMatch::Any
+        }
+    };
+    let path = match PathPattern::parse(&route.path) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            problems.at(at("path"), e);
+            None
+        }
+    };
+    let methods = match &route.methods {
+        None => None,
+        Some(list) if list.is_empty() => {
+            problems.at(at("methods"), "must name at least one method, or be left out for any method");
+            ok = false;
+            None
+        }
+        Some(list) => {
+            let mut methods = BTreeSet::new();
+            for (i, m) in list.iter().enumerate() {
+                let valid = !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase());
+                match Method::from_bytes(m.as_bytes()) {
+                    Ok(method) if valid => {
+                        methods.insert(method.to_string());
+                    }
+                    _ => {
+                        problems.at(at(&format!("methods[{i}]")), format!("\"{m}\" is not an HTTP method (write it in upper case)"));
+                        ok = false;
+                    }
+                }
+            }
+            Some(methods.iter().filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect())
+        }
+    };
+    let mut headers = Vec::new();
+    for (name, value) in &route.headers {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            _ => {
+                problems.at(at(&format!("headers.{name}")), "is not a valid header name and value");
+                ok = false;
+            }
+        }
+    }
+    let path = path?;
+    ok.then_some(RouteMatcher {
+        host,
+        path,
+        methods,
+        headers,
+    })
+}
+
+/// `strip_prefix` must be a leading part of the route's own path (captures included), so
+/// what it removes is known for every request the route takes.
+fn compile_strip_prefix(
+    route: &RouteSection,
+    index: usize,
+    matcher: Option<&RouteMatcher>,
+    problems: &mut Problems,
+) -> Option<usize> {
+    let Some(prefix) = &route.strip_prefix else {
+        return Some(0);
+    };
+    let path = format!("routes[{index}].strip_prefix");
+    let prefix_pattern = match PathPattern::parse(prefix) {
+        Ok(p) => p,
+        Err(e) => {
+            problems.at(path, e);
+            return None;
+        }
+    };
+    let route_pattern = &matcher?.path;
+    if !route_pattern.starts_with(&prefix_pattern) {
+        problems.at(path, format!("\"{prefix}\" is not a leading part of the route's path \"{}\"", route.path));
+        return None;
+    }
+    Some(prefix_pattern.segment_count())
+}
+
+/// The path to send upstream: the first `segments` segments removed, `/` if nothing is left.
+pub fn strip_segments(path: &str, segments: usize) -> &str {
+    if segments == 0 {
+        return path;
+    }
+    let mut slashes = path.match_indices('/').skip(segments);
+    match slashes.next() {
+        Some((i, _)) => &path[i..],
+        None => "/",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile_text(text: &str) -> Result<Snapshot, ConfigErrors> {
+        compile(config::parse_str(text, "t.toml", |_| None)?, None)
+    }
+
+    const UPSTREAM: &str = "[upstreams.users]\ntargets = [\"127.0.0.1:3001\"]\n";
+
+    #[test]
+    fn strip_prefix_removes_whole_segments() {
+        assert_eq!(strip_segments("/api/v1/users/42", 2), "/users/42");
+        assert_eq!(strip_segments("/api/v1", 2), "/");
+        assert_eq!(strip_segments("/api/v1/", 2), "/");
+        assert_eq!(strip_segments("/x", 0), "/x");
+    }
+
+    #[test]
+    fn a_valid_config_compiles() {
+        let s = compile_text(&format!(
+            "{UPSTREAM}[[routes]]\nname = \"users\"\npath = \"/api/v1/users\"\nupstream = \"users\"\nstrip_prefix = \"/api/v1\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.pools.len(), 1);
+        assert_eq!(s.routes.routes().next().unwrap().strip_segments, 2);
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported_at_once() {
+        let err = compile_text(&format!(
+            "[server]\nlisten = [\"nowhere\"]\ntrusted_proxies = [\"10.0.0.0/33\"]\n\n{UPSTREAM}\
+             [upstreams.empty]\ntargets = []\n\n\
+             [[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"user\"\n\n\
+             [[routes]]\nname = \"a\"\npath = \"a\"\nupstream = \"users\"\nmethods = [\"get\"]\n\n\
+             [[routes]]\nname = \"c\"\npath = \"/c\"\nupstream = \"users\"\nstrip_prefix = \"/d\"\nplugins = [\"nope\"]\n\n\
+             [[routes]]\nname = \"e\"\npath = \"/e\"\nupstream = \"users\"\n\n\
+             [[routes]]\nname = \"f\"\npath = \"/e/\"\nupstream = \"users\"\n"
+        ))
+        .unwrap_err();
+        let text = err.lines().join("\n");
+        for expected in [
+            "t.toml:2:11: server.listen[0]: \"nowhere\" is not an ip:port address",
+            "server.trusted_proxies[0]: \"10.0.0.0/33\" is not an IP address or CIDR range",
+            "upstreams.empty.targets: needs at least one target",
+            "routes[0].upstream: no upstream named \"user\"",
+            "routes[1].name: route name \"a\" is already used by routes[0]",
+            "routes[1].path: path \"a\" must start with \"/\"",
+            "routes[1].methods[0]: \"get\" is not an HTTP method",
+            "routes[2].plugins[0]: no plugin named \"nope\"",
+            "routes[2].strip_prefix: \"/d\" is not a leading part",
+            "routes[4]: could take the same requests as routes[3]",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert_eq!(err.errors.len(), 10, "{text}");
+    }
+}

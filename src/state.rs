@@ -1,0 +1,123 @@
+//! The gateway's live state: the config snapshot now serving, swapped whole on reload, and
+//! what the admin API reports about it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::access_log::AccessLog;
+use crate::config::ConfigErrors;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+
+/// The result of the last attempt to load a config, for `/status`.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub at: SystemTime,
+    pub ok: bool,
+    pub errors: Vec<String>,
+}
+
+pub struct GatewayState {
+    snapshot: ArcSwap<Snapshot>,
+    pub config_path: PathBuf,
+    generation: AtomicU64,
+    loaded_at: Mutex<SystemTime>,
+    last_load: Mutex<LoadReport>,
+    draining: AtomicBool,
+    /// Requests between their first hook and their last, for draining.
+    pub active_requests: Arc<AtomicUsize>,
+    pub metrics: Metrics,
+    pub access_log: AccessLog,
+}
+
+impl GatewayState {
+    pub fn new(
+        snapshot: Snapshot,
+        config_path: PathBuf,
+        metrics: Metrics,
+        access_log: AccessLog,
+    ) -> Arc<Self> {
+        let now = SystemTime::now();
+        metrics.config_generation.set(1);
+        metrics.config_reloads.with_label_values(&["ok"]).inc();
+        Arc::new(GatewayState {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            config_path,
+            generation: AtomicU64::new(1),
+            loaded_at: Mutex::new(now),
+            last_load: Mutex::new(LoadReport {
+                at: now,
+                ok: true,
+                errors: Vec::new(),
+            }),
+            draining: AtomicBool::new(false),
+            active_requests: Arc::new(AtomicUsize::new(0)),
+            metrics,
+            access_log,
+        })
+    }
+
+    /// The snapshot now serving. Callers keep the `Arc` for the whole request, so one
+    /// request sees one config generation.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        *self.loaded_at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn last_load(&self) -> LoadReport {
+        self.last_load.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Read, validate and compile the config file again; swap it in only if it is wholly
+    /// valid. Returns the new generation, or every problem (the old config keeps serving).
+    pub fn reload(&self) -> Result<u64, ConfigErrors> {
+        let result = crate::snapshot::load(&self.config_path, Some(&self.current()));
+        let now = SystemTime::now();
+        let mut last = self.last_load.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(snapshot) => {
+                self.snapshot.store(Arc::new(snapshot));
+                let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                *self.loaded_at.lock().unwrap_or_else(|p| p.into_inner()) = now;
+                *last = LoadReport {
+                    at: now,
+                    ok: true,
+                    errors: Vec::new(),
+                };
+                self.metrics.config_generation.set(generation as i64);
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                log::info!("config reloaded: generation {generation}");
+                Ok(generation)
+            }
+            Err(errors) => {
+                *last = LoadReport {
+                    at: now,
+                    ok: false,
+                    errors: errors.lines(),
+                };
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                log::error!("config reload rejected, the old config keeps serving:\n{errors}");
+                Err(errors)
+            }
+        }
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}

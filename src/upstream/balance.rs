@@ -1,0 +1,64 @@
+//! Choosing a target within a pool: pingora-load-balancing's weighted round robin, weighted
+//! random and Ketama consistent hashing (each skips targets its health check took out), and
+//! weighted least-connections over our own in-flight counters.
+
+use pingora_load_balancing::selection::consistent::KetamaHashing;
+use pingora_load_balancing::selection::{Random, RoundRobin};
+use pingora_load_balancing::{Backend, LoadBalancer};
+
+use crate::config::Balance;
+
+/// Bounds the search for a healthy target; far above any real pool size.
+const MAX_ITERATIONS: usize = 256;
+
+pub enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    ConsistentHash(LoadBalancer<KetamaHashing>),
+    /// Health is still tracked by a load balancer; the choice is ours.
+    LeastConn(LoadBalancer<RoundRobin>),
+}
+
+impl Balancer {
+    pub fn new(kind: Balance, backends: pingora_load_balancing::Backends) -> Balancer {
+        match kind {
+            Balance::RoundRobin => Balancer::RoundRobin(LoadBalancer::from_backends(backends)),
+            Balance::Random => Balancer::Random(LoadBalancer::from_backends(backends)),
+            Balance::ConsistentHash => {
+                Balancer::ConsistentHash(LoadBalancer::from_backends(backends))
+            }
+            Balance::LeastConn => Balancer::LeastConn(LoadBalancer::from_backends(backends)),
+        }
+    }
+
+    pub fn backends(&self) -> &pingora_load_balancing::Backends {
+        match self {
+            Balancer::RoundRobin(lb) | Balancer::LeastConn(lb) => lb.backends(),
+            Balancer::Random(lb) => lb.backends(),
+            Balancer::ConsistentHash(lb) => lb.backends(),
+        }
+    }
+
+    /// Publish the (static) target set to the selector. Static discovery never blocks.
+    pub async fn update(&self) -> pingora_error::Result<()> {
+        match self {
+            Balancer::RoundRobin(lb) | Balancer::LeastConn(lb) => lb.update().await,
+            Balancer::Random(lb) => lb.update().await,
+            Balancer::ConsistentHash(lb) => lb.update().await,
+        }
+    }
+
+    /// A healthy backend for `key` (used by consistent hashing only), or `None` when every
+    /// target is out. Least-connections is decided by the pool, which owns the counters.
+    pub fn select(&self, key: &[u8]) -> Option<Backend> {
+        match self {
+            Balancer::RoundRobin(lb) | Balancer::LeastConn(lb) => lb.select(key, MAX_ITERATIONS),
+            Balancer::Random(lb) => lb.select(key, MAX_ITERATIONS),
+            Balancer::ConsistentHash(lb) => lb.select(key, MAX_ITERATIONS),
+        }
+    }
+
+    pub fn is_least_conn(&self) -> bool {
+        matches!(self, Balancer::LeastConn(_))
+    }
+}

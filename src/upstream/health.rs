@@ -1,0 +1,79 @@
+//! Active health checks: one background service that walks the pools of whatever snapshot is
+//! serving, so it outlives reloads and a pool kept across a reload keeps its schedule.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+
+use super::UpstreamPool;
+use crate::state::GatewayState;
+
+/// How often the service looks for a pool whose check is due. Checks themselves run at each
+/// pool's own `interval`; this only bounds how late one can start.
+const TICK: Duration = Duration::from_millis(20);
+
+pub struct HealthChecks {
+    pub state: Arc<GatewayState>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let snapshot = self.state.current();
+            for pool in snapshot.pools.values() {
+                if claim_due_pass(pool) {
+                    let pool = Arc::clone(pool);
+                    let state = Arc::clone(&self.state);
+                    tokio::spawn(async move { run_pass(&pool, &state).await });
+                }
+            }
+        }
+    }
+}
+
+/// True (and marks the pass as running) when the pool has a check due and none running.
+fn claim_due_pass(pool: &UpstreamPool) -> bool {
+    let Some(schedule) = pool.health_schedule() else {
+        return false;
+    };
+    let due = *schedule.next_due.lock().unwrap_or_else(|p| p.into_inner()) <= Instant::now();
+    due && schedule
+        .running
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+}
+
+async fn run_pass(pool: &UpstreamPool, state: &GatewayState) {
+    pool.backends().run_health_check(true).await;
+    for (i, target) in pool.targets.iter().enumerate() {
+        let healthy = pool.is_healthy(i);
+        state
+            .metrics
+            .upstream_target_healthy
+            .with_label_values(&[&pool.name, &target.label])
+            .set(i64::from(healthy));
+        if target.reported_healthy.swap(healthy, Ordering::Relaxed) != healthy {
+            if healthy {
+                log::info!("upstream {} target {} is healthy again", pool.name, target.label);
+            } else {
+                log::warn!("upstream {} target {} failed its health check and is out", pool.name, target.label);
+            }
+        }
+    }
+    if let Some(schedule) = pool.health_schedule() {
+        *schedule.next_due.lock().unwrap_or_else(|p| p.into_inner()) =
+            Instant::now() + schedule.interval;
+        schedule.running.store(false, Ordering::Release);
+    }
+}

@@ -1,0 +1,322 @@
+//! Upstream pools: named groups of targets, how a target is chosen, what a connection to it
+//! may cost in time, and which targets are healthy.
+
+pub mod balance;
+pub mod health;
+
+use std::collections::BTreeSet;
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use http::HeaderName;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::RequestHeader;
+use pingora_load_balancing::health_check::HttpHealthCheck;
+use pingora_load_balancing::{discovery, Backend, Backends};
+
+use crate::config::{Balance, HealthCheckSpec, UpstreamSection};
+use balance::Balancer;
+
+/// What consistent hashing hashes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Path,
+    Header(HeaderName),
+    Cookie(String),
+    Claim(String),
+}
+
+impl HashKey {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("hash_key \"{text}\" must be ip, path, header:NAME, cookie:NAME or claim:NAME")
+        };
+        match text.split_once(':') {
+            None if text == "ip" => Ok(HashKey::ClientIp),
+            None if text == "path" => Ok(HashKey::Path),
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| bad()),
+            Some(("cookie", name)) if !name.is_empty() => Ok(HashKey::Cookie(name.to_string())),
+            Some(("claim", name)) if !name.is_empty() => Ok(HashKey::Claim(name.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// One target of a pool, with what the proxy needs to reach it and count its load.
+pub struct Target {
+    /// `host:port` as configured: the `target` label in metrics and `/status`.
+    pub label: Arc<str>,
+    pub backend: Backend,
+    /// Connection settings for this target, built once; cloned per request.
+    pub peer: HttpPeer,
+    pub weight: usize,
+    pub in_flight: AtomicUsize,
+    /// The health last reported, so changes are logged once.
+    pub(crate) reported_healthy: AtomicBool,
+}
+
+/// A compiled `[upstreams.NAME]`. Kept across reloads when its config is unchanged, so health
+/// state and pooled connections survive.
+pub struct UpstreamPool {
+    pub name: Arc<str>,
+    /// The config it was built from, to decide reuse on reload.
+    pub spec: UpstreamSection,
+    pub targets: Vec<Target>,
+    pub hash_key: Option<HashKey>,
+    balancer: Balancer,
+    health: Option<HealthSchedule>,
+    /// Rotates the start of least-connections scans so ties spread out.
+    tie_breaker: AtomicUsize,
+}
+
+pub(crate) struct HealthSchedule {
+    pub interval: Duration,
+    pub next_due: Mutex<Instant>,
+    pub running: AtomicBool,
+}
+
+impl UpstreamPool {
+    /// Build a pool from its config. Target host names are resolved here, once.
+    pub fn build(name: &str, spec: &UpstreamSection) -> Result<UpstreamPool, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        if spec.targets.is_empty() {
+            errors.push(("targets".to_string(), "needs at least one target".to_string()));
+        }
+        let hash_key = match (&spec.balance, &spec.hash_key) {
+            (Balance::ConsistentHash, None) => {
+                errors.push((
+                    "hash_key".into(),
+                    "consistent_hash needs a hash_key (ip, path, header:NAME, cookie:NAME or claim:NAME)"
+                        .into(),
+                ));
+                None
+            }
+            (Balance::ConsistentHash, Some(text)) => match HashKey::parse(text) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    errors.push(("hash_key".into(), e));
+                    None
+                }
+            },
+            (_, Some(_)) => {
+                errors.push(("hash_key".into(), "only used with balance = \"consistent_hash\"".into()));
+                None
+            }
+            (_, None) => None,
+        };
+        for (key, d) in [
+            ("connect_timeout", spec.connect_timeout),
+            ("read_timeout", spec.read_timeout),
+            ("idle_timeout", spec.idle_timeout),
+        ] {
+            if d.0.is_zero() {
+                errors.push((key.into(), "must be greater than zero".into()));
+            }
+        }
+        if let Some(hc) = &spec.health_check {
+            health_check_errors(hc, &mut errors);
+        }
+
+        let mut targets = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, t) in spec.targets.iter().enumerate() {
+            let path = format!("targets[{i}]");
+            if t.weight == 0 {
+                errors.push((path.clone(), "weight must be at least 1".into()));
+                continue;
+            }
+            let addr = match t.addr.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(addr)) => addr,
+                Ok(None) | Err(_) => {
+                    errors.push((path, format!("cannot resolve \"{}\" as host:port", t.addr)));
+                    continue;
+                }
+            };
+            if !seen.insert(addr) {
+                errors.push((path, format!("target {addr} is listed twice")));
+                continue;
+            }
+            let mut backend = Backend::new_with_weight(&addr.to_string(), t.weight as usize)
+                .map_err(|e| vec![(format!("targets[{i}]"), e.to_string())])?;
+            backend.weight = t.weight as usize;
+            targets.push(Target {
+                label: t.addr.as_str().into(),
+                peer: peer_for(&backend, spec),
+                backend,
+                weight: t.weight as usize,
+                in_flight: AtomicUsize::new(0),
+                reported_healthy: AtomicBool::new(true),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+
+        let set: BTreeSet<Backend> = targets.iter().map(|t| t.backend.clone()).collect();
+        let mut backends = Backends::new(discovery::Static::new(set));
+        if let Some(hc) = &spec.health_check {
+            backends.set_health_check(Box::new(http_health_check(hc)));
+        }
+        let balancer = Balancer::new(spec.balance, backends);
+        // Static discovery completes without waiting; the selector is ready afterwards.
+        match balancer.update().now_or_never() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(vec![(String::new(), e.to_string())]),
+            None => return Err(vec![(String::new(), "target discovery did not complete".into())]),
+        }
+        Ok(UpstreamPool {
+            name: name.into(),
+            spec: spec.clone(),
+            targets,
+            hash_key,
+            balancer,
+            health: spec.health_check.as_ref().map(|hc| HealthSchedule {
+                interval: hc.interval.0,
+                next_due: Mutex::new(Instant::now()),
+                running: AtomicBool::new(false),
+            }),
+            tie_breaker: AtomicUsize::new(0),
+        })
+    }
+
+    /// Whether the active health check currently allows traffic to this target.
+    pub fn is_healthy(&self, index: usize) -> bool {
+        self.targets
+            .get(index)
+            .is_some_and(|t| self.balancer.backends().ready(&t.backend))
+    }
+
+    /// Choose a healthy target, or `None` when there is none. `hash_input` is the consistent
+    /// hashing key (empty for the other algorithms).
+    pub fn select(&self, hash_input: &[u8]) -> Option<usize> {
+        if self.balancer.is_least_conn() {
+            return self.select_least_conn();
+        }
+        let backend = self.balancer.select(hash_input)?;
+        self.targets.iter().position(|t| t.backend.addr == backend.addr)
+    }
+
+    /// The healthy target with the fewest requests in flight per unit of weight.
+    fn select_least_conn(&self) -> Option<usize> {
+        let n = self.targets.len();
+        let start = self.tie_breaker.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        let mut best: Option<(usize, usize)> = None;
+        for offset in 0..n {
+            let i = (start + offset) % n;
+            if !self.is_healthy(i) {
+                continue;
+            }
+            let t = &self.targets[i];
+            // Compare (in_flight + 1) / weight without division: scale by the other weight.
+            let load = t.in_flight.load(Ordering::Relaxed) + 1;
+            let better = match best {
+                None => true,
+                Some((b, b_load)) => load * self.targets[b].weight < b_load * t.weight,
+            };
+            if better {
+                best = Some((i, load));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// A request is now in flight to target `index`; dropping the guard ends it.
+    pub fn start_request(self: &Arc<Self>, index: usize) -> InFlight {
+        if let Some(t) = self.targets.get(index) {
+            t.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight {
+            pool: Arc::clone(self),
+            index,
+        }
+    }
+
+    pub(crate) fn health_schedule(&self) -> Option<&HealthSchedule> {
+        self.health.as_ref()
+    }
+
+    pub(crate) fn backends(&self) -> &Backends {
+        self.balancer.backends()
+    }
+}
+
+/// Counts one request in flight to one target for as long as it lives, so the count is
+/// right however the request ends.
+pub struct InFlight {
+    pool: Arc<UpstreamPool>,
+    index: usize,
+}
+
+impl InFlight {
+    pub fn pool(&self) -> &Arc<UpstreamPool> {
+        &self.pool
+    }
+    pub fn target(&self) -> &Target {
+        &self.pool.targets[self.index]
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(t) = self.pool.targets.get(self.index) {
+            t.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Every timeout set: Pingora's defaults are none, which turns a hung upstream into a hung
+/// client.
+fn peer_for(backend: &Backend, spec: &UpstreamSection) -> HttpPeer {
+    let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
+    let read = spec.read_timeout.0;
+    peer.options.connection_timeout = Some(spec.connect_timeout.0);
+    peer.options.total_connection_timeout = Some(spec.connect_timeout.0);
+    peer.options.read_timeout = Some(read);
+    peer.options.write_timeout = Some(spec.write_timeout.map_or(read, |w| w.0));
+    peer.options.idle_timeout = Some(spec.idle_timeout.0);
+    peer
+}
+
+fn health_check_errors(hc: &HealthCheckSpec, errors: &mut Vec<(String, String)>) {
+    if !hc.path.starts_with('/') {
+        errors.push(("health_check.path".into(), "must start with \"/\"".into()));
+    }
+    if hc.interval.0 < Duration::from_millis(10) {
+        errors.push(("health_check.interval".into(), "must be at least 10ms".into()));
+    }
+    if hc.timeout.0.is_zero() {
+        errors.push(("health_check.timeout".into(), "must be greater than zero".into()));
+    }
+    if hc.healthy == 0 || hc.unhealthy == 0 {
+        errors.push((
+            "health_check".into(),
+            "healthy and unhealthy thresholds must be at least 1".into(),
+        ));
+    }
+}
+
+fn http_health_check(hc: &HealthCheckSpec) -> HttpHealthCheck {
+    let host = hc.host.as_deref().unwrap_or("localhost");
+    let mut check = HttpHealthCheck::new(host, false);
+    if let Ok(mut req) = RequestHeader::build("GET", hc.path.as_bytes(), None) {
+        // The path was validated above; a failure here keeps the default `/`.
+        if req.insert_header("Host", host).is_ok()
+            && req.insert_header("User-Agent", "portico-health-check").is_ok()
+        {
+            check.req = req;
+        }
+    }
+    check.consecutive_success = hc.healthy;
+    check.consecutive_failure = hc.unhealthy;
+    check.peer_template.options.connection_timeout = Some(hc.timeout.0);
+    check.peer_template.options.total_connection_timeout = Some(hc.timeout.0);
+    check.peer_template.options.read_timeout = Some(hc.timeout.0);
+    check.peer_template.options.write_timeout = Some(hc.timeout.0);
+    check
+}
