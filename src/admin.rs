@@ -33,7 +33,10 @@ fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<V
         headers.insert(http::header::CONTENT_TYPE, v);
     }
     headers.insert(http::header::CONTENT_LENGTH, length.into());
-    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 
@@ -115,7 +118,9 @@ impl AdminApi {
         let state = Arc::clone(&self.state);
         // Reading the file and resolving target names may block: keep it off the event loop.
         match tokio::task::spawn_blocking(move || state.reload()).await {
-            Ok(Ok(generation)) => json_response(StatusCode::OK, &json!({ "generation": generation })),
+            Ok(Ok(generation)) => {
+                json_response(StatusCode::OK, &json!({ "generation": generation }))
+            }
             Ok(Err(errors)) => invalid_config(&errors.lines(), path),
             Err(_) => problem(ErrorCode::Internal, "the reload did not complete", path),
         }
@@ -153,7 +158,11 @@ impl ServeHttp for AdminApi {
             _ => return problem(ErrorCode::NoRoute, "no admin endpoint here", &path),
         };
         if method != allowed && !(allowed == Method::GET && method == Method::HEAD) {
-            let mut resp = problem(ErrorCode::MethodNotAllowed, &format!("use {allowed}"), &path);
+            let mut resp = problem(
+                ErrorCode::MethodNotAllowed,
+                &format!("use {allowed}"),
+                &path,
+            );
             if let Ok(v) = allowed.as_str().parse() {
                 resp.headers_mut().insert(http::header::ALLOW, v);
             }
@@ -161,9 +170,10 @@ impl ServeHttp for AdminApi {
         }
         match path.as_str() {
             "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
-            "/readyz" if self.state.is_draining() => {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "draining" }))
-            }
+            "/readyz" if self.state.is_draining() => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "status": "draining" }),
+            ),
             "/readyz" => json_response(
                 StatusCode::OK,
                 &json!({ "status": "ready", "generation": self.state.generation() }),

@@ -38,7 +38,11 @@ impl BackgroundService for Drain {
         let mut quiet = 0;
         while quiet < 2 {
             tokio::time::sleep(POLL).await;
-            quiet = if active.load(Ordering::Acquire) == 0 { quiet + 1 } else { 0 };
+            quiet = if active.load(Ordering::Acquire) == 0 {
+                quiet + 1
+            } else {
+                0
+            };
         }
         log::info!("drained: every in-flight request finished");
         self.state.access_log.flush();

@@ -21,7 +21,10 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new("portico_http_requests_total", "Requests answered, by route, method and status."),
+            Opts::new(
+                "portico_http_requests_total",
+                "Requests answered, by route, method and status.",
+            ),
             &["route", "method", "status"],
         )?;
         let http_request_duration = HistogramVec::new(
@@ -30,7 +33,8 @@ impl Metrics {
                 "Time from the request's arrival to the end of its response, by route.",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ]),
             &["route"],
         )?;
@@ -42,15 +46,23 @@ impl Metrics {
             &["upstream", "target", "outcome"],
         )?;
         let upstream_target_healthy = IntGaugeVec::new(
-            Opts::new("portico_upstream_target_healthy", "1 while the active health check passes a target."),
+            Opts::new(
+                "portico_upstream_target_healthy",
+                "1 while the active health check passes a target.",
+            ),
             &["upstream", "target"],
         )?;
         let config_reloads = IntCounterVec::new(
-            Opts::new("portico_config_reloads_total", "Config loads, by result: ok or error."),
+            Opts::new(
+                "portico_config_reloads_total",
+                "Config loads, by result: ok or error.",
+            ),
             &["result"],
         )?;
-        let config_generation =
-            IntGauge::new("portico_config_generation", "Generation of the config now serving.")?;
+        let config_generation = IntGauge::new(
+            "portico_config_generation",
+            "Generation of the config now serving.",
+        )?;
         let access_log_dropped = IntCounter::new(
             "portico_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up.",

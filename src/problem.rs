@@ -71,7 +71,9 @@ pub async fn respond(
     let body = body(code, detail, &instance, request_id);
     let resp = header(code, body.len(), request_id, extra)?;
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head_only).await?;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }
@@ -84,7 +86,12 @@ mod tests {
 
     #[test]
     fn the_body_has_every_member_the_spec_names() {
-        let b = body(ErrorCode::RateLimited, "limit of 100 per 1m reached", "/api/v1/users/42", "6f1c");
+        let b = body(
+            ErrorCode::RateLimited,
+            "limit of 100 per 1m reached",
+            "/api/v1/users/42",
+            "6f1c",
+        );
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["type"], "urn:portico:error:rate_limited");
         assert_eq!(v["title"], "Too Many Requests");
@@ -98,7 +105,8 @@ mod tests {
     #[test]
     fn long_paths_are_cut_short() {
         let long = "/a".repeat(1000);
-        let v: serde_json::Value = serde_json::from_slice(&body(ErrorCode::NoRoute, "", &long, "x")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&body(ErrorCode::NoRoute, "", &long, "x")).unwrap();
         assert_eq!(v["instance"].as_str().unwrap().len(), MAX_INSTANCE);
     }
 }

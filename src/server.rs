@@ -36,7 +36,8 @@ pub enum StartError {
 /// Build the server for a compiled snapshot and run it until it is told to stop.
 pub fn run(snapshot: Snapshot, options: StartOptions) -> Result<(), StartError> {
     let server_settings = snapshot.server.clone();
-    let access_log = AccessLog::start(&server_settings.access_log).map_err(StartError::AccessLog)?;
+    let access_log =
+        AccessLog::start(&server_settings.access_log).map_err(StartError::AccessLog)?;
     let metrics = Metrics::new()?;
     let admin_listen = snapshot.admin_listen;
     let state = GatewayState::new(snapshot, options.config_path, metrics, access_log);
@@ -72,12 +73,27 @@ pub fn run(snapshot: Snapshot, options: StartOptions) -> Result<(), StartError> 
     }
     proxy.threads = Some(server_settings.threads);
 
-    let mut admin = Service::new("portico admin".to_string(), AdminApi { state: Arc::clone(&state) });
+    let mut admin = Service::new(
+        "portico admin".to_string(),
+        AdminApi {
+            state: Arc::clone(&state),
+        },
+    );
     admin.add_tcp(&admin_listen.to_string());
     admin.threads = Some(1);
 
-    let health = background_service("health checks", HealthChecks { state: Arc::clone(&state) });
-    let drain = background_service("drain", Drain { state: Arc::clone(&state) });
+    let health = background_service(
+        "health checks",
+        HealthChecks {
+            state: Arc::clone(&state),
+        },
+    );
+    let drain = background_service(
+        "drain",
+        Drain {
+            state: Arc::clone(&state),
+        },
+    );
 
     server.add_service(proxy);
     server.add_service(admin);

@@ -76,7 +76,10 @@ impl GatewayState {
     }
 
     pub fn last_load(&self) -> LoadReport {
-        self.last_load.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_load
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Read, validate and compile the config file again; swap it in only if it is wholly
@@ -106,7 +109,10 @@ impl GatewayState {
                     ok: false,
                     errors: errors.lines(),
                 };
-                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
                 log::error!("config reload rejected, the old config keeps serving:\n{errors}");
                 Err(errors)
             }

@@ -72,13 +72,16 @@ fn parse_toml(text: String, origin: &str) -> Result<ImDocument<String>, ConfigEr
     })
 }
 
+/// A problem found before the source map of the final document exists: key path, message.
+type KeyProblem = (String, String);
+
 /// Replace each string literal that mentions `${` with its expansion, written as a one-line
 /// literal so that line numbers in later errors still match the file the user wrote.
 fn expand_env(
     doc: ImDocument<String>,
     origin: &str,
     env: &impl Fn(&str) -> Option<String>,
-) -> Result<(ImDocument<String>, Vec<(String, String)>), ConfigErrors> {
+) -> Result<(ImDocument<String>, Vec<KeyProblem>), ConfigErrors> {
     let map = SourceMap::build(&doc);
     let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
     let mut errors = Vec::new();

@@ -78,20 +78,38 @@ mod tests {
         let cases = [
             (err(ConnectRefused, Upstream), Some(ErrorCode::BadGateway)),
             (err(ConnectRefused, Internal), Some(ErrorCode::BadGateway)),
-            (err(ConnectTimedout, Upstream), Some(ErrorCode::UpstreamTimeout)),
-            (err(ReadTimedout, Upstream), Some(ErrorCode::UpstreamTimeout)),
-            (err(InvalidHTTPHeader, Upstream), Some(ErrorCode::BadGateway)),
+            (
+                err(ConnectTimedout, Upstream),
+                Some(ErrorCode::UpstreamTimeout),
+            ),
+            (
+                err(ReadTimedout, Upstream),
+                Some(ErrorCode::UpstreamTimeout),
+            ),
+            (
+                err(InvalidHTTPHeader, Upstream),
+                Some(ErrorCode::BadGateway),
+            ),
             (err(ConnectionClosed, Upstream), Some(ErrorCode::BadGateway)),
             (err(ReadError, Downstream), None),
             (err(ReadTimedout, Downstream), None),
-            (err(InvalidHTTPHeader, Downstream), Some(ErrorCode::BadRequest)),
-            (err(HTTPStatus(413), Downstream), Some(ErrorCode::PayloadTooLarge)),
+            (
+                err(InvalidHTTPHeader, Downstream),
+                Some(ErrorCode::BadRequest),
+            ),
+            (
+                err(HTTPStatus(413), Downstream),
+                Some(ErrorCode::PayloadTooLarge),
+            ),
             (err(InternalError, Internal), Some(ErrorCode::Internal)),
         ];
         for (e, want) in cases {
             assert_eq!(classify(&e, None), want, "{e}");
         }
         let e = err(ConnectRefused, Upstream);
-        assert_eq!(classify(&e, Some(ErrorCode::UpstreamUnavailable)), Some(ErrorCode::UpstreamUnavailable));
+        assert_eq!(
+            classify(&e, Some(ErrorCode::UpstreamUnavailable)),
+            Some(ErrorCode::UpstreamUnavailable)
+        );
     }
 }

@@ -47,9 +47,9 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 /// characters. Anything else is replaced, so it cannot smuggle junk into logs.
 pub fn sane_request_id(value: &[u8]) -> bool {
     (1..=128).contains(&value.len())
-        && value
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'=' | b'/'))
+        && value.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'=' | b'/')
+        })
 }
 
 pub fn new_request_id() -> String {
@@ -60,8 +60,11 @@ pub fn new_request_id() -> String {
 pub fn trace_id_of(traceparent: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(traceparent).ok()?;
     let mut parts = text.split('-');
-    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
     let valid = hex(version, 2)
         && version != "ff"
         && hex(trace, 32)
@@ -93,7 +96,9 @@ pub fn drop_connection_headers(req: &mut RequestHeader) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty() && !matches!(name.as_str(), "close" | "keep-alive" | "upgrade"))
+        .filter(|name| {
+            !name.is_empty() && !matches!(name.as_str(), "close" | "keep-alive" | "upgrade")
+        })
         .collect();
     for name in named {
         req.remove_header(&name);
@@ -129,7 +134,11 @@ mod tests {
             ("10.0.0.1", vec![], "10.0.0.1"),
         ];
         for (peer, xff, want) in cases {
-            assert_eq!(client_ip(ip(peer), &headers(&xff), &trusted), ip(want), "{peer} {xff:?}");
+            assert_eq!(
+                client_ip(ip(peer), &headers(&xff), &trusted),
+                ip(want),
+                "{peer} {xff:?}"
+            );
         }
     }
 
@@ -156,7 +165,8 @@ mod tests {
     #[test]
     fn headers_named_in_connection_are_dropped() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("connection", "keep-alive, X-Secret").unwrap();
+        req.insert_header("connection", "keep-alive, X-Secret")
+            .unwrap();
         req.insert_header("x-secret", "1").unwrap();
         req.insert_header("keep-alive", "timeout=5").unwrap();
         req.insert_header("x-other", "2").unwrap();

@@ -54,14 +54,22 @@ impl Portico {
     fn hash_input(key: &HashKey, session: &Session, ctx: &RequestCtx) -> Vec<u8> {
         let req = session.req_header();
         match key {
-            HashKey::ClientIp => ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default().into_bytes(),
+            HashKey::ClientIp => ctx
+                .client_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default()
+                .into_bytes(),
             HashKey::Path => ctx
                 .normalized_path
                 .as_deref()
                 .unwrap_or_else(|| req.uri.path())
                 .as_bytes()
                 .to_vec(),
-            HashKey::Header(name) => req.headers.get(name).map(|v| v.as_bytes().to_vec()).unwrap_or_default(),
+            HashKey::Header(name) => req
+                .headers
+                .get(name)
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default(),
             HashKey::Cookie(name) => cookie(req, name).unwrap_or_default().into_bytes(),
             HashKey::Claim(name) => ctx
                 .plugin_cx
@@ -109,11 +117,15 @@ impl ProxyHttp for Portico {
         let req = session.req_header();
 
         ctx.request_id = match req.headers.get(X_REQUEST_ID) {
-            Some(v) if sane_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            Some(v) if sane_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
             _ => new_request_id(),
         };
         ctx.traceparent = match req.headers.get(TRACEPARENT) {
-            Some(v) if trace_id_of(v.as_bytes()).is_some() => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            Some(v) if trace_id_of(v.as_bytes()).is_some() => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
             _ => new_traceparent(),
         };
         let peer = session
@@ -130,7 +142,9 @@ impl ProxyHttp for Portico {
             Ok(path) => path,
             Err(rejection) => {
                 ctx.snapshot = Some(snapshot);
-                return self.reject(session, ctx, ErrorCode::BadRequest, rejection.detail(), &[]).await;
+                return self
+                    .reject(session, ctx, ErrorCode::BadRequest, rejection.detail(), &[])
+                    .await;
             }
         };
         let normalized = match path {
@@ -144,9 +158,14 @@ impl ProxyHttp for Portico {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         if declared_length.is_some_and(|n| n > snapshot.server.max_request_body) {
-            let detail = format!("the request body is larger than {} bytes", snapshot.server.max_request_body);
+            let detail = format!(
+                "the request body is larger than {} bytes",
+                snapshot.server.max_request_body
+            );
             ctx.snapshot = Some(snapshot);
-            return self.reject(session, ctx, ErrorCode::PayloadTooLarge, &detail, &[]).await;
+            return self
+                .reject(session, ctx, ErrorCode::PayloadTooLarge, &detail, &[])
+                .await;
         }
 
         let host = req
@@ -155,19 +174,38 @@ impl ProxyHttp for Portico {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.host());
         let routed_path = normalized.as_deref().unwrap_or_else(|| req.uri.path());
-        let matched = snapshot.routes.match_request(host, &req.method, routed_path, &req.headers);
+        let matched = snapshot
+            .routes
+            .match_request(host, &req.method, routed_path, &req.headers);
         let route = match matched {
             RouteMatch::Found(route) => Arc::clone(route),
             RouteMatch::NotFound => {
                 ctx.snapshot = Some(snapshot);
-                return self.reject(session, ctx, ErrorCode::NoRoute, "no route matches this request", &[]).await;
+                return self
+                    .reject(
+                        session,
+                        ctx,
+                        ErrorCode::NoRoute,
+                        "no route matches this request",
+                        &[],
+                    )
+                    .await;
             }
             RouteMatch::MethodNotAllowed(allowed) => {
-                let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
-                let extra: Vec<_> = header_value(&allow).map(|v| (http::header::ALLOW, v)).into_iter().collect();
+                let allow = allowed
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let extra: Vec<_> = header_value(&allow)
+                    .map(|v| (http::header::ALLOW, v))
+                    .into_iter()
+                    .collect();
                 ctx.snapshot = Some(snapshot);
                 let detail = format!("this route accepts {allow}");
-                return self.reject(session, ctx, ErrorCode::MethodNotAllowed, &detail, &extra).await;
+                return self
+                    .reject(session, ctx, ErrorCode::MethodNotAllowed, &detail, &extra)
+                    .await;
             }
         };
         ctx.normalized_path = normalized;
@@ -181,13 +219,27 @@ impl ProxyHttp for Portico {
                 Ok(Flow::Reject(rejection)) => {
                     ctx.plugin_cx = Some(cx);
                     return self
-                        .reject(session, ctx, rejection.code, &rejection.detail, &rejection.headers)
+                        .reject(
+                            session,
+                            ctx,
+                            rejection.code,
+                            &rejection.detail,
+                            &rejection.headers,
+                        )
                         .await;
                 }
                 Err(e) => {
                     log::error!("plugin {name} failed on request {}: {e}", ctx.request_id);
                     ctx.plugin_cx = Some(cx);
-                    return self.reject(session, ctx, ErrorCode::Internal, "the gateway failed to process the request", &[]).await;
+                    return self
+                        .reject(
+                            session,
+                            ctx,
+                            ErrorCode::Internal,
+                            "the gateway failed to process the request",
+                            &[],
+                        )
+                        .await;
                 }
             }
         }
@@ -205,17 +257,27 @@ impl ProxyHttp for Portico {
     ) -> Result<()> {
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
-            let limit = ctx.snapshot.as_ref().map_or(u64::MAX, |s| s.server.max_request_body);
+            let limit = ctx
+                .snapshot
+                .as_ref()
+                .map_or(u64::MAX, |s| s.server.max_request_body);
             if ctx.body_bytes > limit {
                 ctx.decided = Some(ErrorCode::PayloadTooLarge);
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_request_body");
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over max_request_body",
+                );
             }
         }
         Ok(())
     }
 
     /// Choose the target. Runs again on a retry, so it only chooses: no other side effects.
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.clone() else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
@@ -228,7 +290,10 @@ impl ProxyHttp for Portico {
         ctx.in_flight = None;
         let Some(index) = pool.select(&hash_input) else {
             ctx.decided = Some(ErrorCode::UpstreamUnavailable);
-            let mut e = Error::explain(ErrorType::HTTPStatus(503), format!("upstream {} has no healthy target", pool.name));
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("upstream {} has no healthy target", pool.name),
+            );
             e.set_retry(false);
             return Err(e);
         };
@@ -251,19 +316,32 @@ impl ProxyHttp for Portico {
             return Ok(());
         };
         if ctx.normalized_path.is_some() || route.strip_segments > 0 {
-            let path = ctx.normalized_path.as_deref().unwrap_or_else(|| upstream.uri.path());
+            let path = ctx
+                .normalized_path
+                .as_deref()
+                .unwrap_or_else(|| upstream.uri.path());
             let path = strip_segments(path, route.strip_segments);
             let uri = match upstream.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path.to_string(),
             };
-            let uri: Uri = uri.parse().map_err(|e| Error::because(ErrorType::InternalError, "rewriting the upstream path", e))?;
+            let uri: Uri = uri.parse().map_err(|e| {
+                Error::because(ErrorType::InternalError, "rewriting the upstream path", e)
+            })?;
             upstream.set_uri(uri);
         }
 
         drop_connection_headers(upstream);
-        let peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
-        let forwarded_for = match upstream.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let forwarded_for = match upstream
+            .headers
+            .get(X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+        {
             Some(existing) if ctx.peer_trusted => format!("{existing}, {peer_ip}"),
             _ => peer_ip,
         };
@@ -272,7 +350,12 @@ impl ProxyHttp for Portico {
             upstream.insert_header(X_FORWARDED_PROTO, "http")?;
         }
         if !(ctx.peer_trusted && upstream.headers.contains_key(X_FORWARDED_HOST)) {
-            match session.req_header().headers.get(http::header::HOST).cloned() {
+            match session
+                .req_header()
+                .headers
+                .get(http::header::HOST)
+                .cloned()
+            {
                 Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
                 None => {
                     upstream.remove_header(X_FORWARDED_HOST);
@@ -285,7 +368,10 @@ impl ProxyHttp for Portico {
         if let Some(cx) = ctx.plugin_cx.as_mut() {
             for (name, plugin) in &route.plugins {
                 if let Err(e) = plugin.on_upstream_request(upstream, cx).await {
-                    log::error!("plugin {name} failed shaping request {}: {e}", ctx.request_id);
+                    log::error!(
+                        "plugin {name} failed shaping request {}: {e}",
+                        ctx.request_id
+                    );
                     ctx.decided = Some(ErrorCode::Internal);
                     return Error::e_explain(ErrorType::InternalError, "plugin failed");
                 }
@@ -326,10 +412,18 @@ impl ProxyHttp for Portico {
     }
 
     /// The one place a failed request becomes a problem+json answer.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = failure::classify(e, ctx.decided);
         let Some(code) = code else {
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
         ctx.decided = Some(code);
         if session.response_written().is_none() {
@@ -346,7 +440,9 @@ impl ProxyHttp for Portico {
             } else {
                 Vec::new()
             };
-            if let Err(write_error) = problem::respond(session, code, detail, &ctx.request_id, &extra).await {
+            if let Err(write_error) =
+                problem::respond(session, code, detail, &ctx.request_id, &extra).await
+            {
                 log::debug!("could not send the error answer: {write_error}");
             }
         }
@@ -378,7 +474,10 @@ impl ProxyHttp for Portico {
             .observe(ctx.started.elapsed().as_secs_f64());
 
         let (upstream, target) = match &ctx.in_flight {
-            Some(f) => (Some(Arc::clone(&f.pool().name)), Some(Arc::clone(&f.target().label))),
+            Some(f) => (
+                Some(Arc::clone(&f.pool().name)),
+                Some(Arc::clone(&f.target().label)),
+            ),
             None => (None, None),
         };
         if let (Some(upstream), Some(target)) = (&upstream, &target) {
@@ -387,7 +486,10 @@ impl ProxyHttp for Portico {
                 _ if status >= 500 => "http_5xx",
                 _ => "success",
             };
-            metrics.upstream_requests.with_label_values(&[upstream, target, outcome]).inc();
+            metrics
+                .upstream_requests
+                .with_label_values(&[upstream, target, outcome])
+                .inc();
         }
         let upstream_ms = ctx.upstream_started.map(|t| millis(t.elapsed()));
         ctx.in_flight = None;
@@ -410,7 +512,11 @@ impl ProxyHttp for Portico {
                 upstream_ms,
                 bytes_sent: session.body_bytes_sent(),
                 cache: None,
-                consumer: ctx.plugin_cx.as_ref().and_then(|cx| cx.identity.as_ref()).map(|id| id.consumer.clone()),
+                consumer: ctx
+                    .plugin_cx
+                    .as_ref()
+                    .and_then(|cx| cx.identity.as_ref())
+                    .map(|id| id.consumer.clone()),
                 trace_id: ctx.trace_id().map(str::to_string),
             };
             if !self.state.access_log.log(record) {

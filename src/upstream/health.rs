@@ -65,9 +65,17 @@ async fn run_pass(pool: &UpstreamPool, state: &GatewayState) {
             .set(i64::from(healthy));
         if target.reported_healthy.swap(healthy, Ordering::Relaxed) != healthy {
             if healthy {
-                log::info!("upstream {} target {} is healthy again", pool.name, target.label);
+                log::info!(
+                    "upstream {} target {} is healthy again",
+                    pool.name,
+                    target.label
+                );
             } else {
-                log::warn!("upstream {} target {} failed its health check and is out", pool.name, target.label);
+                log::warn!(
+                    "upstream {} target {} failed its health check and is out",
+                    pool.name,
+                    target.label
+                );
             }
         }
     }

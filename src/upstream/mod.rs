@@ -83,10 +83,16 @@ pub(crate) struct HealthSchedule {
 
 impl UpstreamPool {
     /// Build a pool from its config. Target host names are resolved here, once.
-    pub fn build(name: &str, spec: &UpstreamSection) -> Result<UpstreamPool, Vec<(String, String)>> {
+    pub fn build(
+        name: &str,
+        spec: &UpstreamSection,
+    ) -> Result<UpstreamPool, Vec<(String, String)>> {
         let mut errors = Vec::new();
         if spec.targets.is_empty() {
-            errors.push(("targets".to_string(), "needs at least one target".to_string()));
+            errors.push((
+                "targets".to_string(),
+                "needs at least one target".to_string(),
+            ));
         }
         let hash_key = match (&spec.balance, &spec.hash_key) {
             (Balance::ConsistentHash, None) => {
@@ -105,7 +111,10 @@ impl UpstreamPool {
                 }
             },
             (_, Some(_)) => {
-                errors.push(("hash_key".into(), "only used with balance = \"consistent_hash\"".into()));
+                errors.push((
+                    "hash_key".into(),
+                    "only used with balance = \"consistent_hash\"".into(),
+                ));
                 None
             }
             (_, None) => None,
@@ -168,7 +177,12 @@ impl UpstreamPool {
         match balancer.update().now_or_never() {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(vec![(String::new(), e.to_string())]),
-            None => return Err(vec![(String::new(), "target discovery did not complete".into())]),
+            None => {
+                return Err(vec![(
+                    String::new(),
+                    "target discovery did not complete".into(),
+                )])
+            }
         }
         Ok(UpstreamPool {
             name: name.into(),
@@ -199,7 +213,9 @@ impl UpstreamPool {
             return self.select_least_conn();
         }
         let backend = self.balancer.select(hash_input)?;
-        self.targets.iter().position(|t| t.backend.addr == backend.addr)
+        self.targets
+            .iter()
+            .position(|t| t.backend.addr == backend.addr)
     }
 
     /// The healthy target with the fewest requests in flight per unit of weight.
@@ -288,10 +304,16 @@ fn health_check_errors(hc: &HealthCheckSpec, errors: &mut Vec<(String, String)>)
         errors.push(("health_check.path".into(), "must start with \"/\"".into()));
     }
     if hc.interval.0 < Duration::from_millis(10) {
-        errors.push(("health_check.interval".into(), "must be at least 10ms".into()));
+        errors.push((
+            "health_check.interval".into(),
+            "must be at least 10ms".into(),
+        ));
     }
     if hc.timeout.0.is_zero() {
-        errors.push(("health_check.timeout".into(), "must be greater than zero".into()));
+        errors.push((
+            "health_check.timeout".into(),
+            "must be greater than zero".into(),
+        ));
     }
     if hc.healthy == 0 || hc.unhealthy == 0 {
         errors.push((
@@ -307,7 +329,9 @@ fn http_health_check(hc: &HealthCheckSpec) -> HttpHealthCheck {
     if let Ok(mut req) = RequestHeader::build("GET", hc.path.as_bytes(), None) {
         // The path was validated above; a failure here keeps the default `/`.
         if req.insert_header("Host", host).is_ok()
-            && req.insert_header("User-Agent", "portico-health-check").is_ok()
+            && req
+                .insert_header("User-Agent", "portico-health-check")
+                .is_ok()
         {
             check.req = req;
         }

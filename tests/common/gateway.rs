@@ -1,0 +1,214 @@
+//! The real gateway, as a user runs it: the `portico` binary with a config file, on free
+//! ports, ready when its admin `/readyz` says so, killed when the test drops it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_ports;
+
+pub struct Gateway {
+    /// The public listener.
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    stderr_path: PathBuf,
+    /// A client without a connection pool, so each test request is independent.
+    pub client: reqwest::Client,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_portico")
+}
+
+impl Gateway {
+    /// Start the gateway on `config`. `[server]` and `[admin]` sections are added when the
+    /// config has none; a config that has them writes `listen = ["${PORTICO_LISTEN}"]` and
+    /// `listen = "${PORTICO_ADMIN}"`, which the kit sets to free ports.
+    pub async fn start(config: &str) -> Gateway {
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            match Self::try_start(config).await {
+                Ok(gateway) => return gateway,
+                Err(e) if e.contains("Address already in use") => last_error = e,
+                Err(e) => panic!("the gateway did not start:\n{e}"),
+            }
+        }
+        panic!("the gateway could not get free ports:\n{last_error}");
+    }
+
+    async fn try_start(config: &str) -> Result<Gateway, String> {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let [listen, admin] = free_ports();
+        let mut text = String::new();
+        if !config.contains("[server]") {
+            text.push_str("[server]\nlisten = [\"${PORTICO_LISTEN}\"]\naccess_log = \"off\"\ngrace_period = \"5s\"\n\n");
+        }
+        if !config.contains("[admin]") {
+            text.push_str("[admin]\nlisten = \"${PORTICO_ADMIN}\"\n\n");
+        }
+        text.push_str(config);
+        let config_path = dir.path().join("portico.toml");
+        std::fs::write(&config_path, text).expect("write the config");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&config_path)
+            .env("PORTICO_LISTEN", format!("127.0.0.1:{listen}"))
+            .env("PORTICO_ADMIN", format!("127.0.0.1:{admin}"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn portico");
+        let mut gateway = Gateway {
+            addr: SocketAddr::from(([127, 0, 0, 1], listen)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            config_path,
+            dir,
+            child: Some(child),
+            stderr_path,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("a client"),
+        };
+        gateway.wait_ready().await?;
+        Ok(gateway)
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(format!("portico exited with {status}:\n{}", self.stderr()));
+            }
+            let ready = self
+                .client
+                .get(format!("http://{}/readyz", self.admin))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            // The proxy listener is up too once it accepts a connection.
+            if ready && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("portico was not ready in 20s:\n{}", self.stderr()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Everything the gateway wrote to stderr so far (its log).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("a response from the gateway")
+    }
+
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .expect("admin answers")
+            .json()
+            .await
+            .expect("admin JSON")
+    }
+
+    /// The health `/status` reports for one target.
+    pub async fn target_healthy(&self, upstream: &str, target: SocketAddr) -> bool {
+        let status = self.admin_json("/status").await;
+        let label = target.to_string();
+        status["upstreams"][upstream]["targets"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["target"] == label.as_str()))
+            .and_then(|t| t["healthy"].as_bool())
+            .unwrap_or_else(|| panic!("no target {label} in upstream {upstream}: {status}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Send a signal by name (TERM, HUP, QUIT, INT) the way an operator would.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Wait for the process to exit by itself.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portico did not exit within {timeout:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Run `portico -t -c FILE`: exit code and everything printed.
+pub fn validate(path: &std::path::Path) -> (i32, String) {
+    let out = Command::new(binary())
+        .arg("-t")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .expect("run portico -t");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}

@@ -1,0 +1,42 @@
+//! The integration test kit: real upstream servers on ephemeral ports, the real `portico`
+//! binary started per test on free ports (stopped when dropped), and small HTTP helpers.
+//! No fixed ports, no sleeps for readiness: everything waits by polling with a deadline.
+#![allow(dead_code)]
+
+pub mod gateway;
+pub mod http;
+pub mod upstream;
+
+pub use gateway::Gateway;
+pub use http::raw_request;
+pub use upstream::{spawn_upstream, Reply, Seen, Upstream};
+
+use std::time::{Duration, Instant};
+
+/// Poll `check` every 10 ms until it returns true; panic with `what` after `timeout`.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `N` distinct free TCP ports on 127.0.0.1, released for a child process to bind. All are
+/// held until all are chosen, so they differ; the gateway kit retries with new ports if
+/// another process takes one first.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port on 127.0.0.1"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("a bound address").port())
+}
+
+pub fn free_port() -> u16 {
+    free_ports::<1>()[0]
+}

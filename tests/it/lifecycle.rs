@@ -1,0 +1,108 @@
+//! The gateway is stopped while it serves: in-flight requests finish, then it exits.
+
+use std::time::Duration;
+
+use crate::common::{eventually, spawn_upstream, Gateway, Reply};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_slow_requests_finish_then_exits() {
+    let slow = spawn_upstream("slow", |_| Reply::Delay(Duration::from_millis(700))).await;
+    let mut gw = Gateway::start(&format!(
+        "[upstreams.slow]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"slow\"\n",
+        slow.addr
+    ))
+    .await;
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let (client, url) = (gw.client.clone(), gw.url(&format!("/r{i}")));
+            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    eventually(
+        "all 20 requests reached the upstream",
+        Duration::from_secs(10),
+        async || slow.hits() == 20,
+    )
+    .await;
+
+    gw.signal("TERM");
+    eventually(
+        "readiness turns to 503 while draining",
+        Duration::from_secs(5),
+        async || {
+            match gw.client.get(gw.admin_url("/readyz")).send().await {
+                Ok(r) => r.status() == 503,
+                Err(_) => true, // already gone: draining finished
+            }
+        },
+    )
+    .await;
+    for request in requests {
+        assert_eq!(
+            request.await.unwrap().unwrap(),
+            200,
+            "an in-flight request was cut off"
+        );
+    }
+    let status = gw.wait_exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_has_one_json_line_per_request_without_secrets() {
+    let up = spawn_upstream("app", |_| Reply::Status(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"{}\"\n\n\
+         [upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npath = \"/api\"\nupstream = \"app\"\n",
+        log.display(),
+        up.addr
+    ))
+    .await;
+    gw.client
+        .get(gw.url("/api/items?api_key=SECRET123"))
+        .header("x-request-id", "log-me")
+        .header("cookie", "session=COOKIE456")
+        .send()
+        .await
+        .unwrap();
+    gw.get("/other").await;
+    let mut lines = Vec::new();
+    eventually("two access log lines", Duration::from_secs(5), async || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        lines.len() == 2
+    })
+    .await;
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["request_id"], "log-me");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/api/items");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["route"], "r");
+    assert_eq!(first["upstream"], "app");
+    assert_eq!(first["target"], up.addr.to_string());
+    assert_eq!(first["client_ip"], "127.0.0.1");
+    for key in [
+        "ts",
+        "duration_ms",
+        "upstream_ms",
+        "bytes_sent",
+        "cache",
+        "consumer",
+        "trace_id",
+    ] {
+        assert!(first.get(key).is_some(), "missing {key} in {first}");
+    }
+    let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(second["status"], 404);
+    let all = lines.join("\n");
+    assert!(
+        !all.contains("SECRET123") && !all.contains("COOKIE456"),
+        "{all}"
+    );
+}

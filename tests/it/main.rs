@@ -1,0 +1,15 @@
+//! Integration tests: the real gateway binary, real upstreams on ephemeral ports.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may fail loudly on the spot
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin;
+mod balancing;
+mod config_cli;
+mod failures;
+mod headers;
+mod health;
+mod hygiene;
+mod lifecycle;
+mod routing;
