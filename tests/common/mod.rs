@@ -13,6 +13,19 @@ pub use upstream::{spawn_upstream, Reply, Seen, Upstream};
 
 use std::time::{Duration, Instant};
 
+/// The smallest useful config: upstream `name` with one target (plus `upstream_extra` keys
+/// in its table), and one route of the same name on `path` to it.
+pub fn one_route(
+    name: &str,
+    target: std::net::SocketAddr,
+    upstream_extra: &str,
+    path: &str,
+) -> String {
+    format!(
+        "[upstreams.{name}]\ntargets = [\"{target}\"]\n{upstream_extra}\n\n[[routes]]\nname = \"{name}\"\npath = \"{path}\"\nupstream = \"{name}\"\n"
+    )
+}
+
 /// Poll `check` every 10 ms until it returns true; panic with `what` after `timeout`.
 pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -1,15 +1,11 @@
 //! An operator watches the gateway through its admin listener.
 
-use crate::common::{upstream::spawn_ok, Gateway};
+use crate::common::{one_route, upstream::spawn_ok, Gateway};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_readiness_status_and_metrics_answer() {
     let up = spawn_ok("users").await;
-    let gw = Gateway::start(&format!(
-        "[upstreams.users]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"users\"\npath = \"/users\"\nupstream = \"users\"\n",
-        up.addr
-    ))
-    .await;
+    let gw = Gateway::start(&one_route("users", up.addr, "", "/users")).await;
     assert_eq!(gw.admin_json("/healthz").await["status"], "ok");
     assert_eq!(gw.admin_json("/readyz").await["status"], "ready");
 
@@ -53,11 +49,7 @@ async fn health_readiness_status_and_metrics_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_is_not_reachable_on_the_public_listener_and_answers_problems() {
     let up = spawn_ok("users").await;
-    let gw = Gateway::start(&format!(
-        "[upstreams.users]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"users\"\npath = \"/users\"\nupstream = \"users\"\n",
-        up.addr
-    ))
-    .await;
+    let gw = Gateway::start(&one_route("users", up.addr, "", "/users")).await;
     assert_eq!(gw.get("/status").await.status(), 404);
     let resp = gw.client.get(gw.admin_url("/nope")).send().await.unwrap();
     assert_eq!(resp.status(), 404);

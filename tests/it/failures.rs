@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{eventually, free_port, spawn_upstream, upstream::spawn_ok, Gateway, Reply};
+use crate::common::{
+    eventually, free_port, one_route, spawn_upstream, upstream::spawn_ok, Gateway, Reply,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_upstream_is_a_502() {
@@ -26,9 +28,11 @@ async fn an_unreachable_upstream_is_a_502() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_upstream_is_a_504_within_the_read_timeout() {
     let hung = spawn_upstream("hung", |_| Reply::Hang).await;
-    let gw = Gateway::start(&format!(
-        "[upstreams.hung]\ntargets = [\"{}\"]\nread_timeout = \"300ms\"\n\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"hung\"\n",
-        hung.addr
+    let gw = Gateway::start(&one_route(
+        "hung",
+        hung.addr,
+        "read_timeout = \"300ms\"",
+        "/",
     ))
     .await;
     let started = Instant::now();
@@ -51,9 +55,11 @@ async fn a_hung_upstream_is_a_504_within_the_read_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_healthy_target_is_a_503_at_once() {
     let up = spawn_ok("app").await;
-    let gw = Gateway::start(&format!(
-        "[upstreams.app]\ntargets = [\"{}\"]\nhealth_check = {{ path = \"/health\", interval = \"50ms\", unhealthy = 1, healthy = 1 }}\n\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"app\"\n",
-        up.addr
+    let gw = Gateway::start(&one_route(
+        "app",
+        up.addr,
+        "health_check = { path = \"/health\", interval = \"50ms\", unhealthy = 1, healthy = 1 }",
+        "/",
     ))
     .await;
     up.go_down();
@@ -79,11 +85,7 @@ async fn no_healthy_target_is_a_503_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_error_statuses_are_relayed_not_rewritten() {
     let up = spawn_upstream("app", |_| Reply::Status(503, "busy")).await;
-    let gw = Gateway::start(&format!(
-        "[upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"app\"\n",
-        up.addr
-    ))
-    .await;
+    let gw = Gateway::start(&one_route("app", up.addr, "", "/")).await;
     let resp = gw.get("/x").await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["x-upstream"], "app");

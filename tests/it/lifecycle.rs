@@ -2,16 +2,12 @@
 
 use std::time::Duration;
 
-use crate::common::{eventually, spawn_upstream, Gateway, Reply};
+use crate::common::{eventually, one_route, spawn_upstream, Gateway, Reply};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_slow_requests_finish_then_exits() {
     let slow = spawn_upstream("slow", |_| Reply::Delay(Duration::from_millis(700))).await;
-    let mut gw = Gateway::start(&format!(
-        "[upstreams.slow]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"slow\"\n",
-        slow.addr
-    ))
-    .await;
+    let mut gw = Gateway::start(&one_route("slow", slow.addr, "", "/")).await;
     let requests: Vec<_> = (0..20)
         .map(|i| {
             let (client, url) = (gw.client.clone(), gw.url(&format!("/r{i}")));
