@@ -14,6 +14,7 @@ use crate::admin::AdminApi;
 use crate::lifecycle::Drain;
 use crate::metrics::Metrics;
 use crate::proxy::Portico;
+use crate::reload::SighupReload;
 use crate::snapshot::Snapshot;
 use crate::state::GatewayState;
 use crate::upstream::health::HealthChecks;
@@ -94,11 +95,18 @@ pub fn run(snapshot: Snapshot, options: StartOptions) -> Result<(), StartError> 
             state: Arc::clone(&state),
         },
     );
+    let sighup = background_service(
+        "sighup reload",
+        SighupReload {
+            state: Arc::clone(&state),
+        },
+    );
 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
     server.add_service(drain);
+    server.add_service(sighup);
     log::info!(
         "portico {} serving {} on {:?}, admin on {admin_listen}",
         env!("CARGO_PKG_VERSION"),

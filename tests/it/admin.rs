@@ -111,3 +111,24 @@ async fn post_reload_applies_a_valid_config_and_refuses_a_broken_one() {
     assert_eq!(status["generation"], 2);
     assert_eq!(status["last_reload"]["result"], "error");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_config_file() {
+    let (a, b) = (spawn_ok("a").await, spawn_ok("b").await);
+    let gw = Gateway::start(&one_route("app", a.addr, "", "/")).await;
+    assert_eq!(gw.get("/x").await.headers()["x-upstream"], "a");
+    let current = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        current.replace(&a.addr.to_string(), &b.addr.to_string()),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    crate::common::eventually(
+        "generation 2 is serving",
+        std::time::Duration::from_secs(10),
+        async || gw.admin_json("/status").await["generation"] == 2,
+    )
+    .await;
+    assert_eq!(gw.get("/x").await.headers()["x-upstream"], "b");
+}
