@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what building and testing Portico needs, when it is missing (Debian/Ubuntu, apt):
+#   cmake, a C/C++ compiler and make (pingora's libz-ng-sys builds C with cmake), pkg-config,
+#   redis-server (the Redis-backed tests start a real one), curl (the demo and the benchmark).
+# Silent when everything is there; one line per package it installs. Cargo cannot come from
+# apt here (Debian's is too old for this workspace), so a missing cargo is an error with advice.
+#
+#   scripts/ensure-deps.sh        (run by `make test` and `make run`)
+set -euo pipefail
+
+log() { printf 'ensure-deps: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# command that must exist -> the Debian package that provides it
+declare -A PACKAGE_FOR=(
+    [cmake]=cmake
+    [cc]=build-essential
+    [c++]=build-essential
+    [make]=build-essential
+    [pkg-config]=pkg-config
+    [redis-server]=redis-server
+    [curl]=curl
+)
+ORDER=(cmake cc c++ make pkg-config redis-server curl)
+
+missing=()
+for cmd in "${ORDER[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 && continue
+    pkg="${PACKAGE_FOR[$cmd]}"
+    case " ${missing[*]} " in
+        *" $pkg "*) ;;
+        *) missing+=("$pkg") ;;
+    esac
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    command -v apt-get >/dev/null 2>&1 ||
+        die "missing ${missing[*]} and there is no apt-get: install them with your package manager"
+    SUDO=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 ||
+            die "missing ${missing[*]}: run as root or install sudo (apt-get install ${missing[*]})"
+        SUDO=(sudo)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt_log="$(mktemp "${TMPDIR:-/tmp}/ensure-deps.XXXXXX")"
+    trap 'rm -f "$apt_log"' EXIT
+    # apt's own chatter goes to a file and is shown only when something fails.
+    if ! "${SUDO[@]}" apt-get update -q >"$apt_log" 2>&1; then
+        cat "$apt_log" >&2
+        die "apt-get update failed"
+    fi
+    for pkg in "${missing[@]}"; do
+        log "installing $pkg"
+        if ! "${SUDO[@]}" apt-get install -y -q --no-install-recommends "$pkg" >"$apt_log" 2>&1; then
+            cat "$apt_log" >&2
+            die "apt-get install $pkg failed"
+        fi
+    done
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        die "cargo is installed in ~/.cargo/bin but not on PATH: run  . \"\$HOME/.cargo/env\"  (or add ~/.cargo/bin to PATH)"
+    fi
+    die "cargo not found. Install a stable Rust toolchain with rustup (https://rustup.rs):
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+    . \"\$HOME/.cargo/env\"
+  (apt's cargo is too old for this workspace.)"
+fi
