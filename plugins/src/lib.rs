@@ -4,14 +4,18 @@
 //! The gateway (`portico`) depends on this crate, never the other way round, so everything a
 //! plugin needs to name (its context, its answers, the stable error codes) lives here.
 
+mod api_key;
+pub mod consumers;
 mod context;
 mod error_code;
 mod headers;
+mod jwt;
 mod registry;
+pub mod units;
 
 pub use context::{Identity, PluginCtx};
 pub use error_code::ErrorCode;
-pub use registry::{build_plugin, known_kinds, PluginConfigError};
+pub use registry::{build_plugin, known_kinds, PluginEnv};
 
 use async_trait::async_trait;
 use pingora_http::{RequestHeader, ResponseHeader};

@@ -5,36 +5,52 @@ use std::sync::Arc;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-use crate::headers::HeadersPlugin;
+use crate::api_key::{ApiKeyConfig, ApiKeyPlugin};
+use crate::headers::{HeadersConfig, HeadersPlugin};
+use crate::jwt::{JwtConfig, JwtPlugin};
 use crate::Plugin;
 
-/// A plugin's config was rejected. Built from the deserializer's own error type so that a
-/// problem inside a plugin's table keeps its position in the config file.
-pub type PluginConfigError<E> = E;
+/// What a plugin may use from the rest of the config when it is built.
+#[derive(Debug, Clone, Default)]
+pub struct PluginEnv {
+    pub consumers: Arc<crate::consumers::Consumers>,
+}
 
 /// Every plugin kind this build knows, for error messages and docs.
 pub fn known_kinds() -> &'static [&'static str] {
-    &["headers"]
+    &["api_key", "headers", "jwt"]
 }
 
 /// Build one plugin instance of `kind` from its config table (the table without `kind`).
-/// Each kind deserializes its own typed config, with unknown keys rejected.
+/// Each kind deserializes its own typed config, with unknown keys rejected. Errors are the
+/// deserializer's own type, so a problem inside a plugin's table keeps its place in the file.
 pub fn build_plugin<'de, D>(
     kind: &str,
     config: D,
-) -> Result<Arc<dyn Plugin>, PluginConfigError<D::Error>>
+    env: &PluginEnv,
+) -> Result<Arc<dyn Plugin>, D::Error>
 where
     D: Deserializer<'de>,
 {
-    match kind {
-        "headers" => {
-            let cfg = crate::headers::HeadersConfig::deserialize(config)?;
-            let plugin = HeadersPlugin::new(cfg).map_err(D::Error::custom)?;
-            Ok(Arc::new(plugin))
+    let consumers = || Arc::clone(&env.consumers);
+    let plugin: Arc<dyn Plugin> = match kind {
+        "api_key" => Arc::new(
+            ApiKeyPlugin::new(ApiKeyConfig::deserialize(config)?, consumers())
+                .map_err(D::Error::custom)?,
+        ),
+        "headers" => Arc::new(
+            HeadersPlugin::new(HeadersConfig::deserialize(config)?).map_err(D::Error::custom)?,
+        ),
+        "jwt" => Arc::new(
+            JwtPlugin::new(JwtConfig::deserialize(config)?, consumers())
+                .map_err(D::Error::custom)?,
+        ),
+        other => {
+            return Err(D::Error::custom(format!(
+                "unknown plugin kind \"{other}\" (known: {})",
+                known_kinds().join(", ")
+            )))
         }
-        other => Err(D::Error::custom(format!(
-            "unknown plugin kind \"{other}\" (known: {})",
-            known_kinds().join(", ")
-        ))),
-    }
+    };
+    Ok(plugin)
 }

@@ -189,7 +189,7 @@ impl<'de> Deserialize<'de> for TargetSpec {
 pub struct HealthCheckSpec {
     #[serde(default = "default_health_path")]
     pub path: String,
-    /// The Host header of the probe; defaults to the target's address.
+    /// The Host header of the probe; defaults to `localhost`.
     pub host: Option<String>,
     #[serde(default = "default_health_interval")]
     pub interval: ConfigDuration,

@@ -3,6 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+
+use portico_plugins::consumers::Consumers;
+use portico_plugins::PluginEnv;
 
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml_edit::{ImDocument, Item, Value};
@@ -185,6 +189,7 @@ fn deserialize_named<T: DeserializeOwned>(
 fn deserialize_sections(doc: &ImDocument<String>, problems: &mut Problems) -> FileConfig {
     let mut file = FileConfig::default();
     let mut ignored = Vec::new();
+    let mut plugins = None;
     for (key, item) in doc.as_table().iter() {
         match key {
             "server" => {
@@ -203,7 +208,8 @@ fn deserialize_sections(doc: &ImDocument<String>, problems: &mut Problems) -> Fi
                     deserialize_named(item, key, problems, &mut file.broken_upstreams);
             }
             "consumers" => file.consumers = deserialize_named(item, key, problems, &mut ignored),
-            "plugins" => file.plugins = build_plugins(item, problems, &mut file.broken_plugins),
+            // Built last: plugins may refer to consumers written later in the file.
+            "plugins" => plugins = Some(item),
             "routes" => {
                 let Some(routes) = item.as_array_of_tables() else {
                     problems.at(key, "must be an array of tables, written [[routes]]");
@@ -223,6 +229,17 @@ fn deserialize_sections(doc: &ImDocument<String>, problems: &mut Problems) -> Fi
             ),
         }
     }
+    if let Some(item) = plugins {
+        let mut consumers = Consumers::default();
+        for (name, c) in &file.consumers {
+            // Keys held twice are reported when the snapshot is compiled.
+            let _ = consumers.insert(name, c.tier.as_deref(), &c.api_keys);
+        }
+        let env = PluginEnv {
+            consumers: Arc::new(consumers),
+        };
+        file.plugins = build_plugins(item, &env, problems, &mut file.broken_plugins);
+    }
     file
 }
 
@@ -230,6 +247,7 @@ fn deserialize_sections(doc: &ImDocument<String>, problems: &mut Problems) -> Fi
 /// config, deserialized by the plugin itself.
 fn build_plugins(
     item: &Item,
+    env: &PluginEnv,
     problems: &mut Problems,
     broken: &mut Vec<String>,
 ) -> BTreeMap<String, PluginInstance> {
@@ -259,7 +277,7 @@ fn build_plugins(
             }
         };
         let deserializer = Value::InlineTable(config).into_deserializer();
-        match portico_plugins::build_plugin(&kind, deserializer) {
+        match portico_plugins::build_plugin(&kind, deserializer, env) {
             Ok(plugin) => {
                 out.insert(name.to_string(), PluginInstance { kind, plugin });
             }

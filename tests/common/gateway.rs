@@ -29,9 +29,14 @@ impl Gateway {
     /// config has none; a config that has them writes `listen = ["${PORTICO_LISTEN}"]` and
     /// `listen = "${PORTICO_ADMIN}"`, which the kit sets to free ports.
     pub async fn start(config: &str) -> Gateway {
+        Self::start_with_env(config, &[]).await
+    }
+
+    /// Like `start`, with extra environment variables for the gateway (for `${NAME}`).
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Self::try_start(config).await {
+            match Self::try_start(config, env).await {
                 Ok(gateway) => return gateway,
                 Err(e) if e.contains("Address already in use") => last_error = e,
                 Err(e) => panic!("the gateway did not start:\n{e}"),
@@ -40,7 +45,7 @@ impl Gateway {
         panic!("the gateway could not get free ports:\n{last_error}");
     }
 
-    async fn try_start(config: &str) -> Result<Gateway, String> {
+    async fn try_start(config: &str, env: &[(&str, &str)]) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().expect("a temp dir");
         let [listen, admin] = free_ports();
         let mut text = String::new();
@@ -61,6 +66,7 @@ impl Gateway {
             .env("PORTICO_LISTEN", format!("127.0.0.1:{listen}"))
             .env("PORTICO_ADMIN", format!("127.0.0.1:{admin}"))
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -199,7 +205,12 @@ impl Drop for Gateway {
 
 /// Run `portico -t -c FILE`: exit code and everything printed.
 pub fn validate(path: &std::path::Path) -> (i32, String) {
+    validate_with_env(path, &[])
+}
+
+pub fn validate_with_env(path: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(binary())
+        .envs(env.iter().copied())
         .arg("-t")
         .arg("-c")
         .arg(path)

@@ -38,6 +38,8 @@ impl Seen {
 pub enum Reply {
     /// Status and body, with `x-upstream: NAME` added.
     Status(u16, &'static str),
+    /// Status and a body made for this request (a JWKS that rotates, say).
+    Body(u16, String),
     /// Wait, then answer 200.
     Delay(Duration),
     /// Never answer.
@@ -176,20 +178,21 @@ async fn answer(
     };
     seen.lock().expect("seen lock").push(record.clone());
     let (status, body) = match handler(&record) {
-        Reply::Status(status, body) => (status, body),
+        Reply::Status(status, body) => (status, Bytes::from_static(body.as_bytes())),
+        Reply::Body(status, body) => (status, Bytes::from(body)),
         Reply::Delay(d) => {
             tokio::time::sleep(d).await;
-            (200, "ok")
+            (200, Bytes::from_static(b"ok"))
         }
         Reply::Hang => {
             std::future::pending::<()>().await;
-            (200, "")
+            (200, Bytes::new())
         }
     };
     Response::builder()
         .status(status)
         .header("x-upstream", name)
         .header("content-type", "text/plain")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .body(Full::new(body))
         .expect("a valid response")
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::gateway::validate;
+use crate::common::gateway::{validate, validate_with_env};
 
 #[test]
 fn a_bad_config_is_rejected_with_every_problem_named() {
@@ -90,8 +90,14 @@ fn every_shipped_config_is_valid() {
         files.iter().any(|f| f.ends_with("conf/portico.toml")),
         "{files:?}"
     );
+    // The secrets the examples read from the environment, as an operator would set them.
+    let env = [
+        ("JWT_SECRET", "an-example-secret-of-at-least-32-bytes"),
+        ("ACME_KEY", "acme-example-key-123"),
+        ("GLOBEX_KEY", "globex-example-key-456"),
+    ];
     for file in files {
-        let (code, out) = validate(&file);
+        let (code, out) = validate_with_env(&file, &env);
         assert_eq!(code, 0, "{} does not load:\n{out}", file.display());
     }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 mod admin;
+mod auth;
 mod balancing;
 mod config_cli;
 mod failures;

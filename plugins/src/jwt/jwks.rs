@@ -1,0 +1,166 @@
+//! A JWKS kept fresh in the background. Fetched at start, refreshed every `refresh`, and on
+//! demand when a token names an unknown `kid`. Forced refreshes are single-flight (one fetch
+//! however many requests ask) and rate-limited (at most one per `min_refresh`), so a flood
+//! of bogus kids cannot hammer the issuer. When the issuer is down, the last good key set
+//! stays in use.
+//!
+//! The fetcher is a small thread with its own runtime, so it works the same whether the
+//! plugin is built at start-up, during a reload, or in a test; it ends when the plugin is
+//! dropped.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Notify};
+
+use super::keys::{parse_jwks, KeyMap};
+
+/// The largest JWKS document accepted.
+const MAX_BODY: usize = 1 << 20;
+
+pub struct Jwks {
+    url: String,
+    keys: ArcSwap<KeyMap>,
+    /// Bumped after every fetch attempt, so waiters learn the outcome either way.
+    attempts: watch::Sender<u64>,
+    wake: Notify,
+    last_forced: Mutex<Option<Instant>>,
+    min_refresh: Duration,
+    timeout: Duration,
+}
+
+pub struct JwksSettings {
+    pub url: String,
+    pub refresh: Duration,
+    pub min_refresh: Duration,
+    pub timeout: Duration,
+}
+
+impl Jwks {
+    pub fn start(settings: JwksSettings) -> Result<Arc<Jwks>, String> {
+        let (attempts, _) = watch::channel(0);
+        let jwks = Arc::new(Jwks {
+            url: settings.url,
+            keys: ArcSwap::from_pointee(KeyMap::default()),
+            attempts,
+            wake: Notify::new(),
+            last_forced: Mutex::new(None),
+            min_refresh: settings.min_refresh,
+            timeout: settings.timeout,
+        });
+        let weak = Arc::downgrade(&jwks);
+        let refresh = settings.refresh;
+        std::thread::Builder::new()
+            .name("jwks-refresh".into())
+            .spawn(move || fetch_loop(weak, refresh))
+            .map_err(|e| format!("cannot start the JWKS fetcher: {e}"))?;
+        Ok(jwks)
+    }
+
+    pub fn current(&self) -> Arc<KeyMap> {
+        self.keys.load_full()
+    }
+
+    /// How many fetch attempts have completed (a generation number for caches).
+    pub fn generation(&self) -> u64 {
+        *self.attempts.borrow()
+    }
+
+    /// A token named a key we do not have. Ask for a refresh, unless one was forced within
+    /// `min_refresh` and it has already finished; wait (at most `timeout`) for the fetch under
+    /// way to finish. Returns the key set to look in again, or `None` when asking again is
+    /// not allowed yet.
+    pub async fn refresh_for_unknown_kid(&self) -> Option<Arc<KeyMap>> {
+        let mut attempts = self.attempts.subscribe();
+        let seen = *attempts.borrow_and_update();
+        let allowed = {
+            let mut last = self.last_forced.lock().unwrap_or_else(|p| p.into_inner());
+            let allowed = last.is_none_or(|t| t.elapsed() >= self.min_refresh);
+            if allowed {
+                *last = Some(Instant::now());
+            }
+            allowed
+        };
+        // Before the first fetch has finished, waiting for it is always allowed.
+        if !allowed && seen > 0 {
+            return None;
+        }
+        if allowed {
+            self.wake.notify_one();
+        }
+        let finished = tokio::time::timeout(self.timeout, attempts.wait_for(|n| *n > seen)).await;
+        finished.ok().map(|_| self.current())
+    }
+}
+
+fn fetch_loop(jwks: Weak<Jwks>, refresh: Duration) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("JWKS fetcher cannot start a runtime: {e}");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let client = match reqwest::Client::builder().build() {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("JWKS fetcher cannot build an HTTP client: {e}");
+                return;
+            }
+        };
+        loop {
+            let Some(this) = jwks.upgrade() else { return };
+            match fetch(&client, &this.url, this.timeout).await {
+                Ok((map, skipped)) => {
+                    if skipped > 0 {
+                        log::warn!(
+                            "JWKS {}: skipped {skipped} key(s) that cannot verify signatures",
+                            this.url
+                        );
+                    }
+                    this.keys.store(Arc::new(map));
+                }
+                Err(e) => log::warn!(
+                    "JWKS {} could not be refreshed, keeping the last good keys: {e}",
+                    this.url
+                ),
+            }
+            this.attempts.send_modify(|n| *n += 1);
+            let wait = tokio::time::sleep(refresh);
+            tokio::select! {
+                _ = wait => {}
+                _ = this.wake.notified() => {}
+            }
+            drop(this);
+        }
+    });
+}
+
+async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Result<(KeyMap, usize), String> {
+    let resp = client
+        .get(url)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("answered {}", resp.status()));
+    }
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err("the document is larger than 1 MiB".into());
+    }
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    if body.len() > MAX_BODY {
+        return Err("the document is larger than 1 MiB".into());
+    }
+    parse_jwks(&body)
+}
