@@ -10,7 +10,7 @@ CARGO ?= cargo
 TEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help run build test bench lint fmt clean deps
+.PHONY: help run build test bench bench-micro lint fmt clean deps
 
 help: ## list the targets
 	@echo 'Portico make targets:'
@@ -35,6 +35,10 @@ test: deps ## install missing system packages, build the workspace, run all test
 
 bench: ## wrk benchmark: the backend direct vs through Portico (BENCH_ARGS=--quick)
 	bash loadtest/bench.sh $(BENCH_ARGS)
+
+bench-micro: deps ## criterion benchmarks of hot functions (routing, JWT verification)
+	$(CARGO) bench -p portico --bench router
+	$(CARGO) bench -p portico-plugins --bench jwt
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

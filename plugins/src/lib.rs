@@ -9,7 +9,7 @@ pub mod consumers;
 mod context;
 mod error_code;
 mod headers;
-mod jwt;
+pub mod jwt;
 mod registry;
 pub mod units;
 
