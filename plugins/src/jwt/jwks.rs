@@ -8,6 +8,7 @@
 //! plugin is built at start-up, during a reload, or in a test; it ends when the plugin is
 //! dropped.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,10 @@ pub struct Jwks {
     keys: ArcSwap<KeyMap>,
     /// Bumped after every fetch attempt, so waiters learn the outcome either way.
     attempts: watch::Sender<u64>,
+    /// Bumped only when a fetch brings a different key set: cached verifications made with
+    /// the old set are then re-checked, and an unchanged refresh costs nothing.
+    key_generation: AtomicU64,
+    last_body: Mutex<Vec<u8>>,
     wake: Notify,
     last_forced: Mutex<Option<Instant>>,
     min_refresh: Duration,
@@ -44,6 +49,8 @@ impl Jwks {
             url: settings.url,
             keys: ArcSwap::from_pointee(KeyMap::default()),
             attempts,
+            key_generation: AtomicU64::new(0),
+            last_body: Mutex::new(Vec::new()),
             wake: Notify::new(),
             last_forced: Mutex::new(None),
             min_refresh: settings.min_refresh,
@@ -62,9 +69,18 @@ impl Jwks {
         self.keys.load_full()
     }
 
-    /// How many fetch attempts have completed (a generation number for caches).
+    /// Changes whenever the key set does (a generation number for caches).
     pub fn generation(&self) -> u64 {
-        *self.attempts.borrow()
+        self.key_generation.load(Ordering::Acquire)
+    }
+
+    fn publish(&self, body: &[u8], map: KeyMap) {
+        let mut last = self.last_body.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_slice() != body {
+            *last = body.to_vec();
+            self.keys.store(Arc::new(map));
+            self.key_generation.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// A token named a key we do not have. Ask for a refresh, unless one was forced within
@@ -116,14 +132,14 @@ fn fetch_loop(jwks: Weak<Jwks>, refresh: Duration) {
         loop {
             let Some(this) = jwks.upgrade() else { return };
             match fetch(&client, &this.url, this.timeout).await {
-                Ok((map, skipped)) => {
+                Ok((body, map, skipped)) => {
                     if skipped > 0 {
                         log::warn!(
                             "JWKS {}: skipped {skipped} key(s) that cannot verify signatures",
                             this.url
                         );
                     }
-                    this.keys.store(Arc::new(map));
+                    this.publish(&body, map);
                 }
                 Err(e) => log::warn!(
                     "JWKS {} could not be refreshed, keeping the last good keys: {e}",
@@ -145,7 +161,7 @@ async fn fetch(
     client: &reqwest::Client,
     url: &str,
     timeout: Duration,
-) -> Result<(KeyMap, usize), String> {
+) -> Result<(bytes::Bytes, KeyMap, usize), String> {
     let resp = client
         .get(url)
         .timeout(timeout)
@@ -162,5 +178,6 @@ async fn fetch(
     if body.len() > MAX_BODY {
         return Err("the document is larger than 1 MiB".into());
     }
-    parse_jwks(&body)
+    let (map, skipped) = parse_jwks(&body)?;
+    Ok((body, map, skipped))
 }
