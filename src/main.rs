@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use portico::metrics::Metrics;
 use portico::server::{self, StartOptions};
 use portico::snapshot;
 
@@ -35,7 +36,14 @@ fn main() -> ExitCode {
         .or_else(|| std::env::var_os("PORTICO_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("conf/portico.toml"));
 
-    let snapshot = match snapshot::load(&config_path, None) {
+    let metrics = match Metrics::new() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("portico: cannot set up metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let snapshot = match snapshot::load(&config_path, None, &metrics.build_context()) {
         Ok(s) => s,
         Err(errors) => {
             eprint!("{errors}");
@@ -51,7 +59,7 @@ fn main() -> ExitCode {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
-    match server::run(snapshot, options) {
+    match server::run(snapshot, metrics, options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("portico: {e}");

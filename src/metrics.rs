@@ -8,6 +8,8 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
+    /// The plugins' metrics, in the same registry.
+    pub plugins: std::sync::Arc<portico_plugins::metrics::PluginMetrics>,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
     pub upstream_requests: IntCounterVec,
@@ -74,8 +76,10 @@ impl Metrics {
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        let plugins = std::sync::Arc::new(portico_plugins::metrics::PluginMetrics::new(&registry)?);
         Ok(Metrics {
             registry,
+            plugins,
             http_requests,
             http_request_duration,
             upstream_requests,
@@ -87,6 +91,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
+    /// What compiling a config needs: the plugins record into this registry.
+    pub fn build_context(&self) -> crate::config::BuildContext {
+        crate::config::BuildContext {
+            plugin_metrics: std::sync::Arc::clone(&self.plugins),
+        }
+    }
+
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
         // Encoding into a Vec cannot fail for well-formed metric families.

@@ -28,18 +28,16 @@ pub struct StartOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot set up metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
 }
 
-/// Build the server for a compiled snapshot and run it until it is told to stop.
-pub fn run(snapshot: Snapshot, options: StartOptions) -> Result<(), StartError> {
+/// Build the server for a compiled snapshot and run it until it is told to stop. `metrics`
+/// must be the ones the snapshot was compiled with.
+pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Result<(), StartError> {
     let server_settings = snapshot.server.clone();
     let access_log =
         AccessLog::start(&server_settings.access_log).map_err(StartError::AccessLog)?;
-    let metrics = Metrics::new()?;
     let admin_listen = snapshot.admin_listen;
     let state = GatewayState::new(snapshot, options.config_path, metrics, access_log);
 

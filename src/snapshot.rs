@@ -55,8 +55,12 @@ pub struct Snapshot {
 
 /// Read, validate and compile the config at `path`. `previous` is the snapshot now serving,
 /// whose unchanged upstream pools are kept (with their health state and connections).
-pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
-    compile(config::read_file(path)?, previous)
+pub fn load(
+    path: &Path,
+    previous: Option<&Snapshot>,
+    ctx: &config::BuildContext,
+) -> Result<Snapshot, ConfigErrors> {
+    compile(config::read_file(path, ctx)?, previous)
 }
 
 pub fn compile(
@@ -437,7 +441,8 @@ mod tests {
     use super::*;
 
     fn compile_text(text: &str) -> Result<Snapshot, ConfigErrors> {
-        compile(config::parse_str(text, "t.toml", |_| None)?, None)
+        let ctx = config::BuildContext::for_validation().unwrap();
+        compile(config::parse_str(text, "t.toml", |_| None, &ctx)?, None)
     }
 
     const UPSTREAM: &str = "[upstreams.users]\ntargets = [\"127.0.0.1:3001\"]\n";

@@ -85,7 +85,8 @@ impl GatewayState {
     /// Read, validate and compile the config file again; swap it in only if it is wholly
     /// valid. Returns the new generation, or every problem (the old config keeps serving).
     pub fn reload(&self) -> Result<u64, ConfigErrors> {
-        let result = crate::snapshot::load(&self.config_path, Some(&self.current()));
+        let ctx = self.metrics.build_context();
+        let result = crate::snapshot::load(&self.config_path, Some(&self.current()), &ctx);
         let now = SystemTime::now();
         let mut last = self.last_load.lock().unwrap_or_else(|p| p.into_inner());
         match result {

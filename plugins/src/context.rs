@@ -7,7 +7,7 @@ use std::sync::Arc;
 /// Per-request state shared by the plugins of one route. The gateway fills in the route,
 /// client address and request id; authentication plugins fill in `identity`, which later
 /// plugins (rate limiting by consumer or tier) and the access log read.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PluginCtx {
     /// The configured name of the matched route.
     pub route: Arc<str>,
@@ -17,6 +17,8 @@ pub struct PluginCtx {
     pub request_id: String,
     /// Set once a plugin has verified who is calling.
     pub identity: Option<Identity>,
+    /// Per-request state a plugin keeps between its phases, by type.
+    pub extensions: http::Extensions,
 }
 
 impl PluginCtx {
@@ -26,6 +28,7 @@ impl PluginCtx {
             client_ip,
             request_id,
             identity: None,
+            extensions: http::Extensions::new(),
         }
     }
 

@@ -10,6 +10,9 @@ mod context;
 mod error_code;
 mod headers;
 pub mod jwt;
+pub mod metrics;
+pub mod rate_limit;
+pub mod redis_store;
 mod registry;
 pub mod units;
 

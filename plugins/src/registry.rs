@@ -8,23 +8,28 @@ use serde::{Deserialize, Deserializer};
 use crate::api_key::{ApiKeyConfig, ApiKeyPlugin};
 use crate::headers::{HeadersConfig, HeadersPlugin};
 use crate::jwt::{JwtConfig, JwtPlugin};
+use crate::rate_limit::{RateLimitConfig, RateLimitPlugin};
 use crate::Plugin;
 
 /// What a plugin may use from the rest of the config when it is built.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct PluginEnv {
     pub consumers: Arc<crate::consumers::Consumers>,
+    /// The shared Redis of `[redis]`, if configured.
+    pub redis: Option<Arc<crate::redis_store::RedisStore>>,
+    pub metrics: Arc<crate::metrics::PluginMetrics>,
 }
 
 /// Every plugin kind this build knows, for error messages and docs.
 pub fn known_kinds() -> &'static [&'static str] {
-    &["api_key", "headers", "jwt"]
+    &["api_key", "headers", "jwt", "rate_limit"]
 }
 
-/// Build one plugin instance of `kind` from its config table (the table without `kind`).
+/// Build plugin instance `name` of `kind` from its config table (the table without `kind`).
 /// Each kind deserializes its own typed config, with unknown keys rejected. Errors are the
 /// deserializer's own type, so a problem inside a plugin's table keeps its place in the file.
 pub fn build_plugin<'de, D>(
+    name: &str,
     kind: &str,
     config: D,
     env: &PluginEnv,
@@ -40,6 +45,15 @@ where
         ),
         "headers" => Arc::new(
             HeadersPlugin::new(HeadersConfig::deserialize(config)?).map_err(D::Error::custom)?,
+        ),
+        "rate_limit" => Arc::new(
+            RateLimitPlugin::new(
+                name,
+                RateLimitConfig::deserialize(config)?,
+                env.redis.clone(),
+                Arc::clone(&env.metrics),
+            )
+            .map_err(D::Error::custom)?,
         ),
         "jwt" => Arc::new(
             JwtPlugin::new(JwtConfig::deserialize(config)?, consumers())

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use portico_plugins::consumers::Consumers;
+use portico_plugins::metrics::PluginMetrics;
+use portico_plugins::redis_store::RedisStore;
 use portico_plugins::PluginEnv;
 
 use serde::de::{DeserializeOwned, IntoDeserializer};
@@ -24,12 +26,27 @@ pub struct ParsedConfig {
     pub problems: Vec<super::error::ConfigError>,
 }
 
+/// What building a config needs from the running gateway, beyond the file.
+#[derive(Clone)]
+pub struct BuildContext {
+    pub plugin_metrics: Arc<PluginMetrics>,
+}
+
+impl BuildContext {
+    /// For validating a config (`portico -t`, tests): metrics that go nowhere.
+    pub fn for_validation() -> Result<BuildContext, prometheus::Error> {
+        Ok(BuildContext {
+            plugin_metrics: Arc::new(PluginMetrics::unregistered()?),
+        })
+    }
+}
+
 /// Read and parse the config at `path`, expanding `${NAME}` from the process environment.
-pub fn read_file(path: &Path) -> Result<ParsedConfig, ConfigErrors> {
+pub fn read_file(path: &Path, ctx: &BuildContext) -> Result<ParsedConfig, ConfigErrors> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::single(&origin, format!("cannot read the config file: {e}")))?;
-    parse_str(&text, &origin, |name| std::env::var(name).ok())
+    parse_str(&text, &origin, |name| std::env::var(name).ok(), ctx)
 }
 
 /// Parse config text. Fails only when the text is not TOML at all; every other problem is
@@ -38,6 +55,7 @@ pub fn parse_str(
     text: &str,
     origin: &str,
     env: impl Fn(&str) -> Option<String>,
+    ctx: &BuildContext,
 ) -> Result<ParsedConfig, ConfigErrors> {
     let doc = parse_toml(text.to_string(), origin)?;
     let (doc, env_errors) = expand_env(doc, origin, &env)?;
@@ -46,7 +64,7 @@ pub fn parse_str(
     for (path, message) in env_errors {
         problems.at(path, message);
     }
-    let file = deserialize_sections(&doc, &mut problems);
+    let file = deserialize_sections(&doc, ctx, &mut problems);
     let problems = problems.into_errors();
     Ok(ParsedConfig {
         file,
@@ -186,7 +204,11 @@ fn deserialize_named<T: DeserializeOwned>(
     out
 }
 
-fn deserialize_sections(doc: &ImDocument<String>, problems: &mut Problems) -> FileConfig {
+fn deserialize_sections(
+    doc: &ImDocument<String>,
+    ctx: &BuildContext,
+    problems: &mut Problems,
+) -> FileConfig {
     let mut file = FileConfig::default();
     let mut ignored = Vec::new();
     let mut plugins = None;
@@ -235,8 +257,20 @@ fn deserialize_sections(doc: &ImDocument<String>, problems: &mut Problems) -> Fi
             // Keys held twice are reported when the snapshot is compiled.
             let _ = consumers.insert(name, c.tier.as_deref(), &c.api_keys);
         }
+        let redis = match &file.redis {
+            Some(r) => match RedisStore::new(&r.url, r.timeout.0) {
+                Ok(store) => Some(Arc::new(store)),
+                Err(e) => {
+                    problems.at("redis.url", e);
+                    None
+                }
+            },
+            None => None,
+        };
         let env = PluginEnv {
             consumers: Arc::new(consumers),
+            redis,
+            metrics: Arc::clone(&ctx.plugin_metrics),
         };
         file.plugins = build_plugins(item, &env, problems, &mut file.broken_plugins);
     }
@@ -277,7 +311,7 @@ fn build_plugins(
             }
         };
         let deserializer = Value::InlineTable(config).into_deserializer();
-        match portico_plugins::build_plugin(&kind, deserializer, env) {
+        match portico_plugins::build_plugin(name, &kind, deserializer, env) {
             Ok(plugin) => {
                 out.insert(name.to_string(), PluginInstance { kind, plugin });
             }
@@ -295,9 +329,12 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> ParsedConfig {
-        parse_str(text, "test.toml", |name| {
-            (name == "TOKEN").then(|| "abc".to_string())
-        })
+        parse_str(
+            text,
+            "test.toml",
+            |name| (name == "TOKEN").then(|| "abc".to_string()),
+            &BuildContext::for_validation().unwrap(),
+        )
         .unwrap()
     }
 
@@ -362,9 +399,14 @@ mod tests {
 
     #[test]
     fn broken_toml_is_one_located_error() {
-        let err = parse_str("[server]\nlisten = [\n", "x.toml", |_| None)
-            .err()
-            .unwrap();
+        let err = parse_str(
+            "[server]\nlisten = [\n",
+            "x.toml",
+            |_| None,
+            &BuildContext::for_validation().unwrap(),
+        )
+        .err()
+        .unwrap();
         assert_eq!(err.errors.len(), 1);
         assert!(err.lines()[0].starts_with("x.toml:"), "{:?}", err.lines());
         assert!(err.lines()[0].contains("invalid TOML"), "{:?}", err.lines());

@@ -1,0 +1,332 @@
+//! `kind = "rate_limit"`: at most `limit` requests per `window` for each key (client IP,
+//! consumer, route, a header or a claim), with per-tier limits, in this process
+//! (`store = "local"`) or shared by every instance through Redis (`store = "redis"`).
+//! See `window.rs` for the algorithm and its error bound, `shared.rs` for how Redis is used
+//! without a round trip per request.
+
+mod local;
+mod shared;
+pub mod window;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::metrics::PluginMetrics;
+use crate::units::ConfigDuration;
+use crate::{ErrorCode, Flow, Plugin, PluginCtx, PluginError, Rejection};
+use local::LocalStore;
+use shared::SharedLimiter;
+use window::Decision;
+
+/// A key as stored: a digest, so a long or hostile header value costs 16 bytes.
+pub type KeyDigest = [u8; 16];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    Local,
+    Redis,
+}
+
+/// What to do when Redis cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Limit per instance with the same limit (the default).
+    Local,
+    Allow,
+    Deny,
+}
+
+fn default_store() -> StoreKind {
+    StoreKind::Local
+}
+fn default_on_store_error() -> OnStoreError {
+    OnStoreError::Local
+}
+fn default_key() -> String {
+    "ip".into()
+}
+fn default_max_keys() -> usize {
+    100_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub limit: u64,
+    pub window: ConfigDuration,
+    /// ip | consumer | route | header:NAME | claim:NAME
+    #[serde(default = "default_key")]
+    pub key: String,
+    #[serde(default = "default_store")]
+    pub store: StoreKind,
+    #[serde(default = "default_on_store_error")]
+    pub on_store_error: OnStoreError,
+    #[serde(default)]
+    pub limits_by_tier: BTreeMap<String, u64>,
+    /// Keys tracked in memory at most (per store), bounding memory under a flood of keys.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeySource {
+    ClientIp,
+    Consumer,
+    Route,
+    Header(HeaderName),
+    Claim(String),
+}
+
+impl KeySource {
+    fn parse(text: &str) -> Result<KeySource, String> {
+        let bad =
+            || format!("key \"{text}\" must be ip, consumer, route, header:NAME or claim:NAME");
+        match text.split_once(':') {
+            None if text == "ip" => Ok(KeySource::ClientIp),
+            None if text == "consumer" => Ok(KeySource::Consumer),
+            None if text == "route" => Ok(KeySource::Route),
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .map(KeySource::Header)
+                .map_err(|_| bad()),
+            Some(("claim", name)) if !name.is_empty() => Ok(KeySource::Claim(name.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+pub struct RateLimitPlugin {
+    name: String,
+    limit: u64,
+    window_ms: u64,
+    window_text: String,
+    key: KeySource,
+    limits_by_tier: BTreeMap<String, u64>,
+    on_store_error: OnStoreError,
+    local: LocalStore,
+    shared: Option<SharedLimiter>,
+    metrics: Arc<PluginMetrics>,
+}
+
+/// The headers every response of a limited route carries, kept for `on_response`.
+#[derive(Debug, Clone, Copy)]
+struct RateLimitHeaders(Decision);
+
+impl RateLimitPlugin {
+    pub fn new(
+        name: &str,
+        cfg: RateLimitConfig,
+        redis: Option<Arc<crate::redis_store::RedisStore>>,
+        metrics: Arc<PluginMetrics>,
+    ) -> Result<Self, String> {
+        if cfg.limit == 0 {
+            return Err("`limit` must be at least 1".into());
+        }
+        let window_ms = cfg.window.0.as_millis() as u64;
+        if window_ms < 1000 {
+            return Err("`window` must be at least 1s".into());
+        }
+        if let Some((tier, _)) = cfg.limits_by_tier.iter().find(|(_, l)| **l == 0) {
+            return Err(format!("limits_by_tier.{tier} must be at least 1"));
+        }
+        let shared = match (cfg.store, redis) {
+            (StoreKind::Local, _) => None,
+            (StoreKind::Redis, Some(redis)) => Some(SharedLimiter::new(redis, name, cfg.max_keys)),
+            (StoreKind::Redis, None) => {
+                return Err("store = \"redis\" needs a [redis] section".into())
+            }
+        };
+        Ok(RateLimitPlugin {
+            name: name.to_string(),
+            limit: cfg.limit,
+            window_ms,
+            window_text: humantime(window_ms),
+            key: KeySource::parse(&cfg.key)?,
+            limits_by_tier: cfg.limits_by_tier,
+            on_store_error: cfg.on_store_error,
+            local: LocalStore::new(cfg.max_keys),
+            shared,
+            metrics,
+        })
+    }
+
+    /// The key's digest. A consumer, header or claim key that is absent falls back to the
+    /// client IP, so anonymous callers are still limited one by one.
+    fn key(&self, session: &Session, cx: &PluginCtx) -> KeyDigest {
+        let ip = || format!("ip:{}", cx.client_ip);
+        let text = match &self.key {
+            KeySource::ClientIp => ip(),
+            KeySource::Route => format!("route:{}", cx.route),
+            KeySource::Consumer => cx
+                .identity
+                .as_ref()
+                .map_or_else(ip, |id| format!("consumer:{}", id.consumer)),
+            KeySource::Header(name) => {
+                session.req_header().headers.get(name).map_or_else(ip, |v| {
+                    format!("header:{}", String::from_utf8_lossy(v.as_bytes()))
+                })
+            }
+            KeySource::Claim(claim) => cx.claim(claim).map_or_else(ip, |v| format!("claim:{v}")),
+        };
+        let digest = Sha256::digest(text.as_bytes());
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        key
+    }
+
+    fn limit_for(&self, cx: &PluginCtx) -> u64 {
+        cx.identity
+            .as_ref()
+            .and_then(|id| id.tier.as_ref())
+            .and_then(|tier| self.limits_by_tier.get(tier))
+            .copied()
+            .unwrap_or(self.limit)
+    }
+
+    fn count(&self, decision: &str) {
+        self.metrics
+            .rate_limit_decisions
+            .with_label_values(&[&self.name, decision])
+            .inc();
+    }
+
+    async fn decide(&self, key: &KeyDigest, limit: u64) -> Decision {
+        let Some(shared) = &self.shared else {
+            return self
+                .local
+                .check(key, self.local.now_ms(), self.window_ms, limit);
+        };
+        match shared.check(key, self.window_ms, limit).await {
+            Ok(decision) => decision,
+            Err(e) => {
+                self.count("store_error");
+                log::debug!("rate limit {}: {e}", self.name);
+                match self.on_store_error {
+                    OnStoreError::Local => {
+                        self.local
+                            .check(key, self.local.now_ms(), self.window_ms, limit)
+                    }
+                    OnStoreError::Allow => Decision {
+                        allowed: true,
+                        limit,
+                        remaining: limit,
+                        reset_secs: 1,
+                        retry_after_secs: 0,
+                    },
+                    OnStoreError::Deny => Decision {
+                        allowed: false,
+                        limit,
+                        remaining: 0,
+                        reset_secs: 1,
+                        retry_after_secs: 1,
+                    },
+                }
+            }
+        }
+    }
+}
+
+fn humantime(ms: u64) -> String {
+    match ms {
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1000 == 0 => format!("{}s", m / 1000),
+        m => format!("{m}ms"),
+    }
+}
+
+fn headers(d: &Decision) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = vec![
+        (
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderValue::from(d.limit),
+        ),
+        (
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderValue::from(d.remaining),
+        ),
+        (
+            HeaderName::from_static("ratelimit-reset"),
+            HeaderValue::from(d.reset_secs),
+        ),
+    ];
+    if !d.allowed {
+        out.push((
+            http::header::RETRY_AFTER,
+            HeaderValue::from(d.retry_after_secs),
+        ));
+    }
+    out
+}
+
+#[async_trait]
+impl Plugin for RateLimitPlugin {
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        cx: &mut PluginCtx,
+    ) -> Result<Flow, PluginError> {
+        let key = self.key(session, cx);
+        let limit = self.limit_for(cx);
+        let decision = self.decide(&key, limit).await;
+        // With several limits on a route, the client hears about the tightest.
+        let tighter = cx
+            .extensions
+            .get::<RateLimitHeaders>()
+            .is_none_or(|RateLimitHeaders(previous)| decision.remaining <= previous.remaining);
+        if tighter {
+            cx.extensions.insert(RateLimitHeaders(decision));
+        }
+        if decision.allowed {
+            self.count("allowed");
+            return Ok(Flow::Continue);
+        }
+        self.count("limited");
+        let mut rejection = Rejection::new(
+            ErrorCode::RateLimited,
+            format!("limit of {limit} per {} reached", self.window_text),
+        );
+        rejection.headers = headers(&decision);
+        Ok(Flow::Reject(rejection))
+    }
+
+    async fn on_response(
+        &self,
+        resp: &mut ResponseHeader,
+        cx: &mut PluginCtx,
+    ) -> Result<(), PluginError> {
+        if let Some(RateLimitHeaders(decision)) = cx.extensions.get::<RateLimitHeaders>() {
+            for (name, value) in headers(decision) {
+                resp.insert_header(name, value)
+                    .map_err(|e| PluginError::Internal(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_windows_are_parsed_once() {
+        assert_eq!(KeySource::parse("ip"), Ok(KeySource::ClientIp));
+        assert_eq!(
+            KeySource::parse("claim:sub"),
+            Ok(KeySource::Claim("sub".into()))
+        );
+        assert!(KeySource::parse("header:bad name").is_err());
+        assert!(KeySource::parse("cookie:x").is_err());
+        assert_eq!(humantime(60_000), "1m");
+        assert_eq!(humantime(1_500), "1500ms");
+    }
+}
