@@ -13,4 +13,5 @@ mod headers;
 mod health;
 mod hygiene;
 mod lifecycle;
+mod rate_limit;
 mod routing;

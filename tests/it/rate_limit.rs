@@ -1,0 +1,335 @@
+//! Callers are held to their limits: exactly, under concurrency, across instances that share
+//! one Redis, and safely when that Redis fails.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::redis::RedisServer;
+use crate::common::{eventually, upstream::spawn_ok, Gateway, Upstream};
+
+fn limited_route(plugin: &str, upstream: &Upstream, extra: &str) -> String {
+    format!(
+        r#"{extra}
+[plugins.limit]
+kind = "rate_limit"
+{plugin}
+
+[upstreams.app]
+targets = ["{}"]
+
+[[routes]]
+name = "api"
+path = "/api"
+upstream = "app"
+plugins = ["limit"]
+"#,
+        upstream.addr
+    )
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// Fire `n` requests at once; returns how many got 200 and how many 429.
+async fn burst(gw: &Gateway, n: usize, headers: &[(&str, &str)]) -> (usize, usize) {
+    let requests: Vec<_> = (0..n)
+        .map(|_| {
+            let mut req = gw.client.get(gw.url("/api/x"));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let mut counts = (0, 0);
+    for r in requests {
+        match r.await.unwrap() {
+            200 => counts.0 += 1,
+            429 => counts.1 += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_limit_is_exact_and_every_answer_says_where_the_caller_stands() {
+    let app = spawn_ok("app").await;
+    let gw = Gateway::start(&limited_route("limit = 5\nwindow = \"1m\"", &app, "")).await;
+    for i in 0..5 {
+        let resp = gw.get("/api/x").await;
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(header(&resp, "ratelimit-limit"), "5");
+        assert_eq!(header(&resp, "ratelimit-remaining"), (4 - i).to_string());
+        let reset: u64 = header(&resp, "ratelimit-reset").parse().unwrap();
+        assert!((1..=60).contains(&reset), "{reset}");
+    }
+    let refused = gw.get("/api/x").await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(header(&refused, "ratelimit-remaining"), "0");
+    let retry: u64 = header(&refused, "retry-after").parse().unwrap();
+    assert!((1..=120).contains(&retry), "{retry}");
+    assert_eq!(header(&refused, "content-type"), "application/problem+json");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    assert_eq!(body["detail"], "limit of 5 per 1m reached");
+    assert_eq!(app.hits(), 5);
+
+    let metrics = gw
+        .client
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "portico_rate_limit_decisions_total{decision=\"allowed\",plugin=\"limit\"} 5"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "portico_rate_limit_decisions_total{decision=\"limited\",plugin=\"limit\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrent_burst_gets_exactly_the_limit() {
+    let app = spawn_ok("app").await;
+    let gw = Gateway::start(&limited_route("limit = 5\nwindow = \"1m\"", &app, "")).await;
+    assert_eq!(burst(&gw, 50, &[]).await, (5, 45));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotating_x_forwarded_for_from_an_untrusted_peer_does_not_evade() {
+    let app = spawn_ok("app").await;
+    let gw = Gateway::start(&limited_route(
+        "limit = 3\nwindow = \"1m\"\nkey = \"ip\"",
+        &app,
+        "",
+    ))
+    .await;
+    let mut admitted = 0;
+    for i in 0..10 {
+        let resp = gw
+            .client
+            .get(gw.url("/api/x"))
+            .header("x-forwarded-for", format!("10.0.0.{i}"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumers_have_their_own_limits_and_tiers_raise_them() {
+    let app = spawn_ok("app").await;
+    let gw = Gateway::start(&format!(
+        r#"
+[consumers.acme]
+api_keys = ["acme-key-0123456789"]
+tier = "premium"
+
+[consumers.globex]
+api_keys = ["globex-key-0123456789"]
+
+[plugins.keys]
+kind = "api_key"
+
+[plugins.per-consumer]
+kind = "rate_limit"
+limit = 2
+window = "1m"
+key = "consumer"
+limits_by_tier = {{ premium = 4 }}
+
+[upstreams.app]
+targets = ["{}"]
+
+[[routes]]
+name = "api"
+path = "/api"
+upstream = "app"
+plugins = ["keys", "per-consumer"]
+"#,
+        app.addr
+    ))
+    .await;
+    let acme = burst(&gw, 10, &[("x-api-key", "acme-key-0123456789")]).await;
+    let globex = burst(&gw, 10, &[("x-api-key", "globex-key-0123456789")]).await;
+    assert_eq!(acme, (4, 6), "premium tier: 4");
+    assert_eq!(globex, (2, 8), "no tier: the plugin's limit");
+    let resp = gw
+        .client
+        .get(gw.url("/api/x"))
+        .header("x-api-key", "acme-key-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&resp, "ratelimit-limit"), "4");
+}
+
+fn redis_section(redis: &RedisServer) -> String {
+    format!("[redis]\nurl = \"{}\"\ntimeout = \"50ms\"\n", redis.url())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_sharing_one_redis_enforce_one_limit() {
+    let redis = RedisServer::start().await;
+    let app = spawn_ok("app").await;
+    let config = limited_route(
+        "limit = 100\nwindow = \"1m\"\nkey = \"route\"\nstore = \"redis\"",
+        &app,
+        &redis_section(&redis),
+    );
+    let (a, b) = (Gateway::start(&config).await, Gateway::start(&config).await);
+    // Demand well above the limit, from both instances at once, 16 callers each.
+    let callers: Vec<_> = [&a, &b]
+        .into_iter()
+        .flat_map(|gw| {
+            (0..16).map(move |_| {
+                let (client, url) = (gw.client.clone(), gw.url("/api/x"));
+                tokio::spawn(async move {
+                    let mut admitted = 0;
+                    for _ in 0..20 {
+                        if client.get(&url).send().await.unwrap().status() == 200 {
+                            admitted += 1;
+                        }
+                    }
+                    admitted
+                })
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for c in callers {
+        admitted += c.await.unwrap();
+    }
+    assert!(
+        (95..=102).contains(&admitted),
+        "640 requests for a limit of 100 admitted {admitted}"
+    );
+    assert_eq!(app.hits(), admitted);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_redis_dies_requests_fall_back_and_when_it_returns_sharing_resumes() {
+    let mut redis = RedisServer::start().await;
+    let app = spawn_ok("app").await;
+    let gw = Gateway::start(&limited_route(
+        "limit = 1000\nwindow = \"1m\"\nkey = \"route\"\nstore = \"redis\"",
+        &app,
+        &redis_section(&redis),
+    ))
+    .await;
+    assert_eq!(gw.get("/api/x").await.status(), 200);
+    assert!(redis
+        .command(&["KEYS", "portico:rl:*"])
+        .await
+        .unwrap()
+        .contains("portico:rl:limit:"));
+
+    redis.kill();
+    for _ in 0..30 {
+        let started = Instant::now();
+        let resp = gw.get("/api/x").await;
+        assert_eq!(resp.status(), 200, "the local fallback admits");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a request waited {:?} on a dead Redis",
+            started.elapsed()
+        );
+    }
+    let metrics = gw
+        .client
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("decision=\"store_error\""), "{metrics}");
+
+    redis.restart().await;
+    eventually(
+        "requests are counted in Redis again",
+        Duration::from_secs(10),
+        async || {
+            gw.get("/api/x").await.status() == 200
+                && redis
+                    .command(&["KEYS", "portico:rl:*"])
+                    .await
+                    .is_some_and(|r| r.contains("portico:rl:limit:"))
+        },
+    )
+    .await;
+    assert!(
+        gw.stderr().contains("shared rate limiting resumes"),
+        "the recovery is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_store_error_deny_refuses_while_redis_is_down() {
+    let mut redis = RedisServer::start().await;
+    let app = spawn_ok("app").await;
+    let gw = Gateway::start(&limited_route(
+        "limit = 1000\nwindow = \"1m\"\nstore = \"redis\"\non_store_error = \"deny\"",
+        &app,
+        &redis_section(&redis),
+    ))
+    .await;
+    assert_eq!(gw.get("/api/x").await.status(), 200);
+    redis.kill();
+    // Admissions already reserved from Redis were counted there and may still be spent; the
+    // reservation is small (1% of the limit plus waiting requests), then `deny` applies.
+    let mut spent = 0;
+    loop {
+        let resp = gw.get("/api/x").await;
+        if resp.status() == 429 {
+            assert_eq!(header(&resp, "retry-after"), "1");
+            break;
+        }
+        spent += 1;
+        assert!(spent <= 20, "the reservation should be about 11 admissions");
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            gw.get("/api/x").await.status(),
+            429,
+            "every request is refused while Redis is down"
+        );
+    }
+}
+
+#[test]
+fn store_redis_without_a_redis_section_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[plugins.l]\nkind = \"rate_limit\"\nlimit = 5\nwindow = \"1m\"\nstore = \"redis\"\n",
+    )
+    .unwrap();
+    let (code, out) = crate::common::gateway::validate(&path);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("plugins.l: store = \"redis\" needs a [redis] section"),
+        "{out}"
+    );
+}
