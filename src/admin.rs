@@ -49,6 +49,20 @@ fn problem(code: ErrorCode, detail: &str, path: &str) -> Response<Vec<u8>> {
 }
 
 impl AdminApi {
+    /// Circuit states are read when scraped, so the request path never touches the gauge.
+    fn update_circuit_gauges(&self) {
+        let gauge = &self.state.metrics.circuit_breaker_state;
+        for pool in self.state.current().pools.values() {
+            for (i, target) in pool.targets.iter().enumerate() {
+                if target.breaker.is_some() {
+                    gauge
+                        .with_label_values(&[&pool.name, &target.label])
+                        .set(pool.circuit(i).0.gauge());
+                }
+            }
+        }
+    }
+
     fn status(&self) -> Value {
         let state = &self.state;
         let snapshot = state.current();
@@ -84,7 +98,8 @@ impl AdminApi {
                             "target": &*t.label,
                             "weight": t.weight,
                             "healthy": pool.is_healthy(i),
-                            "circuit": "closed",
+                            "circuit": pool.circuit(i).0.as_str(),
+                            "consecutive_failures": pool.circuit(i).1,
                             "in_flight": t.in_flight.load(Ordering::Relaxed),
                         })
                     })
@@ -178,11 +193,14 @@ impl ServeHttp for AdminApi {
                 StatusCode::OK,
                 &json!({ "status": "ready", "generation": self.state.generation() }),
             ),
-            "/metrics" => response(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.state.metrics.render(),
-            ),
+            "/metrics" => {
+                self.update_circuit_gauges();
+                response(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.state.metrics.render(),
+                )
+            }
             "/status" => json_response(StatusCode::OK, &self.status()),
             _ => self.reload(&path).await,
         }

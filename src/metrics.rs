@@ -14,6 +14,7 @@ pub struct Metrics {
     pub http_request_duration: HistogramVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_target_healthy: IntGaugeVec,
+    pub circuit_breaker_state: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub access_log_dropped: IntCounter,
@@ -54,6 +55,13 @@ impl Metrics {
             ),
             &["upstream", "target"],
         )?;
+        let circuit_breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "portico_circuit_breaker_state",
+                "Circuit breaker state per target: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["upstream", "target"],
+        )?;
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "portico_config_reloads_total",
@@ -73,6 +81,7 @@ impl Metrics {
         registry.register(Box::new(http_request_duration.clone()))?;
         registry.register(Box::new(upstream_requests.clone()))?;
         registry.register(Box::new(upstream_target_healthy.clone()))?;
+        registry.register(Box::new(circuit_breaker_state.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
@@ -84,6 +93,7 @@ impl Metrics {
             http_request_duration,
             upstream_requests,
             upstream_target_healthy,
+            circuit_breaker_state,
             config_reloads,
             config_generation,
             access_log_dropped,

@@ -44,6 +44,8 @@ pub struct Route {
     /// How many leading path segments `strip_prefix` removes before the request goes upstream.
     pub strip_segments: usize,
     pub plugins: Vec<(Arc<str>, Arc<dyn Plugin>)>,
+    /// Total deadline upstream, retries included.
+    pub timeout: Option<Duration>,
 }
 
 pub struct Snapshot {
@@ -193,6 +195,7 @@ pub fn compile(
                     pattern,
                     strip_segments,
                     plugins,
+                    timeout: route.timeout.map(|t| t.0),
                 }),
             ));
         }

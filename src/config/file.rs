@@ -126,6 +126,71 @@ pub struct UpstreamSection {
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: ConfigDuration,
     pub health_check: Option<HealthCheckSpec>,
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+    pub retry: Option<RetrySpec>,
+}
+
+/// `circuit_breaker = { failures = 5, open_for = "30s", half_open_requests = 1 }`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSpec {
+    /// Consecutive failures that open the circuit.
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    #[serde(default = "default_open_for")]
+    pub open_for: ConfigDuration,
+    /// Repeated trips double the open time up to this.
+    #[serde(default = "default_max_open_for")]
+    pub max_open_for: ConfigDuration,
+    #[serde(default = "default_half_open_requests")]
+    pub half_open_requests: u32,
+    /// Which outcomes count as failures: connect, timeout, reset, 5xx.
+    #[serde(default = "default_failure_on")]
+    pub failure_on: Vec<String>,
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_open_for() -> ConfigDuration {
+    secs(30)
+}
+fn default_max_open_for() -> ConfigDuration {
+    secs(300)
+}
+fn default_half_open_requests() -> u32 {
+    1
+}
+fn default_failure_on() -> Vec<String> {
+    ["connect", "timeout", "reset", "5xx"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `retry = { attempts = 2, backoff = "25ms" }`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Retries after the first attempt, each on another target when there is one.
+    pub attempts: u32,
+    #[serde(default = "default_backoff")]
+    pub backoff: ConfigDuration,
+    /// Retries may add at most this percentage of extra requests over 10 seconds.
+    #[serde(default = "default_budget_percent")]
+    pub budget_percent: u32,
+    /// Retries always allowed per 10 seconds, however quiet the upstream.
+    #[serde(default = "default_min_retries")]
+    pub min_retries: u64,
+}
+
+fn default_backoff() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_millis(25))
+}
+fn default_budget_percent() -> u32 {
+    20
+}
+fn default_min_retries() -> u64 {
+    10
 }
 
 fn default_balance() -> Balance {
@@ -239,6 +304,8 @@ pub struct RouteSection {
     pub headers: BTreeMap<String, String>,
     pub upstream: String,
     pub strip_prefix: Option<String>,
+    /// A deadline for the whole request upstream, retries included.
+    pub timeout: Option<ConfigDuration>,
     #[serde(default)]
     pub plugins: Vec<String>,
 }

@@ -25,6 +25,17 @@ pub struct RequestCtx {
     pub plugin_cx: Option<PluginCtx>,
     /// The target the current attempt went to; counts as in flight while held.
     pub in_flight: Option<InFlight>,
+    /// The last target that answered or failed, for the access log.
+    pub last_target: Option<(Arc<str>, Arc<str>)>,
+    /// Targets already tried, so a retry goes elsewhere.
+    pub tried: Vec<usize>,
+    pub retries_left: u32,
+    /// The next `upstream_peer` call is a counted retry, so it waits `backoff` first.
+    pub retrying: bool,
+    /// The route's total deadline upstream, retries included.
+    pub deadline: Option<Instant>,
+    /// For a 503 when no target is available: when one may be.
+    pub retry_after: Option<std::time::Duration>,
     pub upstream_started: Option<Instant>,
     /// Request body bytes seen so far, against `max_request_body`.
     pub body_bytes: u64,
@@ -64,6 +75,12 @@ impl RequestCtx {
             normalized_path: None,
             plugin_cx: None,
             in_flight: None,
+            last_target: None,
+            tried: Vec::new(),
+            retries_left: 0,
+            retrying: false,
+            deadline: None,
+            retry_after: None,
             upstream_started: None,
             body_bytes: 0,
             decided: None,

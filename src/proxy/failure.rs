@@ -4,6 +4,8 @@
 use pingora_error::{Error, ErrorSource, ErrorType};
 use portico_plugins::ErrorCode;
 
+use crate::upstream::breaker::Outcome;
+
 /// The code for a failed request, or `None` when the client is gone and nothing can be sent.
 pub fn classify(e: &Error, decided: Option<ErrorCode>) -> Option<ErrorCode> {
     if let Some(code) = decided {
@@ -32,15 +34,31 @@ pub fn classify(e: &Error, decided: Option<ErrorCode>) -> Option<ErrorCode> {
     Some(code)
 }
 
-/// The upstream-metric outcome of a failed attempt.
-pub fn outcome(e: &Error) -> &'static str {
+/// What a failed attempt says about the target, or `None` when it was not the target's
+/// doing (the client went away, the gateway refused the request).
+pub fn attempt_outcome(e: &Error) -> Option<Outcome> {
     use ErrorType::*;
-    match e.etype() {
-        ConnectTimedout | ReadTimedout | WriteTimedout => "timeout",
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError => {
-            "connect_error"
-        }
-        _ => "error",
+    let outcome = match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout => Outcome::Timeout,
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
+        | BindError => Outcome::Connect,
+        HTTPStatus(_) => return None,
+        _ => Outcome::Reset,
+    };
+    match e.esource() {
+        ErrorSource::Downstream => None,
+        _ => Some(outcome),
+    }
+}
+
+/// The `outcome` label of `portico_upstream_requests_total`.
+pub fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Success => "success",
+        Outcome::Status5xx => "http_5xx",
+        Outcome::Connect => "connect_error",
+        Outcome::Timeout => "timeout",
+        Outcome::Reset => "reset",
     }
 }
 

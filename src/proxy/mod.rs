@@ -6,13 +6,13 @@ pub mod failure;
 pub mod forwarding;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Uri};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portico_plugins::{ErrorCode, Flow, PluginCtx};
@@ -23,6 +23,7 @@ use crate::problem;
 use crate::router::{path::normalize_path, RouteMatch};
 use crate::snapshot::strip_segments;
 use crate::state::GatewayState;
+use crate::upstream::breaker::Outcome;
 use crate::upstream::HashKey;
 pub use ctx::RequestCtx;
 use forwarding::*;
@@ -34,6 +35,47 @@ pub struct Portico {
 impl Portico {
     pub fn new(state: Arc<GatewayState>) -> Self {
         Portico { state }
+    }
+
+    /// End the current attempt: tell the target's breaker and count it. `None`: the attempt
+    /// says nothing about the target (the client left, the gateway refused the request).
+    fn finish_attempt(&self, ctx: &mut RequestCtx, outcome: Option<Outcome>) {
+        let Some(attempt) = ctx.in_flight.take() else {
+            return;
+        };
+        let Some(outcome) = outcome else { return };
+        let target = attempt.target();
+        self.state
+            .metrics
+            .upstream_requests
+            .with_label_values(&[
+                &attempt.pool().name,
+                &target.label,
+                failure::outcome_label(outcome),
+            ])
+            .inc();
+        attempt.finish(outcome);
+    }
+
+    /// Whether another attempt may go out: attempts left and the upstream's retry budget.
+    fn may_retry(&self, ctx: &mut RequestCtx) -> bool {
+        let Some(route) = &ctx.route else {
+            return false;
+        };
+        if ctx.retries_left == 0 || ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        if !route.upstream.budget.try_retry(Instant::now()) {
+            log::warn!(
+                "upstream {}: retry budget spent, not retrying request {}",
+                route.upstream.name,
+                ctx.request_id
+            );
+            return false;
+        }
+        ctx.retries_left -= 1;
+        ctx.retrying = true;
+        true
     }
 
     /// Answer with a problem now; `request_filter` then returns `Ok(true)`.
@@ -96,6 +138,20 @@ fn cookie(req: &RequestHeader, name: &str) -> Option<String> {
 /// Milliseconds with microsecond precision, for the access log.
 fn millis(d: std::time::Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
+}
+
+/// Time left before `deadline` (all the time in the world without one).
+fn remaining(deadline: Option<Instant>) -> Duration {
+    deadline.map_or(Duration::MAX, |d| {
+        d.saturating_duration_since(Instant::now())
+    })
+}
+
+/// An error Pingora must not retry.
+fn not_retried(etype: ErrorType, why: impl Into<String>) -> Box<Error> {
+    let mut e = Error::explain(etype, why.into());
+    e.set_retry(false);
+    e
 }
 
 fn header_value(text: &str) -> Option<HeaderValue> {
@@ -210,6 +266,8 @@ impl ProxyHttp for Portico {
         };
         ctx.normalized_path = normalized;
         ctx.snapshot = Some(snapshot);
+        ctx.retries_left = route.upstream.retry.map_or(0, |r| r.attempts);
+        ctx.deadline = route.timeout.map(|t| ctx.started + t);
 
         let mut cx = PluginCtx::new(Arc::clone(&route.name), client_ip, ctx.request_id.clone());
         ctx.route = Some(Arc::clone(&route));
@@ -272,7 +330,8 @@ impl ProxyHttp for Portico {
         Ok(())
     }
 
-    /// Choose the target. Runs again on a retry, so it only chooses: no other side effects.
+    /// Choose the target: healthy, its circuit closed (or this request its half-open probe),
+    /// and on a retry not one already tried. Runs again on each retry, after `backoff`.
     async fn upstream_peer(
         &self,
         session: &mut Session,
@@ -282,23 +341,53 @@ impl ProxyHttp for Portico {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
         let pool = &route.upstream;
+        if ctx.retrying {
+            ctx.retrying = false;
+            let backoff = pool.retry.map_or(Duration::ZERO, |r| r.backoff);
+            tokio::time::sleep(backoff.min(remaining(ctx.deadline))).await;
+        } else if ctx.tried.is_empty() {
+            pool.budget.record_request(Instant::now());
+        }
+        if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            ctx.decided = Some(ErrorCode::UpstreamTimeout);
+            return Err(not_retried(
+                ErrorType::HTTPStatus(504),
+                "the route's timeout passed",
+            ));
+        }
         let hash_input = match &pool.hash_key {
             Some(key) => Self::hash_input(key, session, ctx),
             None => Vec::new(),
         };
-        // Release the previous attempt's target before choosing again.
-        ctx.in_flight = None;
-        let Some(index) = pool.select(&hash_input) else {
-            ctx.decided = Some(ErrorCode::UpstreamUnavailable);
-            let mut e = Error::explain(
-                ErrorType::HTTPStatus(503),
-                format!("upstream {} has no healthy target", pool.name),
-            );
-            e.set_retry(false);
-            return Err(e);
+        let chosen = match pool.select(&hash_input, &ctx.tried) {
+            Ok(chosen) => chosen,
+            Err(unavailable) => {
+                ctx.decided = Some(ErrorCode::UpstreamUnavailable);
+                ctx.retry_after = Some(unavailable.retry_after);
+                let why = format!("upstream {} has no target that may take traffic", pool.name);
+                return Err(not_retried(ErrorType::HTTPStatus(503), why));
+            }
         };
-        let in_flight = pool.start_request(index);
-        let peer = Box::new(in_flight.target().peer.clone());
+        ctx.tried.push(chosen.index);
+        let in_flight = pool.start_request(chosen);
+        let mut peer = Box::new(in_flight.target().peer.clone());
+        if let Some(deadline) = ctx.deadline {
+            // No single connect or read may outlast the route's deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let options = &mut peer.options;
+            for timeout in [
+                &mut options.connection_timeout,
+                &mut options.total_connection_timeout,
+                &mut options.read_timeout,
+                &mut options.write_timeout,
+            ] {
+                *timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+        }
+        ctx.last_target = Some((
+            Arc::clone(&pool.name),
+            Arc::clone(&in_flight.target().label),
+        ));
         ctx.in_flight = Some(in_flight);
         ctx.upstream_started = Some(Instant::now());
         Ok(peer)
@@ -398,16 +487,47 @@ impl ProxyHttp for Portico {
         Ok(())
     }
 
-    /// Connect failures are not retried here yet (retries and budgets are their own feature);
-    /// the error goes to `fail_to_proxy`.
+    /// The attempt failed before the request was sent: record it, and retry on another
+    /// target, whatever the method, while attempts and the retry budget allow.
     fn fail_to_connect(
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        e.set_retry(false);
+        let outcome = failure::attempt_outcome(&e).unwrap_or(Outcome::Connect);
+        self.finish_attempt(ctx, Some(outcome));
+        let retry = self.may_retry(ctx);
+        e.set_retry(retry);
+        e
+    }
+
+    /// The attempt failed after the connection was made. A reused pooled connection that the
+    /// upstream had closed failed before the request went out: that is retried at once and
+    /// is not the target's fault. Otherwise the request may have reached the upstream, so only
+    /// an idempotent request whose body can be replayed is retried.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer {}", peer._address));
+        if matches!(e.retry, RetryType::ReusedOnly) && client_reused {
+            // A stale pooled connection: drop the attempt without blaming the target.
+            ctx.in_flight = None;
+            ctx.tried.pop();
+            e.set_retry(true);
+            return e;
+        }
+        self.finish_attempt(ctx, failure::attempt_outcome(&e));
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        let retry = replayable && e.esource() == &ErrorSource::Upstream && self.may_retry(ctx);
+        e.set_retry(retry);
         e
     }
 
@@ -436,7 +556,11 @@ impl ProxyHttp for Portico {
                 _ => "the gateway failed to process the request",
             };
             let extra: Vec<(HeaderName, HeaderValue)> = if code == ErrorCode::UpstreamUnavailable {
-                vec![(http::header::RETRY_AFTER, HeaderValue::from_static("1"))]
+                let secs = ctx
+                    .retry_after
+                    .map_or(1, |d| d.as_secs_f64().ceil() as u64)
+                    .max(1);
+                vec![(http::header::RETRY_AFTER, HeaderValue::from(secs))]
             } else {
                 Vec::new()
             };
@@ -473,26 +597,17 @@ impl ProxyHttp for Portico {
             .with_label_values(&[route_label])
             .observe(ctx.started.elapsed().as_secs_f64());
 
-        let (upstream, target) = match &ctx.in_flight {
-            Some(f) => (
-                Some(Arc::clone(&f.pool().name)),
-                Some(Arc::clone(&f.target().label)),
-            ),
-            None => (None, None),
-        };
-        if let (Some(upstream), Some(target)) = (&upstream, &target) {
+        // The last attempt, if it is still open, ends with the request.
+        if ctx.in_flight.is_some() {
             let outcome = match e {
-                Some(e) if ctx.decided != Some(ErrorCode::PayloadTooLarge) => failure::outcome(e),
-                _ if status >= 500 => "http_5xx",
-                _ => "success",
+                Some(e) => failure::attempt_outcome(e),
+                None if status >= 500 => Some(Outcome::Status5xx),
+                None => Some(Outcome::Success),
             };
-            metrics
-                .upstream_requests
-                .with_label_values(&[upstream, target, outcome])
-                .inc();
+            self.finish_attempt(ctx, outcome);
         }
+        let (upstream, target) = ctx.last_target.take().unzip();
         let upstream_ms = ctx.upstream_started.map(|t| millis(t.elapsed()));
-        ctx.in_flight = None;
 
         if self.state.access_log.enabled() {
             let record = AccessRecord {

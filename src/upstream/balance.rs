@@ -48,13 +48,17 @@ impl Balancer {
         }
     }
 
-    /// A healthy backend for `key` (used by consistent hashing only), or `None` when every
-    /// target is out. Least-connections is decided by the pool, which owns the counters.
-    pub fn select(&self, key: &[u8]) -> Option<Backend> {
+    /// A healthy backend for `key` (used by consistent hashing only) that `accept` also
+    /// takes, or `None` when there is none. Least-connections is decided by the pool, which
+    /// owns the counters.
+    pub fn select_with(&self, key: &[u8], accept: &dyn Fn(&Backend) -> bool) -> Option<Backend> {
+        let accept = |b: &Backend, healthy: bool| healthy && accept(b);
         match self {
-            Balancer::RoundRobin(lb) | Balancer::LeastConn(lb) => lb.select(key, MAX_ITERATIONS),
-            Balancer::Random(lb) => lb.select(key, MAX_ITERATIONS),
-            Balancer::ConsistentHash(lb) => lb.select(key, MAX_ITERATIONS),
+            Balancer::RoundRobin(lb) | Balancer::LeastConn(lb) => {
+                lb.select_with(key, MAX_ITERATIONS, accept)
+            }
+            Balancer::Random(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
+            Balancer::ConsistentHash(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
         }
     }
 

@@ -2,8 +2,11 @@
 //! may cost in time, and which targets are healthy.
 
 pub mod balance;
+pub mod breaker;
+pub mod budget;
 pub mod health;
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,8 +20,10 @@ use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::HttpHealthCheck;
 use pingora_load_balancing::{discovery, Backend, Backends};
 
-use crate::config::{Balance, HealthCheckSpec, UpstreamSection};
+use crate::config::{Balance, CircuitBreakerSpec, HealthCheckSpec, UpstreamSection};
 use balance::Balancer;
+use breaker::{Breaker, BreakerSettings, CircuitState, FailureSet, Outcome, Permit, Transition};
+use budget::RetryBudget;
 
 /// What consistent hashing hashes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +64,28 @@ pub struct Target {
     pub in_flight: AtomicUsize,
     /// The health last reported, so changes are logged once.
     pub(crate) reported_healthy: AtomicBool,
+    /// Passive outlier detection, when the upstream configures `circuit_breaker`.
+    pub breaker: Option<Breaker>,
+}
+
+/// How requests to this upstream are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetrySettings {
+    pub attempts: u32,
+    pub backoff: Duration,
+}
+
+/// The target chosen for one attempt.
+pub struct Chosen {
+    pub index: usize,
+    permit: Option<Permit>,
+}
+
+/// Why no target could be chosen: every one is unhealthy, open, or already tried.
+#[derive(Debug, Clone, Copy)]
+pub struct Unavailable {
+    /// When the earliest open circuit lets a probe through (at least 1 s).
+    pub retry_after: Duration,
 }
 
 /// A compiled `[upstreams.NAME]`. Kept across reloads when its config is unchanged, so health
@@ -69,6 +96,8 @@ pub struct UpstreamPool {
     pub spec: UpstreamSection,
     pub targets: Vec<Target>,
     pub hash_key: Option<HashKey>,
+    pub retry: Option<RetrySettings>,
+    pub budget: RetryBudget,
     balancer: Balancer,
     health: Option<HealthSchedule>,
     /// Rotates the start of least-connections scans so ties spread out.
@@ -131,6 +160,18 @@ impl UpstreamPool {
         if let Some(hc) = &spec.health_check {
             health_check_errors(hc, &mut errors);
         }
+        let breaker = spec
+            .circuit_breaker
+            .as_ref()
+            .and_then(|cb| breaker_settings(cb, &mut errors));
+        if let Some(retry) = &spec.retry {
+            if retry.attempts > 10 {
+                errors.push(("retry.attempts".into(), "must be at most 10".into()));
+            }
+            if retry.budget_percent > 100 {
+                errors.push(("retry.budget_percent".into(), "must be at most 100".into()));
+            }
+        }
 
         let mut targets = Vec::new();
         let mut seen = BTreeSet::new();
@@ -161,6 +202,7 @@ impl UpstreamPool {
                 weight: t.weight as usize,
                 in_flight: AtomicUsize::new(0),
                 reported_healthy: AtomicBool::new(true),
+                breaker: breaker.map(|settings| Breaker::new(settings, Instant::now())),
             });
         }
         if !errors.is_empty() {
@@ -189,6 +231,14 @@ impl UpstreamPool {
             spec: spec.clone(),
             targets,
             hash_key,
+            retry: spec.retry.as_ref().map(|r| RetrySettings {
+                attempts: r.attempts,
+                backoff: r.backoff.0,
+            }),
+            budget: spec.retry.as_ref().map_or_else(
+                || RetryBudget::new(0.0, 0),
+                |r| RetryBudget::new(f64::from(r.budget_percent) / 100.0, r.min_retries),
+            ),
             balancer,
             health: spec.health_check.as_ref().map(|hc| HealthSchedule {
                 interval: hc.interval.0,
@@ -206,51 +256,123 @@ impl UpstreamPool {
             .is_some_and(|t| self.balancer.backends().ready(&t.backend))
     }
 
-    /// Choose a healthy target, or `None` when there is none. `hash_input` is the consistent
-    /// hashing key (empty for the other algorithms).
-    pub fn select(&self, hash_input: &[u8]) -> Option<usize> {
-        if self.balancer.is_least_conn() {
-            return self.select_least_conn();
+    /// Choose a target for one attempt: healthy, its circuit allowing it, and not in
+    /// `tried` (unless every allowed target was tried, as with a single target). `hash_input`
+    /// is the consistent-hashing key (empty for the other algorithms).
+    pub fn select(&self, hash_input: &[u8], tried: &[usize]) -> Result<Chosen, Unavailable> {
+        let now = Instant::now();
+        let soonest: Cell<Option<Duration>> = Cell::new(None);
+        for allow_tried in [false, true] {
+            if allow_tried && tried.is_empty() {
+                break;
+            }
+            let permit: Cell<Option<Permit>> = Cell::new(None);
+            let accept = |i: usize| {
+                if !allow_tried && tried.contains(&i) {
+                    return false;
+                }
+                match self.acquire(i, now) {
+                    Ok(p) => {
+                        permit.set(p);
+                        true
+                    }
+                    Err(wait) => {
+                        soonest.set(Some(soonest.get().map_or(wait, |s| s.min(wait))));
+                        false
+                    }
+                }
+            };
+            let chosen = if self.balancer.is_least_conn() {
+                self.select_least_conn(accept)
+            } else {
+                self.balancer
+                    .select_with(hash_input, &|backend| {
+                        self.index_of(backend).is_some_and(accept)
+                    })
+                    .and_then(|backend| self.index_of(&backend))
+            };
+            if let Some(index) = chosen {
+                return Ok(Chosen {
+                    index,
+                    permit: permit.get(),
+                });
+            }
         }
-        let backend = self.balancer.select(hash_input)?;
+        Err(Unavailable {
+            retry_after: soonest
+                .get()
+                .unwrap_or(Duration::from_secs(1))
+                .max(Duration::from_secs(1)),
+        })
+    }
+
+    fn index_of(&self, backend: &Backend) -> Option<usize> {
         self.targets
             .iter()
             .position(|t| t.backend.addr == backend.addr)
     }
 
-    /// The healthy target with the fewest requests in flight per unit of weight.
-    fn select_least_conn(&self) -> Option<usize> {
-        let n = self.targets.len();
-        let start = self.tie_breaker.fetch_add(1, Ordering::Relaxed) % n.max(1);
-        let mut best: Option<(usize, usize)> = None;
-        for offset in 0..n {
-            let i = (start + offset) % n;
-            if !self.is_healthy(i) {
-                continue;
-            }
-            let t = &self.targets[i];
-            // Compare (in_flight + 1) / weight without division: scale by the other weight.
-            let load = t.in_flight.load(Ordering::Relaxed) + 1;
-            let better = match best {
-                None => true,
-                Some((b, b_load)) => load * self.targets[b].weight < b_load * t.weight,
-            };
-            if better {
-                best = Some((i, load));
-            }
+    /// Whether the breaker lets a request through now: `Ok(None)` without a breaker.
+    fn acquire(&self, index: usize, now: Instant) -> Result<Option<Permit>, Duration> {
+        let Some(breaker) = self.targets.get(index).and_then(|t| t.breaker.as_ref()) else {
+            return Ok(None);
+        };
+        let (permit, transition) = breaker.try_acquire(now)?;
+        if let Some(t) = transition {
+            self.log_transition(index, t);
         }
-        best.map(|(i, _)| i)
+        Ok(Some(permit))
     }
 
-    /// A request is now in flight to target `index`; dropping the guard ends it.
-    pub fn start_request(self: &Arc<Self>, index: usize) -> InFlight {
-        if let Some(t) = self.targets.get(index) {
+    fn log_transition(&self, index: usize, t: Transition) {
+        let target = &self.targets[index].label;
+        match (t.to, t.open_for) {
+            (CircuitState::Open, Some(d)) => log::warn!(
+                "upstream {} target {target}: circuit open for {d:?}",
+                self.name
+            ),
+            (CircuitState::HalfOpen, _) => log::info!(
+                "upstream {} target {target}: circuit half-open, probing",
+                self.name
+            ),
+            _ => log::info!("upstream {} target {target}: circuit closed", self.name),
+        }
+    }
+
+    /// The healthy, accepted target with the fewest requests in flight per unit of weight.
+    fn select_least_conn(&self, accept: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.targets.len();
+        let start = self.tie_breaker.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        let mut candidates: Vec<(usize, usize)> = (0..n)
+            .map(|offset| (start + offset) % n)
+            .filter(|&i| self.is_healthy(i))
+            .map(|i| (i, self.targets[i].in_flight.load(Ordering::Relaxed) + 1))
+            .collect();
+        // Compare (in_flight + 1) / weight without division; stable, so ties keep rotation.
+        candidates.sort_by(|&(a, la), &(b, lb)| {
+            (la * self.targets[b].weight).cmp(&(lb * self.targets[a].weight))
+        });
+        candidates.into_iter().map(|(i, _)| i).find(|&i| accept(i))
+    }
+
+    /// A request is now in flight to the chosen target; the guard records how it ends.
+    pub fn start_request(self: &Arc<Self>, chosen: Chosen) -> InFlight {
+        if let Some(t) = self.targets.get(chosen.index) {
             t.in_flight.fetch_add(1, Ordering::Relaxed);
         }
         InFlight {
             pool: Arc::clone(self),
-            index,
+            index: chosen.index,
+            permit: chosen.permit,
         }
+    }
+
+    /// Every target's circuit state now, for `/status` and the gauge.
+    pub fn circuit(&self, index: usize) -> (CircuitState, u32) {
+        self.targets
+            .get(index)
+            .and_then(|t| t.breaker.as_ref())
+            .map_or((CircuitState::Closed, 0), |b| b.snapshot(Instant::now()))
     }
 
     pub(crate) fn health_schedule(&self) -> Option<&HealthSchedule> {
@@ -262,14 +384,30 @@ impl UpstreamPool {
     }
 }
 
-/// Counts one request in flight to one target for as long as it lives, so the count is
-/// right however the request ends.
+/// Counts one attempt in flight to one target for as long as it lives, so the count is
+/// right however the request ends, and reports the attempt's outcome to the target's circuit
+/// breaker once (`finish`); an attempt dropped unfinished (the client left) counts for nothing.
 pub struct InFlight {
     pool: Arc<UpstreamPool>,
     index: usize,
+    permit: Option<Permit>,
 }
 
 impl InFlight {
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Record how the attempt ended.
+    pub fn finish(mut self, outcome: Outcome) {
+        if let (Some(permit), Some(breaker)) = (self.permit.take(), self.target().breaker.as_ref())
+        {
+            if let Some(t) = breaker.record(permit, outcome, Instant::now()) {
+                self.pool.log_transition(self.index, t);
+            }
+        }
+    }
+
     pub fn pool(&self) -> &Arc<UpstreamPool> {
         &self.pool
     }
@@ -282,8 +420,57 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(t) = self.pool.targets.get(self.index) {
             t.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let (Some(permit), Some(breaker)) = (self.permit.take(), t.breaker.as_ref()) {
+                breaker.release(permit);
+            }
         }
     }
+}
+
+fn breaker_settings(
+    cb: &CircuitBreakerSpec,
+    errors: &mut Vec<(String, String)>,
+) -> Option<BreakerSettings> {
+    let mut failure_on = FailureSet {
+        connect: false,
+        timeout: false,
+        reset: false,
+        status_5xx: false,
+    };
+    for (i, name) in cb.failure_on.iter().enumerate() {
+        match name.as_str() {
+            "connect" => failure_on.connect = true,
+            "timeout" => failure_on.timeout = true,
+            "reset" => failure_on.reset = true,
+            "5xx" => failure_on.status_5xx = true,
+            other => errors.push((
+                format!("circuit_breaker.failure_on[{i}]"),
+                format!("\"{other}\" is not connect, timeout, reset or 5xx"),
+            )),
+        }
+    }
+    let mut ok = true;
+    if cb.failures == 0 || cb.half_open_requests == 0 {
+        errors.push((
+            "circuit_breaker".into(),
+            "failures and half_open_requests must be at least 1".into(),
+        ));
+        ok = false;
+    }
+    if cb.open_for.0.is_zero() || cb.max_open_for.0 < cb.open_for.0 {
+        errors.push((
+            "circuit_breaker.max_open_for".into(),
+            "open_for must be above zero and max_open_for at least open_for".into(),
+        ));
+        ok = false;
+    }
+    ok.then_some(BreakerSettings {
+        failures: cb.failures,
+        open_for: cb.open_for.0,
+        max_open_for: cb.max_open_for.0,
+        half_open_requests: cb.half_open_requests,
+        failure_on,
+    })
 }
 
 /// Every timeout set: Pingora's defaults are none, which turns a hung upstream into a hung
