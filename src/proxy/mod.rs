@@ -469,6 +469,27 @@ impl ProxyHttp for Portico {
         Ok(())
     }
 
+    /// The route's total deadline also covers a body that trickles in: each read may be
+    /// quick, but the whole answer may not outlast the deadline.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            let mut e = Error::explain(
+                ErrorType::ReadTimedout,
+                "the route's timeout passed during the body",
+            );
+            e.esource = ErrorSource::Upstream;
+            e.set_retry(false);
+            return Err(e);
+        }
+        Ok(None)
+    }
+
     /// Tell the client its request id, then the route's plugins in reverse order.
     async fn response_filter(
         &self,

@@ -14,4 +14,5 @@ mod health;
 mod hygiene;
 mod lifecycle;
 mod rate_limit;
+mod resilience;
 mod routing;

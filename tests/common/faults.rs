@@ -1,0 +1,193 @@
+//! An upstream that misbehaves on demand, switchable while a test runs: healthy, reset on
+//! accept, reset after reading the request, hang, slow trickle, garbage bytes, or 503.
+//! A raw TCP server, because a well-behaved HTTP library cannot be made to misbehave.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    Healthy,
+    /// Answer, then close the connection at once (keep-alive advertised, so the gateway pools
+    /// it): the next request on it finds it closed.
+    HealthyThenClose,
+    ResetOnAccept,
+    ResetAfterRequest,
+    Hang,
+    /// Headers at once, then one body byte every 200 ms.
+    Trickle,
+    Garbage,
+    Status503,
+}
+
+impl Fault {
+    fn from_u8(v: u8) -> Fault {
+        [
+            Fault::Healthy,
+            Fault::HealthyThenClose,
+            Fault::ResetOnAccept,
+            Fault::ResetAfterRequest,
+            Fault::Hang,
+            Fault::Trickle,
+            Fault::Garbage,
+            Fault::Status503,
+        ]
+        .get(v as usize)
+        .copied()
+        .unwrap_or(Fault::Healthy)
+    }
+}
+
+pub struct FaultyUpstream {
+    pub addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    /// Connections accepted.
+    accepts: Arc<AtomicUsize>,
+    /// Requests whose head (and body) were read.
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultyUpstream {
+    pub async fn start(name: &str, fault: Fault) -> FaultyUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mode = Arc::new(AtomicU8::new(fault as u8));
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (m, a, r, name) = (
+            Arc::clone(&mode),
+            Arc::clone(&accepts),
+            Arc::clone(&requests),
+            name.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, Arc::clone(&m), Arc::clone(&r), name.clone()));
+            }
+        });
+        FaultyUpstream {
+            addr,
+            mode,
+            accepts,
+            requests,
+            task,
+        }
+    }
+
+    pub fn set(&self, fault: Fault) {
+        self.mode.store(fault as u8, Ordering::SeqCst);
+    }
+
+    pub fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultyUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[allow(deprecated)] // with a zero linger, drop sends RST at once and never blocks
+fn reset(stream: TcpStream) {
+    // SO_LINGER 0: closing sends RST instead of FIN.
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// Read one request (head and Content-Length body); `None` at EOF.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf.drain(..head_end + length);
+    Some(())
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    mode: Arc<AtomicU8>,
+    requests: Arc<AtomicUsize>,
+    name: String,
+) {
+    if Fault::from_u8(mode.load(Ordering::SeqCst)) == Fault::ResetOnAccept {
+        return reset(stream);
+    }
+    let mut buf = Vec::new();
+    while read_request(&mut stream, &mut buf).await.is_some() {
+        requests.fetch_add(1, Ordering::SeqCst);
+        let ok = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-upstream: {name}\r\n\r\nok");
+        match Fault::from_u8(mode.load(Ordering::SeqCst)) {
+            Fault::Healthy => {
+                if stream.write_all(ok.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Fault::HealthyThenClose => {
+                let _ = stream.write_all(ok.as_bytes()).await;
+                return;
+            }
+            Fault::ResetOnAccept | Fault::ResetAfterRequest => return reset(stream),
+            Fault::Hang => std::future::pending::<()>().await,
+            Fault::Trickle => {
+                let head =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: 100\r\nx-upstream: {name}\r\n\r\n");
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for _ in 0..100 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if stream.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Fault::Garbage => {
+                let _ = stream
+                    .write_all(b"THIS IS NOT HTTP\r\n\r\n\x00\x01\x02")
+                    .await;
+                return;
+            }
+            Fault::Status503 => {
+                let busy = format!("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nx-upstream: {name}\r\n\r\nbusy");
+                if stream.write_all(busy.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
