@@ -43,7 +43,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let snapshot = match snapshot::load(&config_path, None, &metrics.build_context()) {
+    let snapshot = match snapshot::load(
+        &config_path,
+        None,
+        &metrics.build_context(Default::default()),
+    ) {
         Ok(s) => s,
         Err(errors) => {
             eprint!("{errors}");

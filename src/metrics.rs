@@ -102,9 +102,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     /// What compiling a config needs: the plugins record into this registry.
-    pub fn build_context(&self) -> crate::config::BuildContext {
+    /// `reuse`: the instances of the config serving now (empty at start-up).
+    pub fn build_context(&self, reuse: crate::config::Reuse) -> crate::config::BuildContext {
         crate::config::BuildContext {
             plugin_metrics: std::sync::Arc::clone(&self.plugins),
+            reuse,
         }
     }
 

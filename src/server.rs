@@ -14,7 +14,7 @@ use crate::admin::AdminApi;
 use crate::lifecycle::Drain;
 use crate::metrics::Metrics;
 use crate::proxy::Portico;
-use crate::reload::SighupReload;
+use crate::reload::{ConfigWatcher, SighupReload};
 use crate::snapshot::Snapshot;
 use crate::state::GatewayState;
 use crate::upstream::health::HealthChecks;
@@ -48,8 +48,8 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
         // earlier once nothing is in flight. Rounded up to whole seconds, as Pingora counts.
         grace_period_seconds: Some(server_settings.grace_period.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
-        pid_file: "/tmp/portico.pid".into(),
-        upgrade_sock: "/tmp/portico_upgrade.sock".into(),
+        pid_file: server_settings.pid_file.clone(),
+        upgrade_sock: server_settings.upgrade_sock.clone(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -105,6 +105,12 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     server.add_service(health);
     server.add_service(drain);
     server.add_service(sighup);
+    server.add_service(background_service(
+        "config watcher",
+        ConfigWatcher {
+            state: Arc::clone(&state),
+        },
+    ));
     log::info!(
         "portico {} serving {} on {:?}, admin on {admin_listen}",
         env!("CARGO_PKG_VERSION"),

@@ -34,6 +34,8 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
     pub max_request_body: u64,
     pub access_log: AccessLogTarget,
+    pub upgrade_sock: String,
+    pub pid_file: String,
 }
 
 /// A compiled `[[routes]]` entry.
@@ -49,6 +51,8 @@ pub struct Route {
 }
 
 pub struct Snapshot {
+    /// Plugin instances and the Redis connection, kept for the next reload to reuse.
+    pub reuse: config::Reuse,
     pub server: ServerSettings,
     pub admin_listen: SocketAddr,
     pub routes: RouteTable<Arc<Route>>,
@@ -97,6 +101,9 @@ pub fn compile(
             None
         }
     };
+    if let Some(previous) = previous {
+        fixed_at_start(previous, &server, admin_listen, &mut problems);
+    }
     if let Some(redis) = &file.redis {
         if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
             problems.at("redis.url", "must start with redis:// or rediss://");
@@ -219,6 +226,10 @@ pub fn compile(
     problems.finish(&origin)?;
     match (routes, admin_listen) {
         (Some(routes), Some(admin_listen)) => Ok(Snapshot {
+            reuse: config::Reuse {
+                plugins: file.plugins,
+                redis: file.redis_store,
+            },
             server,
             admin_listen,
             routes,
@@ -228,6 +239,41 @@ pub fn compile(
             &origin,
             "the config could not be compiled",
         )),
+    }
+}
+
+/// Listeners, threads, the access log and the grace period belong to the running process:
+/// a reload that changes them cannot apply whole, so it is refused and says what to do.
+fn fixed_at_start(
+    previous: &Snapshot,
+    server: &ServerSettings,
+    admin: Option<SocketAddr>,
+    problems: &mut Problems,
+) {
+    const HOW: &str = "cannot change while running; restart, or start the new config with `portico -u` for a zero-downtime upgrade";
+    let old = &previous.server;
+    let changed = [
+        ("server.listen", old.listen != server.listen),
+        ("server.threads", old.threads != server.threads),
+        (
+            "server.grace_period",
+            old.grace_period != server.grace_period,
+        ),
+        ("server.access_log", old.access_log != server.access_log),
+        (
+            "server.upgrade_sock",
+            old.upgrade_sock != server.upgrade_sock,
+        ),
+        ("server.pid_file", old.pid_file != server.pid_file),
+        (
+            "admin.listen",
+            admin.is_some_and(|a| a != previous.admin_listen),
+        ),
+    ];
+    for (key, differs) in changed {
+        if differs {
+            problems.at(key, HOW);
+        }
     }
 }
 
@@ -308,6 +354,8 @@ fn compile_server(s: &config::ServerSection, problems: &mut Problems) -> ServerS
         trusted_proxies,
         max_request_body: s.max_request_body.0,
         access_log,
+        upgrade_sock: s.upgrade_sock.clone(),
+        pid_file: s.pid_file.clone(),
     }
 }
 

@@ -28,6 +28,8 @@ pub struct GatewayState {
     loaded_at: Mutex<SystemTime>,
     last_load: Mutex<LoadReport>,
     draining: AtomicBool,
+    /// The config file's bytes when it was last read, to tell a real change from a touch.
+    last_content: Mutex<Vec<u8>>,
     /// Requests between their first hook and their last, for draining.
     pub active_requests: Arc<AtomicUsize>,
     pub metrics: Metrics,
@@ -42,6 +44,7 @@ impl GatewayState {
         access_log: AccessLog,
     ) -> Arc<Self> {
         let now = SystemTime::now();
+        let last_content = std::fs::read(&config_path).unwrap_or_default();
         metrics.config_generation.set(1);
         metrics.config_reloads.with_label_values(&["ok"]).inc();
         Arc::new(GatewayState {
@@ -55,6 +58,7 @@ impl GatewayState {
                 errors: Vec::new(),
             }),
             draining: AtomicBool::new(false),
+            last_content: Mutex::new(last_content),
             active_requests: Arc::new(AtomicUsize::new(0)),
             metrics,
             access_log,
@@ -82,11 +86,28 @@ impl GatewayState {
             .clone()
     }
 
+    /// Reload when the file's content differs from what was last read (the file watcher's
+    /// entry point: an editor touching the file causes nothing).
+    pub fn reload_if_changed(&self) -> Option<Result<u64, ConfigErrors>> {
+        let content = std::fs::read(&self.config_path).ok()?;
+        let mut last = self.last_content.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == content {
+            return None;
+        }
+        *last = content;
+        drop(last);
+        Some(self.reload())
+    }
+
     /// Read, validate and compile the config file again; swap it in only if it is wholly
     /// valid. Returns the new generation, or every problem (the old config keeps serving).
     pub fn reload(&self) -> Result<u64, ConfigErrors> {
-        let ctx = self.metrics.build_context();
-        let result = crate::snapshot::load(&self.config_path, Some(&self.current()), &ctx);
+        if let Ok(content) = std::fs::read(&self.config_path) {
+            *self.last_content.lock().unwrap_or_else(|p| p.into_inner()) = content;
+        }
+        let current = self.current();
+        let ctx = self.metrics.build_context(current.reuse.clone());
+        let result = crate::snapshot::load(&self.config_path, Some(&current), &ctx);
         let now = SystemTime::now();
         let mut last = self.last_load.lock().unwrap_or_else(|p| p.into_inner());
         match result {

@@ -20,6 +20,12 @@ pub struct RedisStore {
     down_until: Mutex<Option<Instant>>,
 }
 
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisStore({})", self.url_for_logs)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("Redis is down (backing off after an earlier failure)")]

@@ -30,6 +30,19 @@ pub struct ServerSection {
     pub max_request_body: ByteSize,
     #[serde(default = "default_access_log")]
     pub access_log: String,
+    /// Where a running instance hands its listeners to one started with `portico -u`.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+    /// Written when running with `-d`.
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+}
+
+fn default_upgrade_sock() -> String {
+    "/tmp/portico_upgrade.sock".into()
+}
+fn default_pid_file() -> String {
+    "/tmp/portico.pid".into()
 }
 
 fn default_listen() -> Vec<String> {
@@ -54,6 +67,8 @@ impl Default for ServerSection {
             trusted_proxies: Vec::new(),
             max_request_body: default_max_request_body(),
             access_log: default_access_log(),
+            upgrade_sock: default_upgrade_sock(),
+            pid_file: default_pid_file(),
         }
     }
 }
@@ -321,6 +336,11 @@ pub struct FileConfig {
     pub consumers: BTreeMap<String, ConsumerSection>,
     /// Built plugin instances by name, with their kind.
     pub plugins: BTreeMap<String, PluginInstance>,
+    /// The shared Redis, with the fingerprint of its section.
+    pub redis_store: Option<(
+        String,
+        std::sync::Arc<portico_plugins::redis_store::RedisStore>,
+    )>,
     /// Routes with their index in the file, for error paths.
     pub routes: Vec<(usize, RouteSection)>,
     /// Names that are present in the file but failed to parse; references to them are not
@@ -333,6 +353,9 @@ pub struct FileConfig {
 pub struct PluginInstance {
     pub kind: String,
     pub plugin: std::sync::Arc<dyn portico_plugins::Plugin>,
+    /// Its config as written (with what it depends on: consumers, redis); an instance with
+    /// the same fingerprint is kept across a reload, with its state.
+    pub fingerprint: String,
 }
 
 impl fmt::Debug for PluginInstance {

@@ -30,6 +30,15 @@ pub struct ParsedConfig {
 #[derive(Clone)]
 pub struct BuildContext {
     pub plugin_metrics: Arc<PluginMetrics>,
+    /// The instances serving now, to keep the unchanged ones (and their state) on reload.
+    pub reuse: Reuse,
+}
+
+/// Plugin instances and the Redis connection of the config serving now.
+#[derive(Clone, Default)]
+pub struct Reuse {
+    pub plugins: BTreeMap<String, PluginInstance>,
+    pub redis: Option<(String, Arc<RedisStore>)>,
 }
 
 impl BuildContext {
@@ -37,6 +46,7 @@ impl BuildContext {
     pub fn for_validation() -> Result<BuildContext, prometheus::Error> {
         Ok(BuildContext {
             plugin_metrics: Arc::new(PluginMetrics::unregistered()?),
+            reuse: Reuse::default(),
         })
     }
 }
@@ -257,22 +267,42 @@ fn deserialize_sections(
             // Keys held twice are reported when the snapshot is compiled.
             let _ = consumers.insert(name, c.tier.as_deref(), &c.api_keys);
         }
-        let redis = match &file.redis {
-            Some(r) => match RedisStore::new(&r.url, r.timeout.0) {
+        let section_text = |key: &str| {
+            doc.as_table()
+                .get(key)
+                .map(|i| i.to_string())
+                .unwrap_or_default()
+        };
+        let redis_fingerprint = section_text("redis");
+        let redis = match (&file.redis, &ctx.reuse.redis) {
+            (Some(_), Some((fp, store))) if *fp == redis_fingerprint => Some(Arc::clone(store)),
+            (Some(r), _) => match RedisStore::new(&r.url, r.timeout.0) {
                 Ok(store) => Some(Arc::new(store)),
                 Err(e) => {
                     problems.at("redis.url", e);
                     None
                 }
             },
-            None => None,
+            (None, _) => None,
         };
+        file.redis_store = redis
+            .clone()
+            .map(|store| (redis_fingerprint.clone(), store));
+        // Plugins that read consumers or Redis are rebuilt when those change.
+        let depends_on = format!("{}\n{redis_fingerprint}", section_text("consumers"));
         let env = PluginEnv {
             consumers: Arc::new(consumers),
             redis,
             metrics: Arc::clone(&ctx.plugin_metrics),
         };
-        file.plugins = build_plugins(item, &env, problems, &mut file.broken_plugins);
+        file.plugins = build_plugins(
+            item,
+            &env,
+            &depends_on,
+            &ctx.reuse,
+            problems,
+            &mut file.broken_plugins,
+        );
     }
     file
 }
@@ -282,6 +312,8 @@ fn deserialize_sections(
 fn build_plugins(
     item: &Item,
     env: &PluginEnv,
+    depends_on: &str,
+    reuse: &Reuse,
     problems: &mut Problems,
     broken: &mut Vec<String>,
 ) -> BTreeMap<String, PluginInstance> {
@@ -310,10 +342,26 @@ fn build_plugins(
                 continue;
             }
         };
+        let fingerprint = format!("{kind}\n{config}\n{depends_on}");
+        if let Some(kept) = reuse
+            .plugins
+            .get(name)
+            .filter(|p| p.fingerprint == fingerprint)
+        {
+            out.insert(name.to_string(), kept.clone());
+            continue;
+        }
         let deserializer = Value::InlineTable(config).into_deserializer();
         match portico_plugins::build_plugin(name, &kind, deserializer, env) {
             Ok(plugin) => {
-                out.insert(name.to_string(), PluginInstance { kind, plugin });
+                out.insert(
+                    name.to_string(),
+                    PluginInstance {
+                        kind,
+                        plugin,
+                        fingerprint,
+                    },
+                );
             }
             Err(e) => {
                 problems.from_toml(&path, &e);

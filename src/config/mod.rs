@@ -9,5 +9,5 @@ pub mod units;
 
 pub use error::{ConfigError, ConfigErrors, Problems};
 pub use file::*;
-pub use load::{parse_str, read_file, BuildContext, ParsedConfig};
+pub use load::{parse_str, read_file, BuildContext, ParsedConfig, Reuse};
 pub use units::{ByteSize, ConfigDuration};

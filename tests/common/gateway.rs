@@ -50,7 +50,7 @@ impl Gateway {
         let [listen, admin] = free_ports();
         let mut text = String::new();
         if !config.contains("[server]") {
-            text.push_str("[server]\nlisten = [\"${PORTICO_LISTEN}\"]\naccess_log = \"off\"\ngrace_period = \"5s\"\n\n");
+            text.push_str("[server]\nlisten = [\"${PORTICO_LISTEN}\"]\naccess_log = \"off\"\ngrace_period = \"5s\"\nupgrade_sock = \"${PORTICO_UPGRADE_SOCK}\"\n\n");
         }
         if !config.contains("[admin]") {
             text.push_str("[admin]\nlisten = \"${PORTICO_ADMIN}\"\n\n");
@@ -65,6 +65,7 @@ impl Gateway {
             .arg(&config_path)
             .env("PORTICO_LISTEN", format!("127.0.0.1:{listen}"))
             .env("PORTICO_ADMIN", format!("127.0.0.1:{admin}"))
+            .env("PORTICO_UPGRADE_SOCK", dir.path().join("upgrade.sock"))
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
