@@ -14,5 +14,6 @@ mod health;
 mod hygiene;
 mod lifecycle;
 mod rate_limit;
+mod reload;
 mod resilience;
 mod routing;
