@@ -116,6 +116,7 @@ impl AdminApi {
             .collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
             "generation": state.generation(),
             "loaded_at": format_rfc3339(state.loaded_at()),
             "draining": state.is_draining(),

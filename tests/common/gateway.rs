@@ -16,6 +16,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     stderr_path: PathBuf,
+    /// The environment the process was started with, for its successor after `-u`.
+    env: Vec<(String, String)>,
     /// A client without a connection pool, so each test request is independent.
     pub client: reqwest::Client,
 }
@@ -60,19 +62,20 @@ impl Gateway {
         std::fs::write(&config_path, text).expect("write the config");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let child = Command::new(binary())
-            .arg("-c")
-            .arg(&config_path)
-            .env("PORTICO_LISTEN", format!("127.0.0.1:{listen}"))
-            .env("PORTICO_ADMIN", format!("127.0.0.1:{admin}"))
-            .env("PORTICO_UPGRADE_SOCK", dir.path().join("upgrade.sock"))
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn portico");
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.extend([
+            ("PORTICO_LISTEN".to_string(), format!("127.0.0.1:{listen}")),
+            ("PORTICO_ADMIN".to_string(), format!("127.0.0.1:{admin}")),
+            (
+                "PORTICO_UPGRADE_SOCK".to_string(),
+                dir.path().join("upgrade.sock").display().to_string(),
+            ),
+            ("RUST_LOG".to_string(), "info".to_string()),
+        ]);
+        let child = spawn(&config_path, &env, stderr, false);
         let mut gateway = Gateway {
             addr: SocketAddr::from(([127, 0, 0, 1], listen)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
@@ -80,6 +83,7 @@ impl Gateway {
             dir,
             child: Some(child),
             stderr_path,
+            env,
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
                 .timeout(Duration::from_secs(30))
@@ -115,6 +119,65 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A zero-downtime binary upgrade, as an operator does it: start a successor with `-u`,
+    /// wait until it waits for the listeners, then SIGQUIT this process, which hands them over
+    /// and drains. Returns once the old process has exited and the successor is serving.
+    pub async fn upgrade(&mut self) {
+        let sock = PathBuf::from(self.env_value("PORTICO_UPGRADE_SOCK"));
+        let _ = std::fs::remove_file(&sock);
+        let stderr = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("stderr file");
+        let successor = spawn(&self.config_path, &self.env, stderr, true);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the successor never listened on {}",
+                sock.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.signal("QUIT");
+        let old = self.child.replace(successor);
+        let status = wait_for_exit(old, Duration::from_secs(30)).await;
+        assert!(
+            status.success(),
+            "the old process exited with {status}:\n{}",
+            self.stderr()
+        );
+        let pid = self.pid();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let serving = match self.client.get(self.admin_url("/status")).send().await {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .map(|v| v["pid"] == pid)
+                    .unwrap_or(false),
+                Err(_) => false,
+            };
+            if serving {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the successor is not serving:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn env_value(&self, name: &str) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
     }
 
     /// Everything the gateway wrote to stderr so far (its log).
@@ -192,6 +255,41 @@ impl Gateway {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+fn spawn(
+    config: &std::path::Path,
+    env: &[(String, String)],
+    stderr: std::fs::File,
+    upgrade: bool,
+) -> Child {
+    let mut command = Command::new(binary());
+    command.arg("-c").arg(config);
+    if upgrade {
+        command.arg("-u");
+    }
+    command
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn portico")
+}
+
+async fn wait_for_exit(child: Option<Child>, timeout: Duration) -> ExitStatus {
+    let mut child = child.expect("a running process");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -102,3 +102,57 @@ async fn the_access_log_has_one_json_line_per_request_without_secrets() {
         "{all}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_under_load_refuses_not_one_connection() {
+    let app = crate::common::upstream::spawn_ok("app").await;
+    let mut gw = Gateway::start(&one_route("app", app.addr, "", "/")).await;
+    let old_pid = gw.pid();
+    // A new connection for every request, so a refused connection would show.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url, stop) = (
+                gw.client.clone(),
+                gw.url("/x"),
+                std::sync::Arc::clone(&stop),
+            );
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(r.status().to_string()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    gw.upgrade().await;
+    assert_ne!(gw.pid(), old_pid);
+    // Keep the load on the new process for a moment.
+    let before = app.hits();
+    eventually(
+        "the new process serves the load",
+        Duration::from_secs(5),
+        async || app.hits() > before + 50,
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for task in load {
+        let (o, f) = task.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "{ok}");
+}
