@@ -26,6 +26,45 @@ struct Cli {
     daemon: bool,
 }
 
+/// Set in the environment of the background process `-d` starts.
+const DAEMON_CHILD: &str = "PORTICO_DAEMON_CHILD";
+
+/// `-d`: start this same command again in the background, in a process group of its own,
+/// and return. Done before any thread exists (Pingora's own daemon mode forks after Portico
+/// has started its access-log and JWKS threads, which a forked child would not have). The
+/// config was already checked, so its problems reach the terminal; stdout and stderr are
+/// inherited (under systemd, the journal).
+fn daemonize() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<_> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "-d" && a != "--daemon")
+        .collect();
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("portico: cannot find its own executable to run in the background: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = std::process::Command::new(exe)
+        .args(args)
+        .env(DAEMON_CHILD, "1")
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
+    match started {
+        Ok(child) => {
+            println!("portico running in the background, pid {}", child.id());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portico: cannot start in the background: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -58,10 +97,13 @@ fn main() -> ExitCode {
         println!("{}: the config is valid", config_path.display());
         return ExitCode::SUCCESS;
     }
+    if cli.daemon && std::env::var_os(DAEMON_CHILD).is_none() {
+        return daemonize();
+    }
     let options = StartOptions {
         config_path,
         upgrade: cli.upgrade,
-        daemon: cli.daemon,
+        write_pid_file: std::env::var_os(DAEMON_CHILD).is_some(),
     };
     match server::run(snapshot, metrics, options) {
         Ok(()) => ExitCode::SUCCESS,

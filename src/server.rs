@@ -23,7 +23,8 @@ use crate::upstream::health::HealthChecks;
 pub struct StartOptions {
     pub config_path: PathBuf,
     pub upgrade: bool,
-    pub daemon: bool,
+    /// Running as the background process of `-d`: write `server.pid_file`.
+    pub write_pid_file: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +44,7 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
 
     let conf = ServerConf {
         threads: server_settings.threads,
-        daemon: options.daemon,
+        daemon: false,
         // Pingora waits out this whole period on SIGTERM; `lifecycle::Drain` ends the process
         // earlier once nothing is in flight. Rounded up to whole seconds, as Pingora counts.
         grace_period_seconds: Some(server_settings.grace_period.as_secs_f64().ceil() as u64),
@@ -54,13 +55,25 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     };
     let opt = Opt {
         upgrade: options.upgrade,
-        daemon: options.daemon,
+        daemon: false,
         nocapture: false,
         test: false,
         conf: None,
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    if options.write_pid_file {
+        // After bootstrap: with `-u`, the listeners are ours by now.
+        if let Err(e) = std::fs::write(
+            &server_settings.pid_file,
+            format!("{}\n", std::process::id()),
+        ) {
+            log::error!(
+                "cannot write the pid file {}: {e}",
+                server_settings.pid_file
+            );
+        }
+    }
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -164,3 +164,76 @@ async fn an_upgrade_under_load_refuses_not_one_connection() {
     );
     assert!(ok > 100, "{ok}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dash_d_runs_in_the_background_with_its_threads_alive() {
+    let app = crate::common::upstream::spawn_ok("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let [listen, admin] = crate::common::free_ports();
+    let (pid_file, log) = (
+        dir.path().join("portico.pid"),
+        dir.path().join("access.log"),
+    );
+    let config = dir.path().join("portico.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{listen}\"]\naccess_log = \"{}\"\npid_file = \"{}\"\nupgrade_sock = \"{}\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{}",
+            log.display(),
+            pid_file.display(),
+            dir.path().join("upgrade.sock").display(),
+            one_route("app", app.addr, "", "/")
+        ),
+    )
+    .unwrap();
+    let status = std::process::Command::new(crate::common::gateway::binary())
+        .args(["-d", "-c"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the foreground command returns at once");
+    let mut pid = String::new();
+    eventually(
+        "the pid file is written",
+        Duration::from_secs(10),
+        async || {
+            pid = std::fs::read_to_string(&pid_file)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            !pid.is_empty()
+        },
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{listen}/x");
+    eventually(
+        "the background gateway answers",
+        Duration::from_secs(10),
+        async || reqwest::get(&url).await.is_ok_and(|r| r.status() == 200),
+    )
+    .await;
+    // The access log is written by a thread: it exists in the background process.
+    eventually(
+        "the access log has the request",
+        Duration::from_secs(5),
+        async || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("\"status\":200")
+        },
+    )
+    .await;
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    eventually(
+        "the background gateway exits",
+        Duration::from_secs(10),
+        async || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+    )
+    .await;
+}
