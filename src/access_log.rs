@@ -32,6 +32,9 @@ pub struct AccessRecord {
     pub cache: Option<&'static str>,
     pub consumer: Option<String>,
     pub trace_id: Option<String>,
+    /// For a composition: the keys of the parts that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_parts: Option<String>,
 }
 
 enum Message {

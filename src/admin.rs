@@ -80,7 +80,8 @@ impl AdminApi {
                     },
                     "path": matcher.path.to_string(),
                     "methods": matcher.methods.as_ref().map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
-                    "upstream": &*route.upstream.name,
+                    "upstream": route.upstream.as_ref().map(|u| &*u.name),
+                    "compose": route.compose.as_ref().map(|c| c.calls.iter().map(|call| &*call.key).collect::<Vec<_>>()),
                     "plugins": route.plugins.iter().map(|(name, _)| &**name).collect::<Vec<_>>(),
                 })
             })

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub upstream_target_healthy: IntGaugeVec,
     pub circuit_breaker_state: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    pub compose_calls: IntCounterVec,
     pub config_generation: IntGauge,
     pub access_log_dropped: IntCounter,
 }
@@ -62,6 +63,13 @@ impl Metrics {
             ),
             &["upstream", "target"],
         )?;
+        let compose_calls = IntCounterVec::new(
+            Opts::new(
+                "portico_compose_calls_total",
+                "Composition calls by route, call key and outcome: success or failed.",
+            ),
+            &["route", "key", "outcome"],
+        )?;
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "portico_config_reloads_total",
@@ -83,6 +91,7 @@ impl Metrics {
         registry.register(Box::new(upstream_target_healthy.clone()))?;
         registry.register(Box::new(circuit_breaker_state.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(compose_calls.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         let plugins = std::sync::Arc::new(portico_plugins::metrics::PluginMetrics::new(&registry)?);
@@ -95,6 +104,7 @@ impl Metrics {
             upstream_target_healthy,
             circuit_breaker_state,
             config_reloads,
+            compose_calls,
             config_generation,
             access_log_dropped,
         })

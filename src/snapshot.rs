@@ -12,6 +12,7 @@ use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use portico_plugins::Plugin;
 
+use crate::compose::Composition;
 use crate::config::{self, ConfigErrors, ParsedConfig, Problems, RouteSection};
 use crate::router::{HostMatch, PathPattern, RouteMatcher, RouteTable};
 use crate::upstream::UpstreamPool;
@@ -41,7 +42,10 @@ pub struct ServerSettings {
 /// A compiled `[[routes]]` entry.
 pub struct Route {
     pub name: Arc<str>,
-    pub upstream: Arc<UpstreamPool>,
+    /// Set for a proxied route.
+    pub upstream: Option<Arc<UpstreamPool>>,
+    /// Set for a composition route.
+    pub compose: Option<Arc<Composition>>,
     pub pattern: PathPattern,
     /// How many leading path segments `strip_prefix` removes before the request goes upstream.
     pub strip_segments: usize,
@@ -166,13 +170,39 @@ pub fn compile(
                 ),
             );
         }
-        let upstream = pools.get(&route.upstream).cloned();
-        if upstream.is_none() && !file.broken_upstreams.contains(&route.upstream) {
-            problems.at(
-                at("upstream"),
-                format!("no upstream named \"{}\"", route.upstream),
-            );
-        }
+        let matcher = compile_matcher(route, *index, &mut problems);
+        let captures = matcher
+            .as_ref()
+            .map(|m| m.path.capture_names())
+            .unwrap_or_default();
+        // A route proxies to an upstream or composes several calls: exactly one of them.
+        let target = match (&route.upstream, &route.compose) {
+            (Some(name), None) => match pools.get(name) {
+                Some(pool) => Some((Some(Arc::clone(pool)), None)),
+                None => {
+                    if !file.broken_upstreams.contains(name) {
+                        problems.at(at("upstream"), format!("no upstream named \"{name}\""));
+                    }
+                    None
+                }
+            },
+            (None, Some(spec)) => match Composition::compile(spec, &captures, &pools) {
+                Ok(c) => Some((None, Some(Arc::new(c)))),
+                Err(errors) => {
+                    for (key, message) in errors {
+                        problems.at(at(&key), message);
+                    }
+                    None
+                }
+            },
+            _ => {
+                problems.at(
+                    format!("routes[{index}]"),
+                    "needs exactly one of `upstream` or `compose`",
+                );
+                None
+            }
+        };
         let mut plugins = Vec::new();
         for (i, name) in route.plugins.iter().enumerate() {
             match file.plugins.get(name) {
@@ -187,10 +217,9 @@ pub fn compile(
                 ),
             }
         }
-        let matcher = compile_matcher(route, *index, &mut problems);
         let strip_segments = compile_strip_prefix(route, *index, matcher.as_ref(), &mut problems);
-        if let (Some(matcher), Some(upstream), Some(strip_segments)) =
-            (matcher, upstream, strip_segments)
+        if let (Some(matcher), Some((upstream, compose)), Some(strip_segments)) =
+            (matcher, target, strip_segments)
         {
             let pattern = matcher.path.clone();
             compiled.push((
@@ -199,6 +228,7 @@ pub fn compile(
                 Arc::new(Route {
                     name: route.name.as_str().into(),
                     upstream,
+                    compose,
                     pattern,
                     strip_segments,
                     plugins,

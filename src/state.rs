@@ -34,6 +34,8 @@ pub struct GatewayState {
     pub active_requests: Arc<AtomicUsize>,
     pub metrics: Metrics,
     pub access_log: AccessLog,
+    /// Pooled connections for composition sub-requests.
+    pub sub_connector: pingora_core::connectors::http::Connector,
 }
 
 impl GatewayState {
@@ -62,6 +64,7 @@ impl GatewayState {
             active_requests: Arc::new(AtomicUsize::new(0)),
             metrics,
             access_log,
+            sub_connector: pingora_core::connectors::http::Connector::new(None),
         })
     }
 

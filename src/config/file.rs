@@ -317,12 +317,51 @@ pub struct RouteSection {
     /// Request headers that must be present with exactly these values.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    pub upstream: String,
+    /// Where the route proxies to; a route has `upstream` or `compose`, not both.
+    pub upstream: Option<String>,
+    pub compose: Option<ComposeSpec>,
     pub strip_prefix: Option<String>,
     /// A deadline for the whole request upstream, retries included.
     pub timeout: Option<ConfigDuration>,
     #[serde(default)]
     pub plugins: Vec<String>,
+}
+
+/// `compose = { timeout = "2s", calls = [...] }`: one call, many services, one answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeSpec {
+    #[serde(default = "default_compose_timeout")]
+    pub timeout: ConfigDuration,
+    pub calls: Vec<CallSpec>,
+}
+
+fn default_compose_timeout() -> ConfigDuration {
+    secs(5)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallSpec {
+    pub key: String,
+    pub upstream: String,
+    pub path: String,
+    pub method: Option<String>,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub required: bool,
+    pub timeout: Option<ConfigDuration>,
+    /// `KEY.path.to.array`: run once per element, `{item}` in the templates.
+    pub for_each: Option<String>,
+    #[serde(default = "default_max_fan_out")]
+    pub max_fan_out: usize,
+}
+
+fn default_max_fan_out() -> usize {
+    10
 }
 
 /// The whole file, each part already deserialized on its own (see `load`), so one bad

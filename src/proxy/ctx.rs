@@ -36,6 +36,8 @@ pub struct RequestCtx {
     pub deadline: Option<Instant>,
     /// For a 503 when no target is available: when one may be.
     pub retry_after: Option<std::time::Duration>,
+    /// For a composition: the keys of the parts that failed.
+    pub failed_parts: Option<String>,
     pub upstream_started: Option<Instant>,
     /// Request body bytes seen so far, against `max_request_body`.
     pub body_bytes: u64,
@@ -81,6 +83,7 @@ impl RequestCtx {
             retrying: false,
             deadline: None,
             retry_after: None,
+            failed_parts: None,
             upstream_started: None,
             body_bytes: 0,
             decided: None,

@@ -18,13 +18,15 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portico_plugins::{ErrorCode, Flow, PluginCtx};
 
 use crate::access_log::AccessRecord;
+use crate::compose::{self, Answer, Composition};
 use crate::metrics::method_label;
 use crate::problem;
 use crate::router::{path::normalize_path, RouteMatch};
 use crate::snapshot::strip_segments;
+use crate::snapshot::Route;
 use crate::state::GatewayState;
 use crate::upstream::breaker::Outcome;
-use crate::upstream::HashKey;
+use crate::upstream::{HashKey, UpstreamPool};
 pub use ctx::RequestCtx;
 use forwarding::*;
 
@@ -57,18 +59,108 @@ impl Portico {
         attempt.finish(outcome);
     }
 
+    /// Run a composition and answer with the merged JSON (or a 502 naming a failed required
+    /// part).
+    async fn compose(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        composition: &Composition,
+        cx: &PluginCtx,
+    ) -> Result<bool> {
+        let path = ctx
+            .normalized_path
+            .clone()
+            .unwrap_or_else(|| session.req_header().uri.path().to_string());
+        let captures = route.pattern.captures(&path).unwrap_or_default();
+        let query = session.req_header().uri.query().unwrap_or("").to_string();
+        let mut base = session.req_header().clone();
+        base.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        base.insert_header(TRACEPARENT, ctx.traceparent.as_str())?;
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        base.insert_header(X_FORWARDED_FOR, peer)?;
+        base.insert_header(X_FORWARDED_PROTO, "http")?;
+        let inputs = compose::Inputs {
+            captures: &captures,
+            query: &query,
+            cx,
+        };
+        let metrics = &self.state.metrics;
+        let record =
+            |key: &str, pool: &UpstreamPool, target: usize, outcome: Outcome, part_done: bool| {
+                if part_done {
+                    metrics
+                        .compose_calls
+                        .with_label_values(&[&route.name, key, "success"])
+                        .inc();
+                } else if let Some(t) = pool.targets.get(target) {
+                    metrics
+                        .upstream_requests
+                        .with_label_values(&[&pool.name, &t.label, failure::outcome_label(outcome)])
+                        .inc();
+                }
+            };
+        let answer = composition
+            .run(
+                &inputs,
+                &self.state.sub_connector,
+                &route.plugins,
+                &base,
+                &record,
+            )
+            .await;
+        match answer {
+            Answer::Complete(body, failed) => {
+                for key in &failed {
+                    metrics
+                        .compose_calls
+                        .with_label_values(&[&route.name, key, "failed"])
+                        .inc();
+                }
+                let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+                let mut resp = ResponseHeader::build(200, Some(4))?;
+                resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+                resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+                resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+                if !failed.is_empty() {
+                    let list = failed.join(", ");
+                    resp.insert_header("portico-incomplete", list.as_str())?;
+                    ctx.failed_parts = Some(list);
+                }
+                session.write_response_header(Box::new(resp), false).await?;
+                session.write_response_body(Some(body), true).await?;
+                Ok(true)
+            }
+            Answer::RequiredFailed(key, error) => {
+                metrics
+                    .compose_calls
+                    .with_label_values(&[&route.name, &key, "failed"])
+                    .inc();
+                ctx.failed_parts = Some(key.clone());
+                let detail = format!("required part \"{key}\" failed ({})", error.code);
+                self.reject(session, ctx, ErrorCode::BadGateway, &detail, &[])
+                    .await
+            }
+        }
+    }
+
     /// Whether another attempt may go out: attempts left and the upstream's retry budget.
     fn may_retry(&self, ctx: &mut RequestCtx) -> bool {
-        let Some(route) = &ctx.route else {
+        let Some(pool) = ctx.route.as_ref().and_then(|r| r.upstream.as_ref()) else {
             return false;
         };
         if ctx.retries_left == 0 || ctx.deadline.is_some_and(|d| Instant::now() >= d) {
             return false;
         }
-        if !route.upstream.budget.try_retry(Instant::now()) {
+        if !pool.budget.try_retry(Instant::now()) {
             log::warn!(
                 "upstream {}: retry budget spent, not retrying request {}",
-                route.upstream.name,
+                pool.name,
                 ctx.request_id
             );
             return false;
@@ -266,7 +358,11 @@ impl ProxyHttp for Portico {
         };
         ctx.normalized_path = normalized;
         ctx.snapshot = Some(snapshot);
-        ctx.retries_left = route.upstream.retry.map_or(0, |r| r.attempts);
+        ctx.retries_left = route
+            .upstream
+            .as_ref()
+            .and_then(|u| u.retry)
+            .map_or(0, |r| r.attempts);
         ctx.deadline = route.timeout.map(|t| ctx.started + t);
 
         let mut cx = PluginCtx::new(Arc::clone(&route.name), client_ip, ctx.request_id.clone());
@@ -300,6 +396,11 @@ impl ProxyHttp for Portico {
                         .await;
                 }
             }
+        }
+        if let Some(composition) = route.compose.clone() {
+            let answered = self.compose(session, ctx, &route, &composition, &cx).await;
+            ctx.plugin_cx = Some(cx);
+            return answered;
         }
         ctx.plugin_cx = Some(cx);
         Ok(false)
@@ -340,7 +441,12 @@ impl ProxyHttp for Portico {
         let Some(route) = ctx.route.clone() else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
-        let pool = &route.upstream;
+        let Some(pool) = &route.upstream else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "upstream_peer on a composition route",
+            );
+        };
         if ctx.retrying {
             ctx.retrying = false;
             let backoff = pool.retry.map_or(Duration::ZERO, |r| r.backoff);
@@ -654,6 +760,7 @@ impl ProxyHttp for Portico {
                     .and_then(|cx| cx.identity.as_ref())
                     .map(|id| id.consumer.clone()),
                 trace_id: ctx.trace_id().map(str::to_string),
+                failed_parts: ctx.failed_parts.take(),
             };
             if !self.state.access_log.log(record) {
                 metrics.access_log_dropped.inc();

@@ -88,6 +88,17 @@ impl PathPattern {
         true
     }
 
+    /// The names of the segments this pattern captures.
+    pub fn capture_names(&self) -> Vec<String> {
+        self.segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Capture(name) => Some(name.to_string()),
+                Segment::Literal(_) => None,
+            })
+            .collect()
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
