@@ -42,6 +42,8 @@ pub enum Reply {
     Body(u16, String),
     /// Wait, then answer 200.
     Delay(Duration),
+    /// Wait, then answer this status and body.
+    DelayBody(Duration, u16, String),
     /// Never answer.
     Hang,
 }
@@ -183,6 +185,10 @@ async fn answer(
         Reply::Delay(d) => {
             tokio::time::sleep(d).await;
             (200, Bytes::from_static(b"ok"))
+        }
+        Reply::DelayBody(d, status, body) => {
+            tokio::time::sleep(d).await;
+            (status, Bytes::from(body))
         }
         Reply::Hang => {
             std::future::pending::<()>().await;
