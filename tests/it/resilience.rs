@@ -33,7 +33,7 @@ async fn the_circuit_opens_rests_probes_and_closes() {
     let target = FaultyUpstream::start("a", Fault::Status503).await;
     let gw = Gateway::start(&pool(
         &[&target],
-        "circuit_breaker = { failures = 3, open_for = \"300ms\", half_open_requests = 1 }",
+        "circuit_breaker = { failures = 3, open_for = \"2s\", half_open_requests = 1 }",
         "",
     ))
     .await;
