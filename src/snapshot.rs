@@ -109,8 +109,13 @@ pub fn compile(
         fixed_at_start(previous, &server, admin_listen, &mut problems);
     }
     if let Some(redis) = &file.redis {
-        if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
-            problems.at("redis.url", "must start with redis:// or rediss://");
+        if redis.url.starts_with("rediss://") {
+            problems.at(
+                "redis.url",
+                "TLS to Redis (rediss://) is not supported yet; use redis:// on a trusted network",
+            );
+        } else if !redis.url.starts_with("redis://") {
+            problems.at("redis.url", "must start with redis://");
         }
     }
 

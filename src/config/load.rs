@@ -276,13 +276,8 @@ fn deserialize_sections(
         let redis_fingerprint = section_text("redis");
         let redis = match (&file.redis, &ctx.reuse.redis) {
             (Some(_), Some((fp, store))) if *fp == redis_fingerprint => Some(Arc::clone(store)),
-            (Some(r), _) => match RedisStore::new(&r.url, r.timeout.0) {
-                Ok(store) => Some(Arc::new(store)),
-                Err(e) => {
-                    problems.at("redis.url", e);
-                    None
-                }
-            },
+            // A bad URL is reported by the snapshot compiler, once.
+            (Some(r), _) => RedisStore::new(&r.url, r.timeout.0).ok().map(Arc::new),
             (None, _) => None,
         };
         file.redis_store = redis

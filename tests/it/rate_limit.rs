@@ -332,7 +332,7 @@ fn store_redis_without_a_redis_section_is_a_config_error() {
     let (code, out) = crate::common::gateway::validate(&path);
     assert_eq!(code, 1);
     assert!(
-        out.contains("plugins.l: store = \"redis\" needs a [redis] section"),
+        out.contains("plugins.l: store = \"redis\" needs a [redis] section with a valid url"),
         "{out}"
     );
 }

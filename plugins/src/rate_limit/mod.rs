@@ -141,7 +141,7 @@ impl RateLimitPlugin {
             (StoreKind::Local, _) => None,
             (StoreKind::Redis, Some(redis)) => Some(SharedLimiter::new(redis, name, cfg.max_keys)),
             (StoreKind::Redis, None) => {
-                return Err("store = \"redis\" needs a [redis] section".into())
+                return Err("store = \"redis\" needs a [redis] section with a valid url".into())
             }
         };
         Ok(RateLimitPlugin {
