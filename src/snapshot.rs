@@ -191,6 +191,13 @@ pub fn compile(
                     None
                 }
             },
+            (None, Some(_)) if route.timeout.is_some() => {
+                problems.at(
+                    at("timeout"),
+                    "a compose route's deadline is compose.timeout",
+                );
+                None
+            }
             (None, Some(spec)) => match Composition::compile(spec, &captures, &pools) {
                 Ok(c) => Some((None, Some(Arc::new(c)))),
                 Err(errors) => {

@@ -49,13 +49,24 @@ pub async fn send(
     let attempts = 1 + pool.retry.map_or(0, |r| r.attempts);
     let mut tried = Vec::new();
     let mut last = PartError::gateway(ErrorCode::BadGateway);
-    for _ in 0..attempts {
+    pool.budget.record_request(Instant::now());
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            // A retry, like a proxied one: within the upstream's budget, after its backoff.
+            if !pool.budget.try_retry(Instant::now()) {
+                return Err(last);
+            }
+            let backoff = pool.retry.map_or(std::time::Duration::ZERO, |r| r.backoff);
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(PartError::gateway(ErrorCode::UpstreamTimeout));
         }
+        // Consistent hashing keys a sub-request by its path.
         let chosen = pool
-            .select(&[], &tried)
+            .select(request.uri.path().as_bytes(), &tried)
             .map_err(|_| PartError::gateway(ErrorCode::UpstreamUnavailable))?;
         tried.push(chosen.index);
         let attempt = pool.start_request(chosen);

@@ -111,9 +111,9 @@ impl Composition {
                 }
             }
             let method = match c.method.as_deref().unwrap_or("GET") {
-                m @ ("GET" | "HEAD") => Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET),
+                "GET" => Method::GET,
                 other => {
-                    errors.push((at("method"), format!("\"{other}\": calls are GET or HEAD, which are safe to send in parallel and retry")));
+                    errors.push((at("method"), format!("\"{other}\": calls are GET, which is safe to send in parallel and retry, and answers with a JSON body")));
                     Method::GET
                 }
             };

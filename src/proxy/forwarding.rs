@@ -85,6 +85,47 @@ pub fn new_traceparent() -> String {
     )
 }
 
+/// Set `X-Forwarded-For`, `-Proto` and `-Host` on a request going upstream (proxied or a
+/// composition's sub-request): a trusted proxy's values are extended or kept, anyone
+/// else's are replaced.
+pub fn set_forwarded(
+    upstream: &mut RequestHeader,
+    session: &pingora_proxy::Session,
+    peer_trusted: bool,
+) -> pingora_error::Result<()> {
+    let peer_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let forwarded_for = match upstream
+        .headers
+        .get(X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(existing) if peer_trusted => format!("{existing}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    upstream.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+    if !(peer_trusted && upstream.headers.contains_key(X_FORWARDED_PROTO)) {
+        upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+    }
+    if !(peer_trusted && upstream.headers.contains_key(X_FORWARDED_HOST)) {
+        match session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+        {
+            Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
+            None => {
+                upstream.remove_header(X_FORWARDED_HOST);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Drop the headers the client listed in `Connection` (hop-by-hop, RFC 9110 7.6.1) and the
 /// hop-by-hop headers that never cross a proxy. `Connection` and `Upgrade` themselves are
 /// left to Pingora, which manages the upstream connection.

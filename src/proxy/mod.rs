@@ -67,7 +67,7 @@ impl Portico {
         ctx: &mut RequestCtx,
         route: &Route,
         composition: &Composition,
-        cx: &PluginCtx,
+        cx: &mut PluginCtx,
     ) -> Result<bool> {
         let path = ctx
             .normalized_path
@@ -78,17 +78,11 @@ impl Portico {
         let mut base = session.req_header().clone();
         base.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         base.insert_header(TRACEPARENT, ctx.traceparent.as_str())?;
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        base.insert_header(X_FORWARDED_FOR, peer)?;
-        base.insert_header(X_FORWARDED_PROTO, "http")?;
+        set_forwarded(&mut base, session, ctx.peer_trusted)?;
         let inputs = compose::Inputs {
             captures: &captures,
             query: &query,
-            cx,
+            cx: &*cx,
         };
         let metrics = &self.state.metrics;
         let record =
@@ -131,6 +125,12 @@ impl Portico {
                     let list = failed.join(", ");
                     resp.insert_header("portico-incomplete", list.as_str())?;
                     ctx.failed_parts = Some(list);
+                }
+                // The route's plugins see the composed answer as they see a proxied one.
+                for (name, plugin) in route.plugins.iter().rev() {
+                    if let Err(e) = plugin.on_response(&mut resp, cx).await {
+                        log::error!("plugin {name} failed on response {}: {e}", ctx.request_id);
+                    }
                 }
                 session.write_response_header(Box::new(resp), false).await?;
                 session.write_response_body(Some(body), true).await?;
@@ -398,7 +398,9 @@ impl ProxyHttp for Portico {
             }
         }
         if let Some(composition) = route.compose.clone() {
-            let answered = self.compose(session, ctx, &route, &composition, &cx).await;
+            let answered = self
+                .compose(session, ctx, &route, &composition, &mut cx)
+                .await;
             ctx.plugin_cx = Some(cx);
             return answered;
         }
@@ -527,36 +529,7 @@ impl ProxyHttp for Portico {
         }
 
         drop_connection_headers(upstream);
-        let peer_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        let forwarded_for = match upstream
-            .headers
-            .get(X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(existing) if ctx.peer_trusted => format!("{existing}, {peer_ip}"),
-            _ => peer_ip,
-        };
-        upstream.insert_header(X_FORWARDED_FOR, forwarded_for)?;
-        if !(ctx.peer_trusted && upstream.headers.contains_key(X_FORWARDED_PROTO)) {
-            upstream.insert_header(X_FORWARDED_PROTO, "http")?;
-        }
-        if !(ctx.peer_trusted && upstream.headers.contains_key(X_FORWARDED_HOST)) {
-            match session
-                .req_header()
-                .headers
-                .get(http::header::HOST)
-                .cloned()
-            {
-                Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
-                None => {
-                    upstream.remove_header(X_FORWARDED_HOST);
-                }
-            }
-        }
+        set_forwarded(upstream, session, ctx.peer_trusted)?;
         upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         upstream.insert_header(TRACEPARENT, ctx.traceparent.as_str())?;
 
@@ -643,6 +616,12 @@ impl ProxyHttp for Portico {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer {}", peer._address));
+        if session.response_written().is_some() {
+            // The client already has part of an answer: nothing can be sent again.
+            self.finish_attempt(ctx, failure::attempt_outcome(&e));
+            e.set_retry(false);
+            return e;
+        }
         if matches!(e.retry, RetryType::ReusedOnly) && client_reused {
             // A stale pooled connection: drop the attempt without blaming the target.
             ctx.in_flight = None;

@@ -235,13 +235,17 @@ algorithms = ["HS256"]
 secret = "${{SECRET}}"
 forward_claims = {{ sub = "x-user-id" }}
 
+[plugins.tag]
+kind = "headers"
+response_set = {{ "x-composed-for" = "{{consumer}}" }}
+
 [upstreams.svc]
 targets = ["{}"]
 
 [[routes]]
 name = "me"
 path = "/me"
-plugins = ["auth"]
+plugins = ["auth", "tag"]
 compose = {{ calls = [
   {{ key = "profile", upstream = "svc", path = "/users/{{claim.sub}}" }},
   {{ key = "seen", upstream = "svc", path = "/echo-headers" }},
@@ -271,6 +275,11 @@ compose = {{ calls = [
         .send()
         .await
         .unwrap();
+    assert_eq!(
+        resp.headers()["x-composed-for"],
+        "u-7",
+        "response plugins see the composed answer"
+    );
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["profile"]["id"], "u-7");
     assert_eq!(
@@ -317,7 +326,7 @@ compose = { calls = [
         "routes[0].compose.calls: the calls depend on each other in a cycle: a -> b -> a",
         "routes[1].compose.calls[0].path: \"{nobody.id}\" is not a path capture",
         "routes[1].compose.calls[1].upstream: no upstream named \"nowhere\"",
-        "routes[1].compose.calls[1].method: \"POST\": calls are GET or HEAD",
+        "routes[1].compose.calls[1].method: \"POST\": calls are GET",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
