@@ -212,6 +212,18 @@ impl Gateway {
             .expect("admin JSON")
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("admin answers")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// The health `/status` reports for one target.
     pub async fn target_healthy(&self, upstream: &str, target: SocketAddr) -> bool {
         let status = self.admin_json("/status").await;

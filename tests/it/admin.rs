@@ -22,15 +22,7 @@ async fn health_readiness_status_and_metrics_answer() {
     assert_eq!(target["healthy"], true);
     assert_eq!(target["in_flight"], 0);
 
-    let metrics = gw
-        .client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for line in [
         "portico_http_requests_total{method=\"GET\",route=\"users\",status=\"200\"} 1",
         "portico_http_requests_total{method=\"GET\",route=\"\",status=\"404\"} 1",

@@ -151,15 +151,7 @@ compose = { calls = [
         json!({ "status": 504, "code": "upstream_timeout" })
     );
 
-    let metrics = gw
-        .client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(
             "portico_compose_calls_total{key=\"prefs\",outcome=\"failed\",route=\"partial\"} 1"

@@ -43,15 +43,7 @@ upstream = "pool"
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["x-upstream"], "b");
     }
-    let metrics = gw
-        .client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(&format!(
             "portico_upstream_target_healthy{{target=\"{}\",upstream=\"pool\"}} 0",

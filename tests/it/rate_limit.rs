@@ -80,15 +80,7 @@ async fn the_limit_is_exact_and_every_answer_says_where_the_caller_stands() {
     assert_eq!(body["detail"], "limit of 5 per 1m reached");
     assert_eq!(app.hits(), 5);
 
-    let metrics = gw
-        .client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(
             "portico_rate_limit_decisions_total{decision=\"allowed\",plugin=\"limit\"} 5"
@@ -257,15 +249,7 @@ async fn when_redis_dies_requests_fall_back_and_when_it_returns_sharing_resumes(
             started.elapsed()
         );
     }
-    let metrics = gw
-        .client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(metrics.contains("decision=\"store_error\""), "{metrics}");
 
     redis.restart().await;

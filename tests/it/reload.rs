@@ -272,14 +272,8 @@ async fn invalid_configs_leave_the_old_one_serving() {
                 let status = gw.admin_json("/status").await;
                 status["last_reload"]["result"] == "error" && {
                     let count = gw
-                        .client
-                        .get(gw.admin_url("/metrics"))
-                        .send()
+                        .metrics()
                         .await
-                        .unwrap()
-                        .text()
-                        .await
-                        .unwrap()
                         .lines()
                         .find(|l| l.starts_with("portico_config_reloads_total{result=\"error\"}"))
                         .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())

@@ -81,15 +81,7 @@ async fn the_circuit_opens_rests_probes_and_closes() {
     )
     .await;
 
-    let metrics = gw
-        .client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(&format!(
             "portico_circuit_breaker_state{{target=\"{}\",upstream=\"app\"}} 0",
