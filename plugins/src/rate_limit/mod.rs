@@ -340,11 +340,19 @@ impl Plugin for RateLimitPlugin {
         resp: &mut ResponseHeader,
         cx: &mut PluginCtx,
     ) -> Result<(), PluginError> {
-        if let Some(RateLimitHeaders(decision)) = cx.extensions.get::<RateLimitHeaders>() {
-            for (name, value) in headers(decision) {
-                resp.insert_header(name, value)
-                    .map_err(|e| PluginError::Internal(e.to_string()))?;
-            }
+        let Some(RateLimitHeaders(d)) = cx.extensions.get::<RateLimitHeaders>() else {
+            return Ok(());
+        };
+        // Static names spare Pingora from building and re-parsing a title-cased copy of each
+        // (callgrind: the header inserts were most of this plugin's cost per request).
+        let values = [
+            ("ratelimit-limit", d.limit),
+            ("ratelimit-remaining", d.remaining),
+            ("ratelimit-reset", d.reset_secs),
+        ];
+        for (name, value) in values {
+            resp.insert_header(name, value)
+                .map_err(|e| PluginError::Internal(e.to_string()))?;
         }
         Ok(())
     }
