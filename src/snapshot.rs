@@ -555,7 +555,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(s.pools.len(), 1);
-        assert_eq!(s.routes.routes().next().unwrap().strip_segments, 2);
+        assert_eq!(s.routes.entries().next().unwrap().1.strip_segments, 2);
     }
 
     #[test]

@@ -482,8 +482,3 @@ fn find_cycle(calls: &[Call]) -> Option<String> {
         }
     })
 }
-
-/// Results as they are known during a run, by key (for tests and logs).
-pub fn failed_summary(failed: &[String]) -> Option<String> {
-    (!failed.is_empty()).then(|| failed.join(", "))
-}

@@ -113,10 +113,6 @@ impl<'a> Problems<'a> {
         });
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.errors.is_empty()
-    }
-
     /// Start from problems found in an earlier stage, like parsing.
     pub fn extend(&mut self, earlier: Vec<ConfigError>) {
         self.errors.extend(earlier);

@@ -169,10 +169,6 @@ impl<T> RouteTable<T> {
         Ok(table)
     }
 
-    pub fn routes(&self) -> impl Iterator<Item = &T> {
-        self.routes.iter().map(|(_, t)| t)
-    }
-
     /// Every route with its matcher, in file order.
     pub fn entries(&self) -> impl Iterator<Item = (&RouteMatcher, &T)> {
         self.routes.iter().map(|(m, t)| (m, t))

@@ -112,12 +112,6 @@ impl PathPattern {
             .same_shape(prefix)
     }
 
-    pub fn has_captures(&self) -> bool {
-        self.segments
-            .iter()
-            .any(|s| matches!(s, Segment::Capture(_)))
-    }
-
     /// Orders patterns from least to most specific: more segments first, then literals over
     /// captures position by position.
     pub fn specificity(&self) -> (usize, Vec<bool>) {
