@@ -12,6 +12,8 @@ use portico_plugins::ErrorCode;
 use serde_json::{json, Value};
 
 use crate::access_log::format_rfc3339;
+use crate::cache::RequestIdentity;
+use crate::router::path::normalize_path;
 use crate::router::HostMatch;
 use crate::state::GatewayState;
 
@@ -49,6 +51,49 @@ fn problem(code: ErrorCode, detail: &str, path: &str) -> Response<Vec<u8>> {
 }
 
 impl AdminApi {
+    /// The cache's figures are read from the store when scraped.
+    fn update_cache_gauges(&self) {
+        let stats = self.state.cache.stats();
+        let metrics = &self.state.metrics;
+        metrics.cache_size_bytes.set(gauge(stats.used));
+        metrics.cache_max_size_bytes.set(gauge(stats.max_size));
+        metrics.cache_entries.set(gauge(stats.entries));
+    }
+
+    /// `POST /cache/purge` with `{"url": "http://host/path?query"}` (every stored variant of
+    /// that URL) or `{"route": "name"}` (everything the route stored).
+    async fn purge(&self, session: &mut ServerSession, path: &str) -> Response<Vec<u8>> {
+        let body = match read_body(session, 64 * 1024).await {
+            Ok(body) => body,
+            Err(why) => return problem(ErrorCode::BadRequest, &why, path),
+        };
+        let target: PurgeRequest = match serde_json::from_slice(&body) {
+            Ok(t) => t,
+            Err(e) => {
+                let detail = format!(
+                    "expected {{\"url\": \"http://host/path\"}} or {{\"route\": \"name\"}}: {e}"
+                );
+                return problem(ErrorCode::BadRequest, &detail, path);
+            }
+        };
+        let purged = match (&target.url, &target.route) {
+            (Some(url), None) => match url_hash(url) {
+                Ok(hash) => self.state.cache.purge_url(&hash),
+                Err(why) => return problem(ErrorCode::BadRequest, &why, path),
+            },
+            (None, Some(route)) => self.state.cache.purge_route(route),
+            _ => {
+                return problem(
+                    ErrorCode::BadRequest,
+                    "give exactly one of \"url\" or \"route\"",
+                    path,
+                )
+            }
+        };
+        log::info!("cache purge {target:?}: {purged} entries removed");
+        json_response(StatusCode::OK, &json!({ "purged": purged }))
+    }
+
     /// Circuit states are read when scraped, so the request path never touches the gauge.
     fn update_circuit_gauges(&self) {
         let gauge = &self.state.metrics.circuit_breaker_state;
@@ -67,6 +112,7 @@ impl AdminApi {
         let state = &self.state;
         let snapshot = state.current();
         let last = state.last_load();
+        let cache = state.cache.stats();
         let routes: Vec<Value> = snapshot
             .routes
             .entries()
@@ -83,6 +129,7 @@ impl AdminApi {
                     "upstream": route.upstream.as_ref().map(|u| &*u.name),
                     "compose": route.compose.as_ref().map(|c| c.calls.iter().map(|call| &*call.key).collect::<Vec<_>>()),
                     "plugins": route.plugins.iter().map(|(name, _)| &**name).collect::<Vec<_>>(),
+                    "cache": route.cache.is_some(),
                 })
             })
             .collect();
@@ -128,6 +175,11 @@ impl AdminApi {
             },
             "routes": routes,
             "upstreams": upstreams,
+            "cache": {
+                "max_size": cache.max_size,
+                "size": cache.used,
+                "entries": cache.entries,
+            },
         })
     }
 
@@ -142,6 +194,55 @@ impl AdminApi {
             Err(_) => problem(ErrorCode::Internal, "the reload did not complete", path),
         }
     }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    url: Option<String>,
+    route: Option<String>,
+}
+
+/// The hash purge by URL looks for: the URL as the proxy keys it (GET, which HEAD shares;
+/// the path normalized as for routing). Portico listens on plain HTTP, so every entry's
+/// scheme is http, whatever scheme the operator writes.
+fn url_hash(url: &str) -> Result<pingora_cache::key::HashBinary, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
+    let host = uri
+        .authority()
+        .ok_or_else(|| format!("\"{url}\" needs a host, like http://api.example.com/path"))?;
+    let path = normalize_path(uri.path()).map_err(|e| e.detail().to_string())?;
+    Ok(RequestIdentity {
+        method: "GET",
+        scheme: "http",
+        host: host.as_str(),
+        path: &path,
+        query: uri.query(),
+    }
+    .url_hash())
+}
+
+/// The request body, up to `limit` bytes.
+async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > limit {
+                    return Err(format!("the body is larger than {limit} bytes"));
+                }
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(format!("the body could not be read: {e}")),
+        }
+    }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// 422 for a rejected reload: a problem (code `invalid_config`, an extension of SPEC.md's
@@ -171,7 +272,7 @@ impl ServeHttp for AdminApi {
         let path = req.uri.path().to_string();
         let allowed = match path.as_str() {
             "/healthz" | "/readyz" | "/metrics" | "/status" => Method::GET,
-            "/reload" => Method::POST,
+            "/reload" | "/cache/purge" => Method::POST,
             _ => return problem(ErrorCode::NoRoute, "no admin endpoint here", &path),
         };
         if method != allowed && !(allowed == Method::GET && method == Method::HEAD) {
@@ -197,6 +298,7 @@ impl ServeHttp for AdminApi {
             ),
             "/metrics" => {
                 self.update_circuit_gauges();
+                self.update_cache_gauges();
                 response(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -204,6 +306,7 @@ impl ServeHttp for AdminApi {
                 )
             }
             "/status" => json_response(StatusCode::OK, &self.status()),
+            "/cache/purge" => self.purge(session, &path).await,
             _ => self.reload(&path).await,
         }
     }

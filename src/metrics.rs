@@ -19,6 +19,11 @@ pub struct Metrics {
     pub compose_calls: IntCounterVec,
     pub config_generation: IntGauge,
     pub access_log_dropped: IntCounter,
+    pub cache_lookups: IntCounterVec,
+    /// The response store's figures, read from it when scraped.
+    pub cache_size_bytes: IntGauge,
+    pub cache_max_size_bytes: IntGauge,
+    pub cache_entries: IntGauge,
 }
 
 impl Metrics {
@@ -85,7 +90,27 @@ impl Metrics {
             "portico_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up.",
         )?;
+        let cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "portico_cache_lookups_total",
+                "Requests on caching routes, by route and result: hit, miss, stale or bypass.",
+            ),
+            &["route", "result"],
+        )?;
+        let cache_size_bytes = IntGauge::new(
+            "portico_cache_size_bytes",
+            "Bytes the response cache holds: bodies, headers and bookkeeping.",
+        )?;
+        let cache_max_size_bytes = IntGauge::new(
+            "portico_cache_max_size_bytes",
+            "The response cache's limit, [cache] max_size.",
+        )?;
+        let cache_entries = IntGauge::new("portico_cache_entries", "Responses the cache holds.")?;
         registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(cache_lookups.clone()))?;
+        registry.register(Box::new(cache_size_bytes.clone()))?;
+        registry.register(Box::new(cache_max_size_bytes.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(http_request_duration.clone()))?;
         registry.register(Box::new(upstream_requests.clone()))?;
         registry.register(Box::new(upstream_target_healthy.clone()))?;
@@ -107,10 +132,13 @@ impl Metrics {
             compose_calls,
             config_generation,
             access_log_dropped,
+            cache_lookups,
+            cache_size_bytes,
+            cache_max_size_bytes,
+            cache_entries,
         })
     }
 
-    /// The Prometheus text exposition of every metric.
     /// What compiling a config needs: the plugins record into this registry.
     /// `reuse`: the instances of the config serving now (empty at start-up).
     pub fn build_context(&self, reuse: crate::config::Reuse) -> crate::config::BuildContext {
@@ -120,6 +148,7 @@ impl Metrics {
         }
     }
 
+    /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
         // Encoding into a Vec cannot fail for well-formed metric families.

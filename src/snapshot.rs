@@ -12,8 +12,9 @@ use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use portico_plugins::Plugin;
 
+use crate::cache::CachePolicy;
 use crate::compose::Composition;
-use crate::config::{self, ConfigErrors, ParsedConfig, Problems, RouteSection};
+use crate::config::{self, ConfigErrors, ParsedConfig, PluginBody, Problems, RouteSection};
 use crate::router::{HostMatch, PathPattern, RouteMatcher, RouteTable};
 use crate::upstream::UpstreamPool;
 
@@ -50,6 +51,8 @@ pub struct Route {
     /// How many leading path segments `strip_prefix` removes before the request goes upstream.
     pub strip_segments: usize,
     pub plugins: Vec<(Arc<str>, Arc<dyn Plugin>)>,
+    /// Set when the route lists a `cache` plugin.
+    pub cache: Option<Arc<CachePolicy>>,
     /// Total deadline upstream, retries included.
     pub timeout: Option<Duration>,
 }
@@ -61,6 +64,8 @@ pub struct Snapshot {
     pub admin_listen: SocketAddr,
     pub routes: RouteTable<Arc<Route>>,
     pub pools: BTreeMap<String, Arc<UpstreamPool>>,
+    /// `[cache] max_size`: the limit of the response store; 0 without a `[cache]` table.
+    pub cache_max_size: u64,
 }
 
 /// Read, validate and compile the config at `path`. `previous` is the snapshot now serving,
@@ -117,6 +122,10 @@ pub fn compile(
         } else if !redis.url.starts_with("redis://") {
             problems.at("redis.url", "must start with redis://");
         }
+    }
+
+    if file.cache.as_ref().is_some_and(|c| c.max_size.0 == 0) {
+        problems.at("cache.max_size", "must be more than 0");
     }
 
     let mut pools = BTreeMap::new();
@@ -216,12 +225,30 @@ pub fn compile(
             }
         };
         let mut plugins = Vec::new();
+        let mut cache = None;
         for (i, name) in route.plugins.iter().enumerate() {
-            match file.plugins.get(name) {
-                Some(instance) => plugins.push((
-                    Arc::<str>::from(name.as_str()),
-                    Arc::clone(&instance.plugin),
-                )),
+            match file.plugins.get(name).map(|p| &p.plugin) {
+                Some(PluginBody::Chain(plugin)) => {
+                    plugins.push((Arc::<str>::from(name.as_str()), Arc::clone(plugin)))
+                }
+                Some(PluginBody::Cache(policy)) => {
+                    let at = at(&format!("plugins[{i}]"));
+                    if cache.is_some() {
+                        problems.at(at, "a route takes at most one cache plugin");
+                    } else if route.compose.is_some() {
+                        problems.at(
+                            at,
+                            "a cache plugin caches upstream answers; a compose route has none",
+                        );
+                    } else if file.cache.is_none() {
+                        problems.at(
+                            at,
+                            format!("plugin \"{name}\" caches, which needs a [cache] table with max_size"),
+                        );
+                    } else {
+                        cache = Some(Arc::clone(policy));
+                    }
+                }
                 None if file.broken_plugins.contains(name) => {}
                 None => problems.at(
                     at(&format!("plugins[{i}]")),
@@ -244,6 +271,7 @@ pub fn compile(
                     pattern,
                     strip_segments,
                     plugins,
+                    cache,
                     timeout: route.timeout.map(|t| t.0),
                 }),
             ));
@@ -276,6 +304,7 @@ pub fn compile(
             admin_listen,
             routes,
             pools,
+            cache_max_size: file.cache.as_ref().map_or(0, |c| c.max_size.0),
         }),
         _ => Err(ConfigErrors::single(
             &origin,

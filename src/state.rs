@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
+use crate::cache::CacheStore;
 use crate::config::ConfigErrors;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -36,6 +37,8 @@ pub struct GatewayState {
     pub access_log: AccessLog,
     /// Pooled connections for composition sub-requests.
     pub sub_connector: pingora_core::connectors::http::Connector,
+    /// The response cache's store: one for the process, its limit set by each config.
+    pub cache: &'static CacheStore,
 }
 
 impl GatewayState {
@@ -49,7 +52,10 @@ impl GatewayState {
         let last_content = std::fs::read(&config_path).unwrap_or_default();
         metrics.config_generation.set(1);
         metrics.config_reloads.with_label_values(&["ok"]).inc();
+        let cache =
+            CacheStore::leak(usize::try_from(snapshot.cache_max_size).unwrap_or(usize::MAX));
         Arc::new(GatewayState {
+            cache,
             snapshot: ArcSwap::from_pointee(snapshot),
             config_path,
             generation: AtomicU64::new(1),
@@ -115,6 +121,8 @@ impl GatewayState {
         let mut last = self.last_load.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(snapshot) => {
+                self.cache
+                    .set_max_size(usize::try_from(snapshot.cache_max_size).unwrap_or(usize::MAX));
                 self.snapshot.store(Arc::new(snapshot));
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 *self.loaded_at.lock().unwrap_or_else(|p| p.into_inner()) = now;

@@ -20,9 +20,10 @@ pub struct PluginEnv {
     pub metrics: Arc<crate::metrics::PluginMetrics>,
 }
 
-/// Every plugin kind this build knows, for error messages and docs.
+/// Every plugin kind this build knows, for error messages and docs. `cache` is built by the
+/// gateway itself (it works through Pingora's cache hooks), so it never reaches `build_plugin`.
 pub fn known_kinds() -> &'static [&'static str] {
-    &["api_key", "headers", "jwt", "rate_limit"]
+    &["api_key", "cache", "headers", "jwt", "rate_limit"]
 }
 
 /// Build plugin instance `name` of `kind` from its config table (the table without `kind`).

@@ -100,6 +100,14 @@ pub struct RedisSection {
     pub timeout: ConfigDuration,
 }
 
+/// `[cache]`: the one store every `cache` plugin shares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// The most the store holds, counting bodies, headers and bookkeeping.
+    pub max_size: ByteSize,
+}
+
 fn default_redis_timeout() -> ConfigDuration {
     ConfigDuration(std::time::Duration::from_millis(25))
 }
@@ -371,6 +379,7 @@ pub struct FileConfig {
     pub server: ServerSection,
     pub admin: AdminSection,
     pub redis: Option<RedisSection>,
+    pub cache: Option<CacheSection>,
     pub upstreams: BTreeMap<String, UpstreamSection>,
     pub consumers: BTreeMap<String, ConsumerSection>,
     /// Built plugin instances by name, with their kind.
@@ -391,10 +400,18 @@ pub struct FileConfig {
 #[derive(Clone)]
 pub struct PluginInstance {
     pub kind: String,
-    pub plugin: std::sync::Arc<dyn portico_plugins::Plugin>,
+    pub plugin: PluginBody,
     /// Its config as written (with what it depends on: consumers, redis); an instance with
     /// the same fingerprint is kept across a reload, with its state.
     pub fingerprint: String,
+}
+
+/// What a plugin instance is: one more link in a route's chain of request/response hooks, or
+/// the cache, which works through Pingora's cache hooks instead.
+#[derive(Clone)]
+pub enum PluginBody {
+    Chain(std::sync::Arc<dyn portico_plugins::Plugin>),
+    Cache(std::sync::Arc<crate::cache::CachePolicy>),
 }
 
 impl fmt::Debug for PluginInstance {

@@ -15,7 +15,7 @@ use toml_edit::{ImDocument, Item, Value};
 
 use super::env::{expand, toml_string_literal};
 use super::error::{ConfigErrors, Problems};
-use super::file::{FileConfig, PluginInstance};
+use super::file::{FileConfig, PluginBody, PluginInstance};
 use super::source_map::SourceMap;
 
 /// A file that parsed as TOML, with what could be deserialized and the problems found so far.
@@ -235,6 +235,7 @@ fn deserialize_sections(
                 }
             }
             "redis" => file.redis = deserialize(item, key, problems),
+            "cache" => file.cache = deserialize(item, key, problems),
             "upstreams" => {
                 file.upstreams =
                     deserialize_named(item, key, problems, &mut file.broken_upstreams);
@@ -257,7 +258,7 @@ fn deserialize_sections(
             }
             other => problems.at(
                 other,
-                "unknown section (expected server, admin, redis, upstreams, consumers, plugins or routes)",
+                "unknown section (expected server, admin, redis, cache, upstreams, consumers, plugins or routes)",
             ),
         }
     }
@@ -347,7 +348,7 @@ fn build_plugins(
             continue;
         }
         let deserializer = Value::InlineTable(config).into_deserializer();
-        match portico_plugins::build_plugin(name, &kind, deserializer, env) {
+        match build_plugin(name, &kind, deserializer, env) {
             Ok(plugin) => {
                 out.insert(
                     name.to_string(),
@@ -365,6 +366,25 @@ fn build_plugins(
         }
     }
     out
+}
+
+/// The cache is built here, by the gateway: it works through Pingora's cache hooks rather
+/// than the plugin chain. Every other kind is the plugins crate's.
+fn build_plugin(
+    name: &str,
+    kind: &str,
+    config: toml_edit::de::ValueDeserializer,
+    env: &PluginEnv,
+) -> Result<PluginBody, toml_edit::de::Error> {
+    use serde::de::Error as _;
+    use serde::Deserialize as _;
+    if kind == "cache" {
+        let config = crate::cache::CacheConfig::deserialize(config)?;
+        let policy =
+            crate::cache::CachePolicy::compile(config).map_err(toml_edit::de::Error::custom)?;
+        return Ok(PluginBody::Cache(Arc::new(policy)));
+    }
+    portico_plugins::build_plugin(name, kind, config, env).map(PluginBody::Chain)
 }
 
 #[cfg(test)]

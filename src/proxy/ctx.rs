@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use portico_plugins::{ErrorCode, PluginCtx};
 
+use crate::cache::CacheResult;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::InFlight;
 
@@ -44,6 +45,11 @@ pub struct RequestCtx {
     /// Set when the gateway itself decided the answer, so `fail_to_proxy` reports the
     /// decision rather than guessing it from a transport error.
     pub decided: Option<ErrorCode>,
+    /// The route caches and the request reached the cache's first hook.
+    pub cache_considered: bool,
+    /// How the cache took part, once known (a bypass is known early, the rest when the
+    /// answer is written).
+    pub cache: Option<CacheResult>,
     _active: ActiveRequest,
 }
 
@@ -87,6 +93,8 @@ impl RequestCtx {
             upstream_started: None,
             body_bytes: 0,
             decided: None,
+            cache_considered: false,
+            cache: None,
             _active: ActiveRequest::new(active_requests),
         }
     }

@@ -1,6 +1,7 @@
 //! The `ProxyHttp` implementation: each hook in the order Pingora calls it. Every hook reads
 //! the route and snapshot kept in the request context, so one request sees one config.
 
+pub mod cache;
 pub mod ctx;
 pub mod failure;
 pub mod forwarding;
@@ -11,6 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Uri};
+use pingora_cache::key::HashBinary;
+use pingora_cache::lock::CacheKeyLockImpl;
+use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -32,11 +36,15 @@ use forwarding::*;
 
 pub struct Portico {
     pub state: Arc<GatewayState>,
+    cache_lock: &'static CacheKeyLockImpl,
 }
 
 impl Portico {
     pub fn new(state: Arc<GatewayState>) -> Self {
-        Portico { state }
+        Portico {
+            state,
+            cache_lock: cache::new_lock(),
+        }
     }
 
     /// End the current attempt: tell the target's breaker and count it. `None`: the attempt
@@ -433,6 +441,80 @@ impl ProxyHttp for Portico {
         Ok(())
     }
 
+    /// Turn the cache on when the route caches and the method is GET or HEAD. Runs after
+    /// `request_filter`, so authentication and rate limits apply to cache hits too.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        cache::enable(session, ctx, self.state.cache, self.cache_lock);
+        Ok(())
+    }
+
+    /// Method, scheme, host, path, query and the route's `key_headers`.
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        cache::key(session, ctx)
+    }
+
+    /// A stored answer a request with credentials may not reuse is treated as a miss. A
+    /// fresh hit answers without the request body, so the body is read and dropped first:
+    /// left unread it would be parsed as the next request on the connection.
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        if !cache::hit_usable(session, meta) {
+            ctx.cache = Some(crate::cache::CacheResult::Bypass);
+            return Ok(Some(ForcedFreshness::ForceMiss));
+        }
+        if is_fresh && !session.is_body_empty() {
+            cache::drain_body(session).await;
+        }
+        Ok(None)
+    }
+
+    /// Whether the upstream's answer may be stored, and for how long (RFC 9111).
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let Some(policy) = cache::policy(ctx) else {
+            return Ok(RespCacheable::Uncacheable(
+                pingora_cache::NoCacheReason::NeverEnabled,
+            ));
+        };
+        let authorization = session
+            .req_header()
+            .headers
+            .contains_key(http::header::AUTHORIZATION);
+        Ok(policy.response_cacheable(resp, authorization))
+    }
+
+    /// The variant a request asks for: its values of the headers the response's `Vary` names.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        crate::cache::policy::variance(meta, req)
+    }
+
+    /// Serve stale while revalidating, and on any failure to get a fresh answer (an upstream
+    /// error, a 5xx, an open circuit, the route's timeout), within the windows the stored
+    /// answer allows: pingora checks those before asking.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        _error: Option<&Error>,
+    ) -> bool {
+        cache::policy(ctx).is_some()
+    }
+
     /// Choose the target: healthy, its circuit closed (or this request its half-open probe),
     /// and on a retry not one already tried. Runs again on each retry, after `backoff`.
     async fn upstream_peer(
@@ -572,11 +654,15 @@ impl ProxyHttp for Portico {
     /// Tell the client its request id, then the route's plugins in reverse order.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(result) = cache::result(session, ctx) {
+            ctx.cache = Some(result);
+            resp.insert_header(cache::X_CACHE, result.as_str())?;
+        }
         if let (Some(route), Some(cx)) = (ctx.route.clone(), ctx.plugin_cx.as_mut()) {
             for (name, plugin) in route.plugins.iter().rev() {
                 if let Err(e) = plugin.on_response(resp, cx).await {
@@ -703,6 +789,14 @@ impl ProxyHttp for Portico {
             .with_label_values(&[route_label])
             .observe(ctx.started.elapsed().as_secs_f64());
 
+        let cache_result = cache::result(session, ctx);
+        if let Some(result) = cache_result {
+            metrics
+                .cache_lookups
+                .with_label_values(&[route_label, result.label()])
+                .inc();
+        }
+
         // The last attempt, if it is still open, ends with the request.
         if ctx.in_flight.is_some() {
             let outcome = match e {
@@ -732,7 +826,7 @@ impl ProxyHttp for Portico {
                 duration_ms: millis(ctx.started.elapsed()),
                 upstream_ms,
                 bytes_sent: session.body_bytes_sent(),
-                cache: None,
+                cache: cache_result.map(crate::cache::CacheResult::as_str),
                 consumer: ctx
                     .plugin_cx
                     .as_ref()

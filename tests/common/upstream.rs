@@ -46,6 +46,8 @@ pub enum Reply {
     DelayBody(Duration, u16, String),
     /// Never answer.
     Hang,
+    /// Status, extra headers (Cache-Control, Vary, ...) and body.
+    With(u16, Vec<(&'static str, String)>, String),
 }
 
 type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
@@ -179,7 +181,12 @@ async fn answer(
         body_len: body.len(),
     };
     seen.lock().expect("seen lock").push(record.clone());
+    let mut extra = Vec::new();
     let (status, body) = match handler(&record) {
+        Reply::With(status, headers, body) => {
+            extra = headers;
+            (status, Bytes::from(body))
+        }
         Reply::Status(status, body) => (status, Bytes::from_static(body.as_bytes())),
         Reply::Body(status, body) => (status, Bytes::from(body)),
         Reply::Delay(d) => {
@@ -195,10 +202,12 @@ async fn answer(
             (200, Bytes::new())
         }
     };
-    Response::builder()
+    let mut builder = Response::builder()
         .status(status)
         .header("x-upstream", name)
-        .header("content-type", "text/plain")
-        .body(Full::new(body))
-        .expect("a valid response")
+        .header("content-type", "text/plain");
+    for (header, value) in extra {
+        builder = builder.header(header, value);
+    }
+    builder.body(Full::new(body)).expect("a valid response")
 }

@@ -7,6 +7,7 @@ mod common;
 mod admin;
 mod auth;
 mod balancing;
+mod cache;
 mod compose;
 mod config_cli;
 mod failures;
