@@ -617,4 +617,43 @@ mod tests {
         }
         assert_eq!(err.errors.len(), 10, "{text}");
     }
+
+    #[test]
+    fn cache_plugins_need_the_store_and_an_upstream_route() {
+        let plugins = "[plugins.c]\nkind = \"cache\"\nttl = \"30s\"\n\n\
+                       [plugins.d]\nkind = \"cache\"\nttl = \"0s\"\nstatuses = [99]\nkey_headers = [\"bad header\"]\n\n";
+        let routes =
+            "[[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"users\"\nplugins = [\"c\"]\n";
+        let err = compile_text(&format!("{UPSTREAM}{plugins}{routes}"))
+            .err()
+            .expect("no [cache] table");
+        let text = err.lines().join("\n");
+        for expected in [
+            "routes[0].plugins[0]: plugin \"c\" caches, which needs a [cache] table with max_size",
+            "plugins.d: ttl must be more than 0s; statuses: 99 is not an HTTP status; key_headers: \"bad header\" is not a header name",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+
+        let twice = "[cache]\nmax_size = \"1MiB\"\n[plugins.c]\nkind = \"cache\"\nttl = \"30s\"\n\n\
+                     [plugins.e]\nkind = \"cache\"\nttl = \"5s\"\n\n\
+                     [[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"users\"\nplugins = [\"c\", \"e\"]\n";
+        let err = compile_text(&format!("{UPSTREAM}{twice}"))
+            .err()
+            .expect("two caches");
+        assert!(
+            err.lines()
+                .join("\n")
+                .contains("routes[0].plugins[1]: a route takes at most one cache plugin"),
+            "{:?}",
+            err.lines()
+        );
+
+        let ok = "[cache]\nmax_size = \"1MiB\"\n[plugins.c]\nkind = \"cache\"\nttl = \"30s\"\n\n\
+                  [[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"users\"\nplugins = [\"c\"]\n";
+        let s = compile_text(&format!("{UPSTREAM}{ok}")).unwrap();
+        assert_eq!(s.cache_max_size, 1 << 20);
+        let route = s.routes.entries().next().unwrap().1;
+        assert!(route.cache.is_some() && route.plugins.is_empty());
+    }
 }

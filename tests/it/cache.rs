@@ -538,3 +538,45 @@ async fn read_one_response(stream: &mut TcpStream) -> String {
         raw.extend_from_slice(&buf[..n]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_the_cache_and_resizes_it() {
+    let upstream = spawn_upstream("app", |_| Reply::Body(200, "y".repeat(16 * 1024))).await;
+    let gw = Gateway::start(&cached(&upstream, "", "", STORE)).await;
+    for i in 0..8 {
+        fetch(&gw, &format!("/r/{i}"), &[]).await;
+    }
+    let reload = async |max_size: &str| {
+        let server = "[server]\nlisten = [\"${PORTICO_LISTEN}\"]\naccess_log = \"off\"\ngrace_period = \"5s\"\nupgrade_sock = \"${PORTICO_UPGRADE_SOCK}\"\n\n[admin]\nlisten = \"${PORTICO_ADMIN}\"\n";
+        let store = format!("[cache]\nmax_size = \"{max_size}\"\n");
+        std::fs::write(
+            &gw.config_path,
+            format!("{server}{}", cached(&upstream, "", "", &store)),
+        )
+        .unwrap();
+        let resp = gw
+            .client
+            .post(gw.admin_url("/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    };
+    reload("32MiB").await;
+    assert_eq!(
+        fetch(&gw, "/r/7", &[]).await.1,
+        "HIT",
+        "entries survive a reload"
+    );
+    let cache = &gw.admin_json("/status").await["cache"];
+    assert_eq!(
+        (cache["max_size"].as_u64(), cache["entries"].as_u64()),
+        (Some(32 << 20), Some(8))
+    );
+
+    reload("40KiB").await;
+    let cache = &gw.admin_json("/status").await["cache"];
+    assert!(cache["size"].as_u64().unwrap() <= 40 * 1024, "{cache}");
+    assert!(cache["entries"].as_u64().unwrap() <= 2, "{cache}");
+    assert_eq!(upstream.hits(), 8);
+}
