@@ -8,6 +8,7 @@ mod api_key;
 pub mod consumers;
 mod context;
 mod error_code;
+pub mod header_edit;
 mod headers;
 pub mod jwt;
 pub mod metrics;

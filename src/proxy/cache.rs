@@ -13,7 +13,7 @@ use pingora_proxy::Session;
 use super::RequestCtx;
 use crate::cache::{CachePolicy, CacheResult, CacheStore, RequestIdentity};
 
-pub const X_CACHE: &str = "x-cache";
+pub const X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
 
 /// How long a request that is fetching an entry may hold the key's lock before others stop
 /// counting on it. Readers give up sooner, after their route's `lock_timeout`.

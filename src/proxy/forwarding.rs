@@ -4,15 +4,19 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, CONNECTION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 use ipnet::IpNet;
-use pingora_http::RequestHeader;
+use pingora_error::{ErrorType::InvalidHTTPHeader, OrErr};
+pub use portico_plugins::header_edit::{edit_request_headers, edit_response_headers};
 
-pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
-pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
-pub const X_REQUEST_ID: &str = "x-request-id";
-pub const TRACEPARENT: &str = "traceparent";
+// Built once, never parsed per request (`from_static` keeps custom names unallocated).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
@@ -26,7 +30,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return peer;
     }
     let mut client = peer;
-    for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
         let Ok(text) = value.to_str() else {
             return client;
         };
@@ -53,7 +57,18 @@ pub fn sane_request_id(value: &[u8]) -> bool {
 }
 
 pub fn new_request_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    let mut id = String::with_capacity(32);
+    push_hex(&mut id, fastrand::u128(..), 32);
+    id
+}
+
+/// The low `digits` hex digits of `n`, zero-padded: a request id or trace id is made on every
+/// request, and `format!("{:032x}")` costs ten times as much.
+fn push_hex(out: &mut String, n: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(HEX[((n >> (4 * i)) & 0xf) as usize] as char);
+    }
 }
 
 /// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
@@ -78,48 +93,81 @@ pub fn trace_id_of(traceparent: &[u8]) -> Option<&str> {
 
 /// Start a trace: a new `traceparent`, sampled.
 pub fn new_traceparent() -> String {
-    format!(
-        "00-{:032x}-{:016x}-01",
-        fastrand::u128(1..),
-        fastrand::u64(1..)
-    )
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    push_hex(&mut out, fastrand::u128(1..), 32);
+    out.push('-');
+    push_hex(&mut out, u128::from(fastrand::u64(1..)), 16);
+    out.push_str("-01");
+    out
+}
+
+/// An address as a header value. IPv4 is written by hand: `to_string` goes through the
+/// formatter, several times slower, on every request.
+fn ip_value(ip: IpAddr) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    buf[len] = b'0' + d;
+                    len += 1;
+                }
+            }
+            HeaderValue::from_bytes(&buf[..len])
+        }
+        IpAddr::V6(_) => HeaderValue::try_from(ip.to_string()),
+    }
 }
 
 /// Set `X-Forwarded-For`, `-Proto` and `-Host` on a request going upstream (proxied or a
 /// composition's sub-request): a trusted proxy's values are extended or kept, anyone
-/// else's are replaced.
+/// else's are replaced. `peer`: the direct peer's address; `host`: the client's Host.
 pub fn set_forwarded(
-    upstream: &mut RequestHeader,
-    session: &pingora_proxy::Session,
+    headers: &mut HeaderMap,
+    peer: Option<IpAddr>,
+    host: Option<&HeaderValue>,
     peer_trusted: bool,
 ) -> pingora_error::Result<()> {
-    let peer_ip = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
-    let forwarded_for = match upstream
-        .headers
-        .get(X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(existing) if peer_trusted => format!("{existing}, {peer_ip}"),
+    let peer_ip = match peer {
+        Some(ip) => ip_value(ip),
+        None => Ok(HeaderValue::from_static("")),
+    }
+    .or_err(InvalidHTTPHeader, "X-Forwarded-For")?;
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(existing) if peer_trusted => {
+            let mut joined = Vec::with_capacity(existing.len() + 2 + peer_ip.len());
+            joined.extend_from_slice(existing);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).or_err(InvalidHTTPHeader, "X-Forwarded-For")?
+        }
         _ => peer_ip,
     };
-    upstream.insert_header(X_FORWARDED_FOR, forwarded_for)?;
-    if !(peer_trusted && upstream.headers.contains_key(X_FORWARDED_PROTO)) {
-        upstream.insert_header(X_FORWARDED_PROTO, "http")?;
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if !(peer_trusted && upstream.headers.contains_key(X_FORWARDED_HOST)) {
-        match session
-            .req_header()
-            .headers
-            .get(http::header::HOST)
-            .cloned()
-        {
-            Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
             None => {
-                upstream.remove_header(X_FORWARDED_HOST);
+                headers.remove(&X_FORWARDED_HOST);
             }
         }
     }
@@ -129,28 +177,31 @@ pub fn set_forwarded(
 /// Drop the headers the client listed in `Connection` (hop-by-hop, RFC 9110 7.6.1) and the
 /// hop-by-hop headers that never cross a proxy. `Connection` and `Upgrade` themselves are
 /// left to Pingora, which manages the upstream connection.
-pub fn drop_connection_headers(req: &mut RequestHeader) {
-    let named: Vec<String> = req
-        .headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| {
-            !name.is_empty() && !matches!(name.as_str(), "close" | "keep-alive" | "upgrade")
-        })
-        .collect();
-    for name in named {
-        req.remove_header(&name);
+pub fn drop_connection_headers(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|name| name.trim().to_ascii_lowercase())
+            .filter(|name| {
+                !name.is_empty() && !matches!(name.as_str(), "close" | "keep-alive" | "upgrade")
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(&name);
+        }
     }
-    req.remove_header("keep-alive");
-    req.remove_header("proxy-connection");
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora_http::RequestHeader;
 
     fn headers(xff: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -191,6 +242,9 @@ mod tests {
         assert!(!sane_request_id(b"quote\""));
         assert!(!sane_request_id(&[b'a'; 129]));
         assert_eq!(new_request_id().len(), 32);
+        let mut hex = String::new();
+        push_hex(&mut hex, 0xab_cdef, 8);
+        assert_eq!(hex, "00abcdef");
     }
 
     #[test]
@@ -211,9 +265,47 @@ mod tests {
         req.insert_header("x-secret", "1").unwrap();
         req.insert_header("keep-alive", "timeout=5").unwrap();
         req.insert_header("x-other", "2").unwrap();
-        drop_connection_headers(&mut req);
+        edit_request_headers(&mut req, 0, drop_connection_headers);
         assert!(req.headers.get("x-secret").is_none());
         assert!(req.headers.get("keep-alive").is_none());
         assert!(req.headers.get("x-other").is_some());
+    }
+}
+
+#[cfg(test)]
+mod edit_tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_written_as_to_string_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "100.200.255.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_value(ip).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_replace_an_untrusted_clients_and_extend_a_trusted_proxys() {
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let host = HeaderValue::from_static("api.example.com");
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil"));
+        set_forwarded(&mut h, Some(peer), Some(&host), false).unwrap();
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
+        assert_eq!(h[X_FORWARDED_HOST], "api.example.com");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        set_forwarded(&mut h, Some(peer), Some(&host), true).unwrap();
+        assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.1");
     }
 }

@@ -16,7 +16,7 @@ use pingora_cache::key::HashBinary;
 use pingora_cache::lock::CacheKeyLockImpl;
 use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
+use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portico_plugins::{ErrorCode, Flow, PluginCtx};
@@ -84,9 +84,9 @@ impl Portico {
         let captures = route.pattern.captures(&path).unwrap_or_default();
         let query = session.req_header().uri.query().unwrap_or("").to_string();
         let mut base = session.req_header().clone();
-        base.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-        base.insert_header(TRACEPARENT, ctx.traceparent.as_str())?;
-        set_forwarded(&mut base, session, ctx.peer_trusted)?;
+        edit_request_headers(&mut base, 5, |headers| {
+            gateway_request_headers(headers, session, ctx)
+        })?;
         let inputs = compose::Inputs {
             captures: &captures,
             query: &query,
@@ -252,6 +252,30 @@ fn not_retried(etype: ErrorType, why: impl Into<String>) -> Box<Error> {
     let mut e = Error::explain(etype, why.into());
     e.set_retry(false);
     e
+}
+
+/// The headers every request going upstream gets from the gateway: X-Forwarded-*, the
+/// request id and the trace context.
+fn gateway_request_headers(
+    headers: &mut http::HeaderMap,
+    session: &Session,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let host = session.req_header().headers.get(http::header::HOST);
+    set_forwarded(headers, peer, host, ctx.peer_trusted)?;
+    for (name, value) in [
+        (X_REQUEST_ID, &ctx.request_id),
+        (TRACEPARENT, &ctx.traceparent),
+    ] {
+        let value =
+            HeaderValue::from_str(value).or_err(ErrorType::InternalError, "gateway header")?;
+        headers.insert(name, value);
+    }
+    Ok(())
 }
 
 fn header_value(text: &str) -> Option<HeaderValue> {
@@ -610,10 +634,11 @@ impl ProxyHttp for Portico {
             upstream.set_uri(uri);
         }
 
-        drop_connection_headers(upstream);
-        set_forwarded(upstream, session, ctx.peer_trusted)?;
-        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-        upstream.insert_header(TRACEPARENT, ctx.traceparent.as_str())?;
+        // Room for the five headers the gateway sets, and a few for the route's plugins.
+        edit_request_headers(upstream, 8, |headers| {
+            drop_connection_headers(headers);
+            gateway_request_headers(headers, session, ctx)
+        })?;
 
         if let Some(cx) = ctx.plugin_cx.as_mut() {
             for (name, plugin) in &route.plugins {
@@ -658,11 +683,17 @@ impl ProxyHttp for Portico {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-        if let Some(result) = cache::result(session, ctx) {
-            ctx.cache = Some(result);
-            resp.insert_header(cache::X_CACHE, result.as_str())?;
-        }
+        let request_id = HeaderValue::from_str(&ctx.request_id)
+            .or_err(ErrorType::InternalError, "request id")?;
+        let cache_result = cache::result(session, ctx);
+        ctx.cache = cache_result.or(ctx.cache);
+        // Room for X-Request-Id, X-Cache and the plugins' headers (RateLimit-* are three).
+        edit_response_headers(resp, 6, |headers| {
+            headers.insert(X_REQUEST_ID, request_id);
+            if let Some(result) = cache_result {
+                headers.insert(cache::X_CACHE, HeaderValue::from_static(result.as_str()));
+            }
+        });
         if let (Some(route), Some(cx)) = (ctx.route.clone(), ctx.plugin_cx.as_mut()) {
             for (name, plugin) in route.plugins.iter().rev() {
                 if let Err(e) = plugin.on_response(resp, cx).await {
@@ -779,10 +810,11 @@ impl ProxyHttp for Portico {
         let route_label = route_name.as_deref().unwrap_or("");
         let method = session.req_header().method.clone();
         let metrics = &self.state.metrics;
-        let status_label = status.to_string();
+        let status_code = http::StatusCode::from_u16(status).ok();
+        let status_label = status_code.as_ref().map_or("0", |s| s.as_str());
         metrics
             .http_requests
-            .with_label_values(&[route_label, method_label(&method), status_label.as_str()])
+            .with_label_values(&[route_label, method_label(&method), status_label])
             .inc();
         metrics
             .http_request_duration
