@@ -33,7 +33,7 @@ test: deps ## install missing system packages, build the workspace, run all test
 	     END { printf "\ntotal: %d passed, %d failed, %d skipped\n", p, f, s }' "$$log"; \
 	rm -f "$$log"; exit $$status
 
-bench: ## wrk benchmark: backend direct vs Portico unlimited / rate-limited local / Redis; writes loadtest/RESULTS.md (BENCH_ARGS=--quick)
+bench: ## Portico side by side with nginx, HAProxy and bare Pingora (wrk, oha); writes loadtest/RESULTS.md (BENCH_ARGS=--quick)
 	bash loadtest/bench.sh $(BENCH_ARGS)
 
 bench-micro: deps ## criterion benchmarks of hot functions (routing, JWT verification)

@@ -704,6 +704,16 @@ mod tests {
         assert_eq!(ok.header("content-type"), Some("text/plain"));
         assert_eq!(ok.body, b"ok\n");
 
+        // `make bench` measures 16 KiB answers on this path.
+        let bytes = fetch(
+            addr,
+            "GET /bytes/16384 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(bytes.status, 200);
+        assert_eq!(bytes.header("content-length"), Some("16384"));
+        assert_eq!(bytes.body, vec![b'x'; 16384]);
+
         let missing = fetch(
             addr,
             "GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",

@@ -1,0 +1,514 @@
+#!/usr/bin/env python3
+"""The tables, targets and chart of bench.sh's run, from the files it left in its work dir.
+
+    report.py text WORK                      aligned tables on stdout
+    report.py markdown WORK RESULTS.md CHART.svg
+
+Standard library only. WORK holds (tab-separated, written by bench.sh):
+    plan.tsv        scenario, seconds, rounds, connections, path, targets
+    runs.tsv        scenario, target, round, req/s, p50 us, p99 us, p99.9 us, requests, errors, CPU us
+    unmeasured.tsv  scenario (or *), target, why it was not measured
+    idle.tsv        target, "opened=N still_open=N rss_before_kib=N rss_after_kib=N"
+    rss.tsv         target, pid, VmHWM KiB
+    meta.tsv        key, value;  commands.tsv  kind (proxy | load), command
+    checks.txt, warnings.txt
+"""
+
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+LABELS = {
+    "direct": "backend direct",
+    "nginx": "nginx",
+    "haproxy": "HAProxy",
+    "bare": "bare Pingora",
+    "portico": "Portico",
+    "local": "Portico + rate_limit local",
+    "redis": "Portico + rate_limit redis",
+    "full": "Portico full chain",
+    "ngxcache": "nginx proxy_cache",
+    "pcache": "Portico cache",
+}
+PROXIES = ["nginx", "haproxy", "bare", "portico"]
+TITLES = {
+    "c64": "Plain proxy, 64 connections",
+    "rate10k": "Fixed rate: 10,000 req/s",
+    "c1": "Plain proxy, 1 connection",
+    "c256": "Plain proxy, 256 connections",
+    "bytes16k": "16 KiB responses, 64 connections",
+    "newconn": "A new connection per request, 64 connections",
+    "cache": "Cache hits, 64 connections",
+}
+# The issue's targets, for the verdicts.
+PER_CORE_VS_BARE = 1.25
+P99_VS_NGINX = 1.5
+FULL_VS_PLAIN = 0.85
+IDLE_KIB_MAX = 20
+RL_COST = {"local": 5.0, "redis": 15.0}
+
+
+def read_tsv(work, name):
+    path = os.path.join(work, name)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.rstrip("\n").split("\t") for line in f if line.strip()]
+
+
+def read_lines(work, name):
+    path = os.path.join(work, name)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def num(s):
+    return None if s in ("-", "", None) else float(s)
+
+
+class Run:
+    """Everything bench.sh measured, with medians per scenario and target."""
+
+    def __init__(self, work):
+        self.meta = dict(read_tsv(work, "meta.tsv"))
+        self.quick = self.meta.get("quick") == "1"
+        self.plan = {}
+        self.order = []
+        for sc, secs, rounds, conns, path, targets in read_tsv(work, "plan.tsv"):
+            self.plan[sc] = dict(secs=secs, rounds=rounds, conns=conns, path=path, targets=targets.split())
+            self.order.append(sc)
+        self.runs = defaultdict(list)
+        for sc, t, _rnd, rps, p50, p99, p999, req, err, cpu in read_tsv(work, "runs.tsv"):
+            self.runs[sc, t].append(
+                dict(rps=num(rps), p50=num(p50), p99=num(p99), p999=num(p999), req=int(req), err=int(err), cpu=num(cpu))
+            )
+        self.why = {}
+        for sc, t, why in read_tsv(work, "unmeasured.tsv"):
+            self.why[sc, t] = why
+        self.idle = {}
+        for t, fields in read_tsv(work, "idle.tsv"):
+            self.idle[t] = {k: int(v) for k, v in (f.split("=") for f in fields.split())}
+        self.rss = {t: int(kib) for t, _pid, kib in read_tsv(work, "rss.tsv")}
+        self.commands = read_tsv(work, "commands.tsv")
+        self.checks = read_lines(work, "checks.txt")
+        self.warnings = read_lines(work, "warnings.txt")
+
+    def not_measured(self, sc, t):
+        """Why (sc, t) has no numbers, or None when it has."""
+        if self.runs.get((sc, t)):
+            return None
+        return self.why.get(("*", t)) or self.why.get((sc, t)) or "no run completed"
+
+    def median(self, sc, t, key):
+        values = [r[key] for r in self.runs.get((sc, t), []) if r[key] is not None]
+        return statistics.median(values) if values else None
+
+    def cpu_us_per_req(self, sc, t):
+        runs = self.runs.get((sc, t), [])
+        requests = sum(r["req"] for r in runs)
+        if not runs or runs[0]["cpu"] is None or requests == 0:
+            return None
+        return sum(r["cpu"] for r in runs) / requests
+
+    def per_core(self, sc, t):
+        """Requests per second of CPU the proxy used: req/s per core, even when not saturated."""
+        cpu = self.cpu_us_per_req(sc, t)
+        return 1e6 / cpu if cpu else None
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+
+def fmt_int(v):
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def fmt_lat(us):
+    if us is None:
+        return "-"
+    return f"{us / 1000:.2f}ms" if us >= 1000 else f"{us:.0f}us"
+
+
+def fmt_cpu(v):
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def ratio(a, b):
+    return None if a is None or not b else a / b
+
+
+def fmt_ratio(r):
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def fmt_pct(r):
+    return "-" if r is None else f"{100 * r:.1f}%"
+
+
+class Table:
+    """Rows of cells, or "gap" rows (a label and why it has no numbers), as text or Markdown.
+    Numeric tables right-align every column but the first; text tables left-align them all."""
+
+    def __init__(self, title, header, note="", numeric=True):
+        self.title, self.header, self.note, self.numeric, self.rows = title, header, note, numeric, []
+
+    def row(self, *cells):
+        self.rows.append((False, [str(c) for c in cells]))
+
+    def gap(self, label, why):
+        self.rows.append((True, [label, f"not measured: {why}"]))
+
+    def text(self):
+        widths = [len(h) for h in self.header]
+        for is_gap, r in self.rows:
+            cells = r[:1] + [""] * (len(widths) - 1) if is_gap else r
+            widths = [max(w, len(c)) for w, c in zip(widths, cells)]
+        right = lambda i: self.numeric and i > 0
+        fmt = lambda r: "  ".join(c.rjust(w) if right(i) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        out = [self.title, fmt(self.header).rstrip()]
+        for is_gap, r in self.rows:
+            out.append(f"{r[0].ljust(widths[0])}  {r[1]}" if is_gap else fmt(r).rstrip())
+        if self.note:
+            out.append(f"({self.note})")
+        return "\n".join(out)
+
+    def markdown(self):
+        out = [f"### {self.title}", ""]
+        out.append("| " + " | ".join(self.header) + " |")
+        out.append("|" + "|".join("---:" if self.numeric and i > 0 else "---" for i in range(len(self.header))) + "|")
+        for is_gap, r in self.rows:
+            if is_gap:
+                out.append(f"| {r[0]} | {r[1]} |" + "|" * (len(self.header) - 2))
+            else:
+                out.append("| " + " | ".join(c[:-2] + "µs" if c.endswith("us") and c[:-2].isdigit() else c for c in r) + " |")
+        if self.note:
+            out += ["", self.note.rstrip(".") + "."]
+        return "\n".join(out)
+
+
+def load_line(run, sc):
+    p = run.plan[sc]
+    tool = f"oha -q {run.meta.get('rate', '10000')} --latency-correction" if sc == "rate10k" else "wrk -t1"
+    extra = {"newconn": ", Connection: close", "bytes16k": ""}.get(sc, "")
+    return f"GET {p['path']}, {tool} -c{p['conns']}{extra}, {p['rounds']} round(s) of {p['secs']} s interleaved, medians"
+
+
+def scenario_tables(run):
+    tables = []
+    cpu_note = "CPU µs/req: the proxy's utime+stime (all threads and child processes) over its own runs / requests it served"
+    for sc in run.order:
+        targets = run.plan[sc]["targets"]
+        if sc == "c64":
+            targets = [t for t in targets if t in ("direct",) + tuple(PROXIES)]
+        base = "ngxcache" if sc == "cache" else "nginx"
+        base_rps = run.median(sc, base, "rps")
+        if sc == "rate10k":
+            t = Table(
+                TITLES[sc],
+                ["target", "achieved req/s", "p50", "p99", "p99.9", "CPU µs/req", "p99 vs nginx"],
+                f"{load_line(run, sc)}. {cpu_note}; latency corrected for coordinated omission",
+            )
+            base_p99 = run.median(sc, "nginx", "p99")
+            for tg in targets:
+                why = run.not_measured(sc, tg)
+                if why:
+                    t.gap(LABELS[tg], why)
+                    continue
+                p99 = run.median(sc, tg, "p99")
+                t.row(LABELS[tg], fmt_int(run.median(sc, tg, "rps")), fmt_lat(run.median(sc, tg, "p50")),
+                      fmt_lat(p99), fmt_lat(run.median(sc, tg, "p999")), fmt_cpu(run.cpu_us_per_req(sc, tg)),
+                      fmt_ratio(ratio(p99, base_p99)))
+            tables.append(t)
+            continue
+        vs = "vs nginx proxy_cache" if sc == "cache" else "vs nginx"
+        t = Table(TITLES[sc], ["target", "req/s", "p50", "p99", "CPU µs/req", "req/s per core", vs],
+                  f"{load_line(run, sc)}. {cpu_note}; req/s per core = 1e6 / CPU µs per request")
+        for tg in targets:
+            why = run.not_measured(sc, tg)
+            if why:
+                t.gap(LABELS[tg], why)
+                continue
+            rps = run.median(sc, tg, "rps")
+            t.row(LABELS[tg], fmt_int(rps), fmt_lat(run.median(sc, tg, "p50")), fmt_lat(run.median(sc, tg, "p99")),
+                  "-" if tg == "direct" else fmt_cpu(run.cpu_us_per_req(sc, tg)), fmt_int(run.per_core(sc, tg)),
+                  "-" if tg == "direct" else fmt_ratio(ratio(rps, base_rps)))
+        tables.append(t)
+        if sc == "c64":
+            tables.append(plugin_table(run))
+    tables.append(idle_table(run))
+    tables.append(memory_table(run))
+    return tables
+
+
+def plugin_table(run):
+    sc = "c64"
+    t = Table(
+        "Portico's plugins, 64 connections (the same rounds as above)",
+        ["target", "req/s", "p50", "p99", "CPU µs/req", "vs nginx", "vs Portico plain"],
+        f"rate_limit: {run.meta.get('rl', '')}; full chain: jwt HS256 (one token, so after the first request "
+        "a verification-cache hit) + that local rate limit + metrics + a JSON access log to a file"
+        + (f". {redis_note(run)}" if redis_note(run) else ""),
+    )
+    plain = run.median(sc, "portico", "rps")
+    nginx = run.median(sc, "nginx", "rps")
+    for tg in ["portico", "local", "redis", "full"]:
+        why = run.not_measured(sc, tg)
+        if why:
+            t.gap(LABELS[tg], why)
+            continue
+        rps = run.median(sc, tg, "rps")
+        t.row(LABELS[tg], fmt_int(rps), fmt_lat(run.median(sc, tg, "p50")), fmt_lat(run.median(sc, tg, "p99")),
+              fmt_cpu(run.cpu_us_per_req(sc, tg)), fmt_ratio(ratio(rps, nginx)), fmt_pct(ratio(rps, plain)))
+    return t
+
+
+def idle_kib_per_conn(run, tg):
+    i = run.idle.get(tg)
+    if not i or not i.get("opened"):
+        return None
+    return (i["rss_after_kib"] - i["rss_before_kib"]) / i["opened"]
+
+
+def idle_table(run):
+    n = int(run.meta.get("idle_conns", "1000"))
+    t = Table(
+        f"{n:,} idle keep-alive connections",
+        ["target", "still open", "RSS before", "RSS after", "KiB per connection", "vs nginx"],
+        f"each connection carried one GET / (one at a time, so one upstream connection served them all); "
+        "RSS of the proxy (nginx: its worker; from /proc/PID/smaps_rollup) before the first and after the last",
+    )
+    base = idle_kib_per_conn(run, "nginx")
+    for tg in PROXIES:
+        i = run.idle.get(tg)
+        if not i:
+            t.gap(LABELS[tg], run.why.get(("*", tg), "the idle test failed (see the warnings)"))
+            continue
+        per = idle_kib_per_conn(run, tg)
+        t.row(LABELS[tg], f"{i['still_open']}/{i['opened']}", f"{i['rss_before_kib'] / 1024:.1f} MiB",
+              f"{i['rss_after_kib'] / 1024:.1f} MiB", f"{per:.1f}", fmt_ratio(ratio(per, base)))
+    return t
+
+
+def memory_table(run):
+    t = Table("Peak memory", ["target", "peak RSS (VmHWM)"],
+              "at the end of the run: the most each process held at any time, the idle connections "
+              "included; nginx: its worker process")
+    for tg in LABELS:
+        if tg == "direct":
+            continue
+        if tg in run.rss:
+            t.row(LABELS[tg], f"{run.rss[tg] / 1024:.1f} MiB")
+        else:
+            t.gap(LABELS[tg], run.why.get(("*", tg), "-"))
+    return t
+
+
+# --- targets -------------------------------------------------------------------------------------
+
+
+def verdict(run, ok):
+    if ok is None:
+        return "unknown"
+    v = "met" if ok else "NOT met"
+    return v + " (a --quick run decides nothing)" if run.quick else v
+
+
+def targets_table(run):
+    t = Table("Targets", ["target", "goal", "measured", "verdict"], numeric=False)
+    sc = "c64"
+    p_core, b_core = run.per_core(sc, "portico"), run.per_core(sc, "bare")
+    p_rps, b_rps, n_rps = (run.median(sc, x, "rps") for x in ("portico", "bare", "nginx"))
+    r = ratio(p_core, b_core)
+    t.row("plain proxy, 64 connections", f"Portico >= {PER_CORE_VS_BARE}x bare Pingora req/s per core",
+          f"{fmt_ratio(r)} per core ({fmt_int(p_core)} vs {fmt_int(b_core)}); req/s {fmt_ratio(ratio(p_rps, b_rps))}; "
+          f"vs nginx {fmt_ratio(ratio(p_rps, n_rps))} req/s, {fmt_ratio(ratio(p_core, run.per_core(sc, 'nginx')))} per core"
+          if r else "not measured: " + (run.not_measured(sc, "portico") or run.not_measured(sc, "bare") or "no CPU time"),
+          verdict(run, None if r is None else r >= PER_CORE_VS_BARE))
+    p99, n99 = run.median("rate10k", "portico", "p99"), run.median("rate10k", "nginx", "p99")
+    r = ratio(p99, n99)
+    t.row("fixed 10k req/s", f"Portico p99 <= {P99_VS_NGINX}x nginx's",
+          f"{fmt_ratio(r)} ({fmt_lat(p99)} vs {fmt_lat(n99)})" if r else
+          "not measured: " + (run.not_measured("rate10k", "portico") or run.not_measured("rate10k", "nginx") or "-"),
+          verdict(run, None if r is None else r <= P99_VS_NGINX))
+    full = run.median(sc, "full", "rps")
+    r = ratio(full, p_rps)
+    t.row("full chain, 64 connections", f">= {FULL_VS_PLAIN:.0%} of Portico's plain req/s",
+          f"{fmt_pct(r)} ({fmt_int(full)} vs {fmt_int(p_rps)})" if r else
+          "not measured: " + (run.not_measured(sc, "full") or run.not_measured(sc, "portico") or "-"),
+          verdict(run, None if r is None else r >= FULL_VS_PLAIN))
+    per = idle_kib_per_conn(run, "portico")
+    t.row("idle keep-alive connections", f"Portico < {IDLE_KIB_MAX} KiB RSS each",
+          f"{per:.1f} KiB each" if per is not None else
+          "not measured: " + run.why.get(("*", "portico"), "the idle test failed (see the warnings)"),
+          verdict(run, None if per is None else per < IDLE_KIB_MAX))
+    pc, nc = run.median("cache", "pcache", "rps"), run.median("cache", "ngxcache", "rps")
+    r = ratio(pc, nc)
+    t.row("cache hits, 64 connections", "Portico cache >= nginx proxy_cache req/s",
+          f"{fmt_ratio(r)} ({fmt_int(pc)} vs {fmt_int(nc)})" if r else
+          "not measured: " + (run.not_measured("cache", "pcache") or run.not_measured("cache", "ngxcache") or "-"),
+          verdict(run, None if r is None else r >= 1.0))
+    return t
+
+
+def rate_limit_table(run):
+    t = Table('Targets (issue "rate limiting speed")', ["scenario", "target", "measured", "verdict"],
+              "at 64 connections, relative to the same route without a rate limit, from the same rounds",
+              numeric=False)
+    plain = run.median("c64", "portico", "rps")
+    for tg in ["local", "redis"]:
+        rps = run.median("c64", tg, "rps")
+        r = ratio(rps, plain)
+        measured = f"costs {100 - 100 * r:.1f}%" if r else "not measured: " + (run.not_measured("c64", tg) or "-")
+        t.row(LABELS[tg], f"costs <= {RL_COST[tg]:.0f}% of unlimited throughput", measured,
+              verdict(run, None if r is None else 100 - 100 * r <= RL_COST[tg]))
+    return t
+
+
+def redis_note(run):
+    runs = run.runs.get(("c64", "redis"))
+    if not runs:
+        return ""
+    n = sum(r["req"] for r in runs)
+    ticks, calls, hz = int(run.meta.get("redis_ticks", 0)), int(run.meta.get("redis_calls", 0)), int(run.meta.get("clk_tck", 100))
+    if ticks > 0:
+        cpu = f"{ticks / hz * 1e6 / n:.2f} µs"
+    else:
+        cpu = f"under {1e6 / hz / n:.2f} µs (less than one clock tick in all)"
+    trips = f"{calls} script calls for {n} requests, one round trip per {n / calls:.0f} requests" if calls else "no script calls counted"
+    return f"redis-server (on the load core, not in the tables): {cpu} CPU per request; {trips}"
+
+
+# --- the chart -----------------------------------------------------------------------------------
+
+
+def esc(s):
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def svg_chart(run):
+    """Two bar panels: req/s at 64 connections, and p99 at the fixed rate (or at 64 connections)."""
+    c64 = [t for t in ["nginx", "haproxy", "bare", "portico", "full"] if run.median("c64", t, "rps")]
+    panels = [("Requests/s, GET / at 64 connections (higher is better)",
+               [(LABELS[t], run.median("c64", t, "rps")) for t in c64], fmt_int)]
+    fixed = [t for t in PROXIES if run.median("rate10k", t, "p99")]
+    if fixed:
+        panels.append((f"p99 latency at a fixed {int(run.meta.get('rate', 10000)):,} req/s (lower is better)",
+                       [(LABELS[t], run.median("rate10k", t, "p99")) for t in fixed], fmt_lat))
+    else:
+        panels.append(("p99 latency at 64 connections (lower is better; the fixed-rate run is missing)",
+                       [(LABELS[t], run.median("c64", t, "p99")) for t in c64], fmt_lat))
+    colours = {"nginx": "#009639", "HAProxy": "#1f6fb5", "bare Pingora": "#f4a000", "Portico": "#c2185b",
+               "Portico full chain": "#e57399"}
+    width, label_w, bar_h, gap, value_w = 760, 150, 22, 6, 90
+    y = 50
+    parts = []
+    for title, bars, fmt in panels:
+        parts.append(f'<text x="10" y="{y}" font-size="15" font-weight="bold">{esc(title)}</text>')
+        y += 14
+        top = max((v for _, v in bars), default=0) or 1
+        for label, value in bars:
+            w = (width - label_w - value_w - 20) * value / top
+            parts.append(f'<text x="{label_w - 8}" y="{y + bar_h - 6}" text-anchor="end" font-size="13">{esc(label)}</text>')
+            parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colours.get(label, "#777")}"/>')
+            parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + bar_h - 6}" font-size="13">{esc(fmt(value))}</text>')
+            y += bar_h + gap
+        y += 34
+    head = f"Portico vs nginx, HAProxy and bare Pingora — {run.meta.get('date', '')}"
+    if run.quick:
+        head += " (--quick: noisy)"
+    return "\n".join([
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y}" viewBox="0 0 {width} {y}" '
+        'font-family="sans-serif">',
+        f'<rect width="{width}" height="{y}" fill="white"/>',
+        f'<text x="10" y="24" font-size="17">{esc(head)}</text>',
+        *parts,
+        "</svg>",
+        "",
+    ])
+
+
+def labelled(line):
+    """bench.sh starts its checks and warnings with a target's id ("pcache: ..."); name it."""
+    head, sep, rest = line.partition(":")
+    return f"{LABELS[head]}{sep}{rest}" if head in LABELS else line
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def text_report(run):
+    out = []
+    for t in scenario_tables(run):
+        out += ["", t.text()]
+    out += ["", targets_table(run).text(), "", rate_limit_table(run).text()]
+    if run.checks:
+        out += ["", "Checks:"] + ["  " + labelled(c) for c in run.checks]
+    if run.warnings:
+        out += ["", "WARNINGS (the numbers above may be meaningless):"] + ["  " + labelled(w) for w in run.warnings]
+    return "\n".join(out).replace("µs", "us") + "\n"
+
+
+def markdown_report(run, chart_name):
+    m = run.meta
+    pinned = ("Every proxy (one worker) is pinned to CPU 0; portico-backend, redis-server and the load "
+              "generators share CPU 1." if m.get("pinned") == "1" else
+              "Not pinned (fewer than 2 CPUs or no taskset): the numbers are noisy.")
+    out = [
+        "# Benchmark results",
+        "",
+        "Written by [`bench.sh`](bench.sh) from its last run; run it again to replace this file and",
+        f"[`{chart_name}`]({chart_name}) (`--no-write` leaves them alone). What is measured and how is described at",
+        "the top of the script; the proxies' configs are in [`peers/`](peers/).",
+        "",
+        f"- **Date:** {m.get('date')}",
+        f"- **Command:** `{m.get('command')}` (at commit `{m.get('commit')}`); it took {m.get('build_seconds')} s to "
+        f"build and {m.get('measure_seconds')} s to measure",
+        f"- **Machine:** {m.get('cpus')} CPUs (`nproc`), {m.get('cpu_model') or 'unknown CPU model'}, "
+        f"{m.get('memory')}, {m.get('kernel')}; load average {m.get('loadavg')} (1, 5, 15 min) when measuring began",
+        f"- **Software:** {m.get('versions')}",
+        f"- **Pinning:** {pinned}",
+    ]
+    if run.quick:
+        out += ["", "**This was a `--quick` run** (one 1-second round per scenario): it shows the script works, "
+                "not how the proxies compare. Run `bash loadtest/bench.sh` for numbers to compare."]
+    out += ["", f"![Requests/s and p99 per proxy]({chart_name})", "", "## Targets", "",
+            "Ratios from the same machine and the same run.", "", targets_table(run).markdown().split("\n", 2)[2]]
+    out += ["", '## Targets (issue "rate limiting speed")', "", rate_limit_table(run).markdown().split("\n", 2)[2]]
+    out += ["", "## Results", ""]
+    for t in scenario_tables(run):
+        out += [t.markdown(), ""]
+    out += ["## Commands", "", "```"]
+    out += [cmd for kind, cmd in run.commands if kind == "proxy"]
+    out += [""] + [cmd for kind, cmd in run.commands if kind == "load"]
+    out += ["```", "", "`PORT` is a free port from the kernel, different per proxy; `BACKEND` is portico-backend's address; "
+            "`WORK` is the run's temporary directory."]
+    if run.checks:
+        out += ["", "## Checks", ""] + ["- " + labelled(c) for c in run.checks]
+    if run.warnings:
+        out += ["", "## Warnings", "", "The numbers above may be meaningless:", ""] + ["- " + labelled(w) for w in run.warnings]
+    return "\n".join(out) + "\n"
+
+
+def write(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def main():
+    args = sys.argv[1:]
+    if len(args) == 2 and args[0] == "text":
+        sys.stdout.write(text_report(Run(args[1])))
+    elif len(args) == 4 and args[0] == "markdown":
+        run = Run(args[1])
+        write(args[3], svg_chart(run))
+        write(args[2], markdown_report(run, os.path.relpath(args[3], os.path.dirname(os.path.abspath(args[2])))))
+    else:
+        sys.exit(__doc__.strip().splitlines()[2].strip() + "\n" + __doc__.strip().splitlines()[3].strip())
+
+
+if __name__ == "__main__":
+    main()
