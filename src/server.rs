@@ -89,7 +89,7 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     for addr in &server_settings.listen {
         // No 64 KiB read buffer under the HTTP parser for each client connection: over plain
         // TCP it only adds a copy, and it was most of an idle keep-alive connection's memory
-        // (about 88 KiB each, against 20 KiB without; see loadtest/RESULTS.md).
+        // (about 88 KiB each, against 26 KiB without; see loadtest/RESULTS.md).
         let unbuffered_reads = L4BufferSettings::default().read(0);
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(unbuffered_reads));
     }
