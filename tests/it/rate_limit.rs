@@ -221,6 +221,65 @@ async fn two_instances_sharing_one_redis_enforce_one_limit() {
     assert_eq!(app.hits(), admitted);
 }
 
+/// A large limit reserves in batches and refills in the background before a batch runs out:
+/// still one limit for both instances, and a handful of Redis round trips, not one per request.
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_reservations_with_background_refills_stay_within_the_limit() {
+    let redis = RedisServer::start().await;
+    let app = spawn_ok("app").await;
+    let generous = redis_section(&redis).replace("50ms", "1s");
+    let config = limited_route(
+        "limit = 2000\nwindow = \"1m\"\nkey = \"route\"\nstore = \"redis\"",
+        &app,
+        &generous,
+    );
+    let (a, b) = (Gateway::start(&config).await, Gateway::start(&config).await);
+    let callers: Vec<_> = [&a, &b]
+        .into_iter()
+        .flat_map(|gw| {
+            (0..16).map(move |_| {
+                let (client, url) = (gw.client.clone(), gw.url("/api/x"));
+                tokio::spawn(async move {
+                    let mut admitted = 0;
+                    for _ in 0..80 {
+                        if client.get(&url).send().await.unwrap().status() == 200 {
+                            admitted += 1;
+                        }
+                    }
+                    admitted
+                })
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for c in callers {
+        admitted += c.await.unwrap();
+    }
+    // Batches of 20 (1% of the limit): at most a batch and a quarter unspent per instance.
+    assert!(
+        (1950..=2002).contains(&admitted),
+        "2,560 requests for a limit of 2,000 admitted {admitted}"
+    );
+    assert_eq!(app.hits(), admitted);
+    let stats = redis.command(&["INFO", "commandstats"]).await.unwrap();
+    let round_trips: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_eval"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        (50..=400).contains(&round_trips),
+        "{round_trips} reservations for 2,000 admissions:\n{stats}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn when_redis_dies_requests_fall_back_and_when_it_returns_sharing_resumes() {
     let mut redis = RedisServer::start().await;

@@ -5,6 +5,8 @@
 //! - A reservation is sized by demand: the requests waiting for it plus a base batch of 1% of
 //!   the limit (at most 1000), so at high rates one round trip admits many requests.
 //! - Refills are single-flight per key: concurrent requests wait for one reservation.
+//! - With batches of 4 or more, the next batch is reserved in the background when a quarter
+//!   of the current one is left, so at a steady high rate no request waits for Redis at all.
 //! - A refusal from Redis is remembered until its retry time, so excess traffic is refused
 //!   locally, with no round trip at all.
 //! - A reservation is only spent within the fixed window it was counted in; what is left at
@@ -13,12 +15,12 @@
 //! Bound: admissions never exceed what the sliding window allows across all instances, since
 //! every admission was counted in Redis first. What an instance has reserved but not yet spent
 //! is lost to the others only if its own demand stops, so when demand exceeds the limit the
-//! total admitted is the limit less at most one reservation per instance (1% of the limit plus
-//! its waiting requests), and at least 95% in practice.
+//! total admitted is the limit less at most one reservation and a quarter per instance (1.25%
+//! of the limit plus its waiting requests), and at least 95% in practice.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,6 +71,8 @@ struct KeyEntry {
     /// Held by the one request refilling this key; the others wait on it.
     refill: tokio::sync::Mutex<()>,
     waiting: AtomicU64,
+    /// A background reservation is on its way.
+    prefetching: AtomicBool,
 }
 
 pub struct SharedLimiter {
@@ -81,7 +85,8 @@ pub struct SharedLimiter {
 }
 
 enum Local {
-    Decided(Decision),
+    /// `tokens_left`: what this instance still holds for the key after this request.
+    Decided(Decision, Option<u64>),
     NeedRefill,
 }
 
@@ -115,6 +120,7 @@ impl SharedLimiter {
                 state: Mutex::new(KeyState::default()),
                 refill: tokio::sync::Mutex::new(()),
                 waiting: AtomicU64::new(0),
+                prefetching: AtomicBool::new(false),
             })
         }))
     }
@@ -126,10 +132,11 @@ impl SharedLimiter {
         if s.tokens > 0 && s.valid_until.is_some_and(|t| now < t) {
             s.tokens -= 1;
             let remaining = s.tokens;
-            return Local::Decided(headers_from(&s, true, window, limit, remaining, now));
+            let decision = headers_from(&s, true, window, limit, remaining, now);
+            return Local::Decided(decision, Some(remaining));
         }
         if s.refused_until.is_some_and(|t| now < t) {
-            return Local::Decided(headers_from(&s, false, window, limit, 0, now));
+            return Local::Decided(headers_from(&s, false, window, limit, 0, now), None);
         }
         Local::NeedRefill
     }
@@ -145,7 +152,10 @@ impl SharedLimiter {
         let entry = self.entry(key);
         let base_batch = (limit / 100).clamp(1, 1000);
         loop {
-            if let Local::Decided(d) = Self::decide_locally(&entry, window, limit) {
+            if let Local::Decided(d, left) = Self::decide_locally(&entry, window, limit) {
+                if left.is_some_and(|left| base_batch >= 4 && left <= base_batch / 4) {
+                    self.prefetch(key, &entry, window, limit, base_batch);
+                }
                 return Ok(d);
             }
             if self.redis.is_down() {
@@ -158,39 +168,88 @@ impl SharedLimiter {
                 return Err(StoreError::Timeout(self.redis.timeout * 2));
             };
             // Whoever held the lock before may have refilled for us.
-            if let Local::Decided(d) = Self::decide_locally(&entry, window, limit) {
+            if let Local::Decided(d, _) = Self::decide_locally(&entry, window, limit) {
                 return Ok(d);
             }
             let want = base_batch + entry.waiting.load(Ordering::Acquire) + 1;
-            let key_name = format!("{}:{}", self.prefix, hex(key));
             let reply: (u64, u64, u64, u64) = self
                 .redis
-                .run_script(&self.script, &[&key_name], &[window, limit, want])
+                .run_script(&self.script, &[&self.key_name(key)], &[window, limit, want])
                 .await?;
-            self.store_reply(&entry, reply, window, limit);
+            store_reply(&entry, reply, window, limit);
         }
     }
 
-    fn store_reply(&self, entry: &KeyEntry, reply: (u64, u64, u64, u64), window: u64, limit: u64) {
-        let (granted, current, previous, elapsed) = reply;
-        let now = Instant::now();
-        let counts = Window {
-            start: 0,
-            current,
-            previous,
-        };
-        let mut s = entry.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.last = Some((counts, elapsed, now));
-        let window_left = Duration::from_millis(window.saturating_sub(elapsed));
-        if granted > 0 {
-            s.tokens = granted;
-            s.valid_until = Some(now + window_left);
-            s.refused_until = None;
-        } else {
-            s.tokens = 0;
-            let wait = counts.wait_for_one(elapsed, window, limit);
-            s.refused_until = Some(now + Duration::from_millis(wait.max(1)));
+    fn key_name(&self, key: &KeyDigest) -> String {
+        format!("{}:{}", self.prefix, hex(key))
+    }
+
+    /// Reserve the next batch in the background, once at a time per key. A failure is left to
+    /// the next request that finds nothing reserved: it asks Redis itself and, if Redis is
+    /// down, applies `on_store_error`.
+    fn prefetch(
+        &self,
+        key: &KeyDigest,
+        entry: &Arc<KeyEntry>,
+        window: u64,
+        limit: u64,
+        batch: u64,
+    ) {
+        if entry.prefetching.swap(true, Ordering::AcqRel) || self.redis.is_down() {
+            return;
         }
+        let (redis, script) = (Arc::clone(&self.redis), self.script.clone());
+        let (entry, key_name) = (Arc::clone(entry), self.key_name(key));
+        tokio::spawn(async move {
+            {
+                // Never alongside a foreground refill of the same key.
+                let _refilling = entry.refill.lock().await;
+                let reply = redis
+                    .run_script(&script, &[&key_name], &[window, limit, batch])
+                    .await;
+                if let Ok(reply) = reply {
+                    store_reply(&entry, reply, window, limit);
+                }
+            }
+            entry.prefetching.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Take in what Redis granted. Tokens still held from the same window are kept (a background
+/// reservation adds to them); tokens of an earlier window are dropped, never spent in this one.
+fn store_reply(entry: &KeyEntry, reply: (u64, u64, u64, u64), window: u64, limit: u64) {
+    let (granted, current, previous, elapsed) = reply;
+    let now = Instant::now();
+    let counts = Window {
+        start: 0,
+        current,
+        previous,
+    };
+    let mut s = entry.state.lock().unwrap_or_else(|p| p.into_inner());
+    s.last = Some((counts, elapsed, now));
+    let window_end = now + Duration::from_millis(window.saturating_sub(elapsed));
+    let same_window = s.valid_until.is_some_and(|held_until| {
+        let apart = if held_until > window_end {
+            held_until - window_end
+        } else {
+            window_end - held_until
+        };
+        held_until > now && apart < Duration::from_millis(window / 2)
+    });
+    let held = if same_window { s.tokens } else { 0 };
+    if granted > 0 {
+        s.tokens = held + granted;
+        s.valid_until = Some(window_end);
+        s.refused_until = None;
+    } else {
+        // What is held was counted in Redis: still spend it, then refuse locally.
+        s.tokens = held;
+        if held == 0 {
+            s.valid_until = None;
+        }
+        let wait = counts.wait_for_one(elapsed, window, limit);
+        s.refused_until = Some(now + Duration::from_millis(wait.max(1)));
     }
 }
 
