@@ -32,6 +32,11 @@ use crate::state::GatewayState;
 use crate::upstream::breaker::Outcome;
 use crate::upstream::{HashKey, UpstreamPool};
 pub use ctx::RequestCtx;
+
+/// The request context, boxed: Pingora keeps it inside each connection's request future,
+/// which is allocated whole (for the largest state) even while a keep-alive connection waits
+/// idle, so inline it would cost every idle connection its size.
+pub type Ctx = Box<RequestCtx>;
 use forwarding::*;
 
 pub struct Portico {
@@ -284,15 +289,15 @@ fn header_value(text: &str) -> Option<HeaderValue> {
 
 #[async_trait]
 impl ProxyHttp for Portico {
-    type CTX = RequestCtx;
+    type CTX = Ctx;
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(&self.state.active_requests)
+    fn new_ctx(&self) -> Ctx {
+        Box::new(RequestCtx::new(&self.state.active_requests))
     }
 
     /// Identify the request (id, client, trace), check its path and size, route it, and run
     /// the route's plugins. `Ok(true)` means an answer was already sent.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snapshot = self.state.current();
         let req = session.req_header();
 
@@ -446,7 +451,7 @@ impl ProxyHttp for Portico {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
@@ -467,13 +472,13 @@ impl ProxyHttp for Portico {
 
     /// Turn the cache on when the route caches and the method is GET or HEAD. Runs after
     /// `request_filter`, so authentication and rate limits apply to cache hits too.
-    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         cache::enable(session, ctx, self.state.cache, self.cache_lock);
         Ok(())
     }
 
     /// Method, scheme, host, path, query and the route's `key_headers`.
-    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
         cache::key(session, ctx)
     }
 
@@ -486,7 +491,7 @@ impl ProxyHttp for Portico {
         meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         is_fresh: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
         if !cache::hit_usable(session, meta) {
             ctx.cache = Some(crate::cache::CacheResult::Bypass);
@@ -503,7 +508,7 @@ impl ProxyHttp for Portico {
         &self,
         session: &Session,
         resp: &ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
         let Some(policy) = cache::policy(ctx) else {
             return Ok(RespCacheable::Uncacheable(
@@ -521,7 +526,7 @@ impl ProxyHttp for Portico {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut RequestCtx,
+        _ctx: &mut Ctx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
         crate::cache::policy::variance(meta, req)
@@ -533,7 +538,7 @@ impl ProxyHttp for Portico {
     fn should_serve_stale(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
         _error: Option<&Error>,
     ) -> bool {
         cache::policy(ctx).is_some()
@@ -541,11 +546,7 @@ impl ProxyHttp for Portico {
 
     /// Choose the target: healthy, its circuit closed (or this request its half-open probe),
     /// and on a retry not one already tried. Runs again on each retry, after `backoff`.
-    async fn upstream_peer(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.clone() else {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
@@ -613,7 +614,7 @@ impl ProxyHttp for Portico {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         let Some(route) = ctx.route.clone() else {
             return Ok(());
@@ -662,7 +663,7 @@ impl ProxyHttp for Portico {
         _session: &mut Session,
         _body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
             let mut e = Error::explain(
@@ -681,7 +682,7 @@ impl ProxyHttp for Portico {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         let request_id = HeaderValue::from_str(&ctx.request_id)
             .or_err(ErrorType::InternalError, "request id")?;
@@ -710,7 +711,7 @@ impl ProxyHttp for Portico {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         let outcome = failure::attempt_outcome(&e).unwrap_or(Outcome::Connect);
@@ -729,7 +730,7 @@ impl ProxyHttp for Portico {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer {}", peer._address));
@@ -755,12 +756,7 @@ impl ProxyHttp for Portico {
     }
 
     /// The one place a failed request becomes a problem+json answer.
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut RequestCtx,
-    ) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = failure::classify(e, ctx.decided);
         let Some(code) = code else {
             return FailToProxy {
@@ -800,7 +796,7 @@ impl ProxyHttp for Portico {
     }
 
     /// Outcomes are recorded here, once per request, however it ended.
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
