@@ -12,9 +12,10 @@ use pingora_core::services::background::BackgroundService;
 use super::UpstreamPool;
 use crate::state::GatewayState;
 
-/// How often the service looks for a pool whose check is due. Checks themselves run at each
-/// pool's own `interval`; this only bounds how late one can start.
-const TICK: Duration = Duration::from_millis(20);
+/// The longest the service sleeps: how late it notices a pool that a reload added. Otherwise
+/// it wakes when the next check is due, not on a fixed tick: an idle gateway should not wake
+/// up tens of times a second on the core that serves requests.
+const LONGEST_SLEEP: Duration = Duration::from_secs(1);
 
 pub struct HealthChecks {
     pub state: Arc<GatewayState>,
@@ -23,13 +24,7 @@ pub struct HealthChecks {
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
             let snapshot = self.state.current();
             for pool in snapshot.pools.values() {
                 if claim_due_pass(pool) {
@@ -37,6 +32,20 @@ impl BackgroundService for HealthChecks {
                     let state = Arc::clone(&self.state);
                     tokio::spawn(async move { run_pass(&pool, &state).await });
                 }
+            }
+            let now = Instant::now();
+            let wake = snapshot
+                .pools
+                .values()
+                .filter_map(|pool| pool.health_schedule())
+                .map(|s| *s.next_due.lock().unwrap_or_else(|p| p.into_inner()))
+                // A pass that is running sets its next time when it ends: look again soon.
+                .map(|due| due.max(now + Duration::from_millis(20)))
+                .fold(now + LONGEST_SLEEP, Instant::min);
+            drop(snapshot);
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
     }
