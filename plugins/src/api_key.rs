@@ -133,11 +133,11 @@ impl Plugin for ApiKeyPlugin {
         let Some(consumer) = self.consumers.by_api_key(&key) else {
             return Ok(reject("the API key is not valid"));
         };
-        cx.identity = Some(Identity {
+        cx.identity = Some(std::sync::Arc::new(Identity {
             consumer: consumer.name.to_string(),
             tier: consumer.tier.as_deref().map(String::from),
             claims: Default::default(),
-        });
+        }));
         Ok(Flow::Continue)
     }
 
@@ -146,14 +146,15 @@ impl Plugin for ApiKeyPlugin {
         req: &mut RequestHeader,
         cx: &mut PluginCtx,
     ) -> Result<(), PluginError> {
-        req.remove_header(&self.header);
-        if let Some(identity) = &cx.identity {
-            let value = HeaderValue::from_str(&identity.consumer)
-                .map_err(|e| PluginError::Internal(e.to_string()))?;
-            req.insert_header(self.consumer_header.clone(), value)
-                .map_err(|e| PluginError::Internal(e.to_string()))?;
-        }
-        Ok(())
+        crate::header_edit::edit_request_headers(req, 1, |headers| {
+            headers.remove(&self.header);
+            if let Some(identity) = &cx.identity {
+                let value = HeaderValue::from_str(&identity.consumer)
+                    .map_err(|e| PluginError::Internal(e.to_string()))?;
+                headers.insert(self.consumer_header.clone(), value);
+            }
+            Ok(())
+        })
     }
 }
 

@@ -15,8 +15,9 @@ pub struct PluginCtx {
     /// `X-Forwarded-For`.
     pub client_ip: IpAddr,
     pub request_id: String,
-    /// Set once a plugin has verified who is calling.
-    pub identity: Option<Identity>,
+    /// Set once a plugin has verified who is calling. Shared: a JWT verification cache hit
+    /// hands out the identity it stored, without copying its claims.
+    pub identity: Option<Arc<Identity>>,
     /// Per-request state a plugin keeps between its phases, by type.
     pub extensions: http::Extensions,
 }

@@ -231,11 +231,11 @@ mod tests {
         assert_eq!(req.headers.get("x-who").unwrap(), "@r");
 
         let mut known = cx();
-        known.identity = Some(crate::Identity {
+        known.identity = Some(std::sync::Arc::new(crate::Identity {
             consumer: "acme".into(),
             tier: Some("premium".into()),
             claims: Default::default(),
-        });
+        }));
         plugin
             .on_upstream_request(&mut req, &mut known)
             .await

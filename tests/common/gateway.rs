@@ -311,6 +311,10 @@ impl Drop for Gateway {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A failing test shows what the gateway said: the one clue a flaky run leaves.
+        if std::thread::panicking() {
+            eprintln!("--- gateway stderr ---\n{}--- end ---", self.stderr());
+        }
     }
 }
 

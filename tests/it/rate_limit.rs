@@ -227,7 +227,9 @@ async fn two_instances_sharing_one_redis_enforce_one_limit() {
 async fn batched_reservations_with_background_refills_stay_within_the_limit() {
     let redis = RedisServer::start().await;
     let app = spawn_ok("app").await;
-    let generous = redis_section(&redis).replace("50ms", "1s");
+    // Very generous: a Redis call that timed out would count locally, and this test measures
+    // the shared count.
+    let generous = redis_section(&redis).replace("50ms", "5s");
     let config = limited_route(
         "limit = 2000\nwindow = \"1m\"\nkey = \"route\"\nstore = \"redis\"",
         &app,
@@ -255,9 +257,10 @@ async fn batched_reservations_with_background_refills_stay_within_the_limit() {
     for c in callers {
         admitted += c.await.unwrap();
     }
-    // Batches of 20 (1% of the limit): at most a batch and a quarter unspent per instance.
+    // Unspent at the end, per instance: at most one reservation (a batch of 20, 1% of the
+    // limit, plus the 16 callers waiting) and one background batch of 20.
     assert!(
-        (1950..=2002).contains(&admitted),
+        (2000 - 2 * 57..=2002).contains(&admitted),
         "2,560 requests for a limit of 2,000 admitted {admitted}"
     );
     assert_eq!(app.hits(), admitted);

@@ -18,6 +18,8 @@ use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora_http::RequestHeader;
+
+use crate::header_edit::edit_request_headers;
 use pingora_proxy::Session;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -263,10 +265,10 @@ impl JwtPlugin {
 
     /// Verify a well-formed token (cache first) and return who it names. Public for the
     /// benchmarks; the plugin calls it from `on_request`.
-    pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthFailure> {
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthFailure> {
         let generation = self.generation();
         if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(token, generation)) {
-            return Ok((*hit.identity).clone());
+            return Ok(hit.identity);
         }
         let (claims, generation) = self
             .verify(token)
@@ -275,19 +277,19 @@ impl JwtPlugin {
         if !self.has_scopes(&claims) {
             return Err(AuthFailure::InsufficientScope);
         }
-        let identity = self
-            .identity(&claims)
-            .map_err(|_| AuthFailure::InvalidToken)?;
+        let identity = Arc::new(
+            self.identity(&claims)
+                .map_err(|_| AuthFailure::InvalidToken)?,
+        );
         if let Some(cache) = &self.cache {
             let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
             // Cached no longer than the token's own validity, leeway included.
             let valid_until = exp.saturating_add(self.leeway);
             if valid_until > now_secs() {
-                let identity = Arc::new(identity.clone());
                 cache.insert(
                     token,
                     Verified {
-                        identity,
+                        identity: Arc::clone(&identity),
                         valid_until,
                         generation,
                     },
@@ -444,13 +446,13 @@ impl Plugin for JwtPlugin {
         for (_, header) in &self.forward {
             req.remove_header(header);
         }
-        let Some(token) = bearer_token(req).map(str::to_string) else {
+        let Some(token) = bearer_token(req) else {
             return Ok(unauthorized(false));
         };
-        if !well_formed(&token) {
+        if !well_formed(token) {
             return Ok(unauthorized(true));
         }
-        match self.authenticate(&token).await {
+        match self.authenticate(token).await {
             Ok(identity) => {
                 cx.identity = Some(identity);
                 Ok(Flow::Continue)
@@ -471,16 +473,17 @@ impl Plugin for JwtPlugin {
         req: &mut RequestHeader,
         cx: &mut PluginCtx,
     ) -> Result<(), PluginError> {
-        for (claim, header) in &self.forward {
-            req.remove_header(header);
-            if let Some(value) = cx.claim(claim) {
-                let value = HeaderValue::from_str(value)
-                    .map_err(|e| PluginError::Internal(e.to_string()))?;
-                req.insert_header(header.clone(), value)
-                    .map_err(|e| PluginError::Internal(e.to_string()))?;
+        edit_request_headers(req, self.forward.len(), |headers| {
+            for (claim, header) in &self.forward {
+                headers.remove(header);
+                if let Some(value) = cx.claim(claim) {
+                    let value = HeaderValue::from_str(value)
+                        .map_err(|e| PluginError::Internal(e.to_string()))?;
+                    headers.insert(header.clone(), value);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 

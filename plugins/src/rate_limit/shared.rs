@@ -15,8 +15,8 @@
 //! Bound: admissions never exceed what the sliding window allows across all instances, since
 //! every admission was counted in Redis first. What an instance has reserved but not yet spent
 //! is lost to the others only if its own demand stops, so when demand exceeds the limit the
-//! total admitted is the limit less at most one reservation and a quarter per instance (1.25%
-//! of the limit plus its waiting requests), and at least 95% in practice.
+//! total admitted is the limit less, per instance, at most one reservation (1% of the limit plus
+//! its waiting requests) and one background batch (1%), and at least 95% in practice.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
