@@ -53,10 +53,6 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: server_settings.pid_file.clone(),
         upgrade_sock: server_settings.upgrade_sock.clone(),
-        // One single-threaded runtime per worker thread, as nginx runs one event loop per
-        // worker: a connection stays on the thread that accepted it, and the scheduler needs
-        // no cross-thread queues or atomics on every wake-up. See loadtest/RESULTS.md.
-        work_stealing: false,
         ..ServerConf::default()
     };
     let opt = Opt {
