@@ -179,20 +179,24 @@ fn redis_section(redis: &RedisServer) -> String {
     format!("[redis]\nurl = \"{}\"\ntimeout = \"50ms\"\n", redis.url())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_instances_sharing_one_redis_enforce_one_limit() {
-    let redis = RedisServer::start().await;
+/// Two gateways sharing one Redis (`timeout` for each Redis call; generous, because these
+/// tests measure the shared count, and a call that timed out would count locally), with a
+/// limit of `limit` per route, and 16 callers on each sending `each` requests one after
+/// another. Returns the gateways' upstream and how many requests were admitted.
+async fn admitted_by_two_instances(
+    redis: &RedisServer,
+    timeout: &str,
+    limit: u64,
+    each: usize,
+) -> (Upstream, usize) {
     let app = spawn_ok("app").await;
-    // A generous timeout: this test measures accuracy, not what happens when Redis is slow
-    // (on a busy machine a 50 ms budget would rightly send requests to the local fallback).
-    let generous = redis_section(&redis).replace("50ms", "1s");
+    let generous = redis_section(redis).replace("50ms", timeout);
     let config = limited_route(
-        "limit = 100\nwindow = \"1m\"\nkey = \"route\"\nstore = \"redis\"",
+        &format!("limit = {limit}\nwindow = \"1m\"\nkey = \"route\"\nstore = \"redis\""),
         &app,
         &generous,
     );
     let (a, b) = (Gateway::start(&config).await, Gateway::start(&config).await);
-    // Demand well above the limit, from both instances at once, 16 callers each.
     let callers: Vec<_> = [&a, &b]
         .into_iter()
         .flat_map(|gw| {
@@ -200,7 +204,7 @@ async fn two_instances_sharing_one_redis_enforce_one_limit() {
                 let (client, url) = (gw.client.clone(), gw.url("/api/x"));
                 tokio::spawn(async move {
                     let mut admitted = 0;
-                    for _ in 0..20 {
+                    for _ in 0..each {
                         if client.get(&url).send().await.unwrap().status() == 200 {
                             admitted += 1;
                         }
@@ -214,6 +218,14 @@ async fn two_instances_sharing_one_redis_enforce_one_limit() {
     for c in callers {
         admitted += c.await.unwrap();
     }
+    (app, admitted)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_sharing_one_redis_enforce_one_limit() {
+    let redis = RedisServer::start().await;
+    // Demand well above the limit, from both instances at once.
+    let (app, admitted) = admitted_by_two_instances(&redis, "1s", 100, 20).await;
     assert!(
         (95..=102).contains(&admitted),
         "640 requests for a limit of 100 admitted {admitted}"
@@ -226,37 +238,7 @@ async fn two_instances_sharing_one_redis_enforce_one_limit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn batched_reservations_with_background_refills_stay_within_the_limit() {
     let redis = RedisServer::start().await;
-    let app = spawn_ok("app").await;
-    // Very generous: a Redis call that timed out would count locally, and this test measures
-    // the shared count.
-    let generous = redis_section(&redis).replace("50ms", "5s");
-    let config = limited_route(
-        "limit = 2000\nwindow = \"1m\"\nkey = \"route\"\nstore = \"redis\"",
-        &app,
-        &generous,
-    );
-    let (a, b) = (Gateway::start(&config).await, Gateway::start(&config).await);
-    let callers: Vec<_> = [&a, &b]
-        .into_iter()
-        .flat_map(|gw| {
-            (0..16).map(move |_| {
-                let (client, url) = (gw.client.clone(), gw.url("/api/x"));
-                tokio::spawn(async move {
-                    let mut admitted = 0;
-                    for _ in 0..80 {
-                        if client.get(&url).send().await.unwrap().status() == 200 {
-                            admitted += 1;
-                        }
-                    }
-                    admitted
-                })
-            })
-        })
-        .collect();
-    let mut admitted = 0;
-    for c in callers {
-        admitted += c.await.unwrap();
-    }
+    let (app, admitted) = admitted_by_two_instances(&redis, "5s", 2000, 80).await;
     // Unspent at the end, per instance: at most one reservation (a batch of 20, 1% of the
     // limit, plus the 16 callers waiting) and one background batch of 20.
     assert!(
