@@ -50,14 +50,7 @@ impl Gateway {
     async fn try_start(config: &str, env: &[(&str, &str)]) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().expect("a temp dir");
         let [listen, admin] = free_ports();
-        let mut text = String::new();
-        if !config.contains("[server]") {
-            text.push_str("[server]\nlisten = [\"${PORTICO_LISTEN}\"]\naccess_log = \"off\"\ngrace_period = \"5s\"\nupgrade_sock = \"${PORTICO_UPGRADE_SOCK}\"\n\n");
-        }
-        if !config.contains("[admin]") {
-            text.push_str("[admin]\nlisten = \"${PORTICO_ADMIN}\"\n\n");
-        }
-        text.push_str(config);
+        let text = with_defaults(config);
         let config_path = dir.path().join("portico.toml");
         std::fs::write(&config_path, text).expect("write the config");
         let stderr_path = dir.path().join("stderr.log");
@@ -212,6 +205,15 @@ impl Gateway {
             .expect("admin JSON")
     }
 
+    /// `POST /reload` on the admin API.
+    pub async fn reload(&self) -> reqwest::Response {
+        self.client
+            .post(self.admin_url("/reload"))
+            .send()
+            .await
+            .expect("admin answers")
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.client
@@ -303,6 +305,20 @@ async fn wait_for_exit(child: Option<Child>, timeout: Duration) -> ExitStatus {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// `config` with the `[server]` and `[admin]` the kit fills in from the environment (free
+/// ports, a quiet access log), unless it has its own.
+pub fn with_defaults(config: &str) -> String {
+    let mut text = String::new();
+    if !config.contains("[server]") {
+        text.push_str("[server]\nlisten = [\"${PORTICO_LISTEN}\"]\naccess_log = \"off\"\ngrace_period = \"5s\"\nupgrade_sock = \"${PORTICO_UPGRADE_SOCK}\"\n\n");
+    }
+    if !config.contains("[admin]") {
+        text.push_str("[admin]\nlisten = \"${PORTICO_ADMIN}\"\n\n");
+    }
+    text.push_str(config);
+    text
 }
 
 impl Drop for Gateway {

@@ -65,12 +65,7 @@ async fn post_reload_applies_a_valid_config_and_refuses_a_broken_one() {
         current.replace(&a.addr.to_string(), &b.addr.to_string()),
     )
     .unwrap();
-    let resp = gw
-        .client
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.reload().await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.json::<serde_json::Value>().await.unwrap()["generation"],
@@ -83,12 +78,7 @@ async fn post_reload_applies_a_valid_config_and_refuses_a_broken_one() {
         "[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"missing\"\n",
     )
     .unwrap();
-    let resp = gw
-        .client
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.reload().await;
     assert_eq!(resp.status(), 422);
     let problem: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(problem["code"], "invalid_config");

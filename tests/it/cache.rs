@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::common::gateway::with_defaults;
 use crate::common::{eventually, raw_request, spawn_upstream, Gateway, Reply, Upstream};
 
 fn cached(upstream: &Upstream, plugin_extra: &str, upstream_extra: &str, top: &str) -> String {
@@ -547,19 +548,13 @@ async fn a_reload_keeps_the_cache_and_resizes_it() {
         fetch(&gw, &format!("/r/{i}"), &[]).await;
     }
     let reload = async |max_size: &str| {
-        let server = "[server]\nlisten = [\"${PORTICO_LISTEN}\"]\naccess_log = \"off\"\ngrace_period = \"5s\"\nupgrade_sock = \"${PORTICO_UPGRADE_SOCK}\"\n\n[admin]\nlisten = \"${PORTICO_ADMIN}\"\n";
         let store = format!("[cache]\nmax_size = \"{max_size}\"\n");
         std::fs::write(
             &gw.config_path,
-            format!("{server}{}", cached(&upstream, "", "", &store)),
+            with_defaults(&cached(&upstream, "", "", &store)),
         )
         .unwrap();
-        let resp = gw
-            .client
-            .post(gw.admin_url("/reload"))
-            .send()
-            .await
-            .unwrap();
+        let resp = gw.reload().await;
         assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     };
     reload("32MiB").await;

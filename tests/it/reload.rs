@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::gateway::with_defaults;
 use crate::common::{eventually, spawn_upstream, upstream::spawn_ok, Gateway, Reply, Upstream};
 
 const SECRET_1: &str = "first-secret-0123456789-abcdefghijklmn";
@@ -28,9 +29,7 @@ async fn rewrite(gw: &Gateway, text: &str) {
 }
 
 fn with_server(text: &str) -> String {
-    format!(
-        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"off\"\ngrace_period = \"5s\"\nupgrade_sock = \"${{PORTICO_UPGRADE_SOCK}}\"\n\n[admin]\nlisten = \"${{PORTICO_ADMIN}}\"\n\n{text}"
-    )
+    with_defaults(text)
 }
 
 /// Keep-alive clients sending requests until stopped; counts answers that were not 200.
