@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cache;
 pub mod compose;
 pub mod config;
+pub mod connection;
 pub mod lifecycle;
 pub mod metrics;
 pub mod problem;

@@ -13,6 +13,7 @@ use pingora_core::services::listening::Service;
 
 use crate::access_log::AccessLog;
 use crate::admin::AdminApi;
+use crate::connection::Connections;
 use crate::lifecycle::Drain;
 use crate::metrics::Metrics;
 use crate::proxy::Portico;
@@ -77,11 +78,10 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
         }
     }
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Portico::new(Arc::clone(&state)),
-        "portico proxy",
-    );
+    // Pingora's proxy inside Portico's own keep-alive loop (see `connection.rs`).
+    let http_proxy =
+        pingora_proxy::http_proxy(&server.configuration, Portico::new(Arc::clone(&state)));
+    let mut proxy = Service::new("portico proxy".to_string(), Connections::new(http_proxy));
     for addr in &server_settings.listen {
         // No 64 KiB read buffer under the HTTP parser for each client connection: over plain
         // TCP it only adds a copy, and it was most of an idle keep-alive connection's memory

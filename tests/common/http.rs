@@ -57,6 +57,34 @@ pub async fn raw_request(addr: SocketAddr, head: &str, body: &[u8]) -> RawRespon
     parse(&raw)
 }
 
+/// Read one response with a Content-Length body off a keep-alive connection.
+pub async fn read_one_response(stream: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&raw).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if raw.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer within 10s")
+            .unwrap();
+        assert!(n > 0, "connection closed after: {text}");
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
 fn parse(raw: &[u8]) -> RawResponse {
     let split = raw
         .windows(4)

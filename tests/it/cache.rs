@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::gateway::with_defaults;
+use crate::common::http::read_one_response;
 use crate::common::{eventually, raw_request, spawn_upstream, Gateway, Reply, Upstream};
 
 fn cached(upstream: &Upstream, plugin_extra: &str, upstream_extra: &str, top: &str) -> String {
@@ -510,34 +511,6 @@ async fn a_request_body_on_a_hit_cannot_become_the_next_request() {
         "the body was run as a request"
     );
     assert!(upstream.seen().iter().any(|s| s.uri == "/after"));
-}
-
-/// Read one response with a Content-Length body off a keep-alive connection.
-async fn read_one_response(stream: &mut TcpStream) -> String {
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&raw).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if raw.len() >= end + 4 + length {
-                return text;
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("an answer within 10s")
-            .unwrap();
-        assert!(n > 0, "connection closed after: {text}");
-        raw.extend_from_slice(&buf[..n]);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,6 +10,7 @@ mod balancing;
 mod cache;
 mod compose;
 mod config_cli;
+mod connections;
 mod failures;
 mod headers;
 mod health;

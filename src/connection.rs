@@ -1,0 +1,118 @@
+//! A client connection between its requests.
+//!
+//! Pingora's own loop over a keep-alive connection starts the next request's whole state (its
+//! boxed `process_new_http` future, about 10 KB, and a 4 KiB header buffer) and only then
+//! waits for the client to send something. An idle keep-alive connection pays for both for as
+//! long as it stays open. This loop waits first, with nothing but the connection itself, and
+//! builds the request's state once its first bytes have arrived; those bytes are handed to
+//! Pingora's parser as the start of the request, so nothing is read twice.
+//!
+//! Portico's listeners speak plain HTTP/1.1. Anything else (TLS, h2c, a negotiated protocol)
+//! is left to Pingora's own loop.
+
+use std::future::poll_fn;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_timeout::timeout;
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// How long a connection may sit idle before its next request: Pingora's own keep-alive
+/// timeout, which its loop sets on every new connection.
+const KEEPALIVE_SECONDS: u64 = 60;
+
+/// The most read while waiting: Pingora's initial header buffer. A longer request head is read
+/// on by Pingora's parser.
+const FIRST_READ: usize = 4096;
+
+/// The HTTP/1.1 connection loop around an HTTP application (Portico's `HttpProxy`).
+pub struct Connections<A> {
+    app: Arc<A>,
+}
+
+impl<A> Connections<A> {
+    pub fn new(app: A) -> Self {
+        Connections { app: Arc::new(app) }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for Connections<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let h2c = self.app.server_options().is_some_and(|o| o.h2c);
+        if h2c || stream.get_ssl_digest().is_some() || stream.selected_alpn_proto().is_some() {
+            return self.app.process_new(stream, shutdown).await;
+        }
+        let reuse_limit = self
+            .app
+            .server_options()
+            .and_then(|o| o.keepalive_request_limit);
+        // What the previous request on this connection left for the next one. Pingora only
+        // carries over bytes read past a request when pipelining is on, which Portico never
+        // turns on, so the next request's bytes are always still in the socket.
+        let mut carried: Option<HttpPersistentSettings> = None;
+        loop {
+            let idle = Duration::from_secs(KEEPALIVE_SECONDS);
+            let first = match timeout(idle, first_bytes(&mut stream)).await {
+                Ok(Some(bytes)) => bytes,
+                // Closed by the client, a read error, or idle for too long: as Pingora does,
+                // the connection just ends.
+                Ok(None) | Err(_) => return None,
+            };
+            let mut session = ServerSession::new_http1(stream);
+            match carried.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    // A service that is shutting down answers this request and then closes.
+                    let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE_SECONDS);
+                    session.set_keepalive(keepalive);
+                    session.set_keepalive_reuses_remaining(reuse_limit);
+                }
+            }
+            session.set_pipelined_prefix(first);
+            let reused = self.app.process_new_http(session, shutdown).await?;
+            (stream, carried) = reused.consume();
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.app.http_cleanup().await;
+    }
+}
+
+/// Waits until the client sends something and returns what one read got; `None` when the
+/// client closed the connection or it failed. While waiting it holds no buffer: the read goes
+/// to the stack and is copied out only when it got bytes.
+async fn first_bytes(stream: &mut Stream) -> Option<BytesMut> {
+    poll_fn(|cx| {
+        let mut space = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut read = ReadBuf::uninit(&mut space);
+        match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => Poll::Ready(None),
+            Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(None),
+            Poll::Ready(Ok(())) => {
+                let mut bytes = BytesMut::with_capacity(FIRST_READ);
+                bytes.extend_from_slice(read.filled());
+                Poll::Ready(Some(bytes))
+            }
+        }
+    })
+    .await
+}

@@ -1,0 +1,131 @@
+//! Clients on keep-alive connections: however a request's bytes arrive (in pieces, larger than
+//! one read, with its body in the same packet), the gateway serves it whole, and a client that
+//! connects and leaves without a request disturbs no one.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::common::http::read_one_response;
+use crate::common::{spawn_upstream, Gateway, Reply, Upstream};
+
+async fn gateway() -> (Gateway, Upstream) {
+    let up = spawn_upstream("app", |seen| {
+        Reply::Body(
+            200,
+            format!("{} {} {}", seen.method, seen.uri, seen.body_len),
+        )
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"all\"\npath = \"/\"\nupstream = \"app\"\n",
+        up.addr
+    ))
+    .await;
+    (gw, up)
+}
+
+async fn connect(gw: &Gateway) -> TcpStream {
+    let stream = TcpStream::connect(gw.addr).await.expect("connect");
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_connection_serves_request_after_request() {
+    let (gw, up) = gateway().await;
+    let mut client = connect(&gw).await;
+    for i in 0..5 {
+        let head = format!("GET /n/{i} HTTP/1.1\r\nHost: t\r\n\r\n");
+        client.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_one_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with(&format!("GET /n/{i} 0")), "{answer}");
+    }
+    assert_eq!(up.hits(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_sent_in_pieces_is_served_whole() {
+    let (gw, up) = gateway().await;
+    let mut client = connect(&gw).await;
+    // A slow client: the gateway's first read gets only the start of the request line. The
+    // pauses are what is being tested (each piece arrives on its own), not a wait for readiness.
+    let pieces = [
+        "GE",
+        "T /slow HTTP/1.1\r\n",
+        "Host: t\r\nX-Piece",
+        ": one\r\n",
+        "\r\n",
+    ];
+    for piece in pieces {
+        client.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let answer = read_one_response(&mut client).await;
+    assert!(answer.ends_with("GET /slow 0"), "{answer}");
+    assert_eq!(up.seen()[0].header("x-piece"), Some("one"));
+
+    // The same connection goes on to the next request.
+    client
+        .write_all(b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_one_response(&mut client)
+        .await
+        .ends_with("GET /next 0"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_larger_than_one_read_is_served() {
+    let (gw, up) = gateway().await;
+    let mut client = connect(&gw).await;
+    // Over the 4 KiB the gateway reads while it waits for a request.
+    let big = "b".repeat(10_000);
+    let head = format!("GET /big HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_one_response(&mut client).await;
+    assert!(answer.ends_with("GET /big 0"), "{answer}");
+    assert_eq!(up.seen()[0].header("x-big"), Some(big.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_in_the_same_packet_as_its_head_is_forwarded() {
+    let (gw, up) = gateway().await;
+    let mut client = connect(&gw).await;
+    for (i, body) in ["x".repeat(10), "y".repeat(6_000)].iter().enumerate() {
+        let request = format!(
+            "POST /post/{i} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_one_response(&mut client).await;
+        assert!(
+            answer.ends_with(&format!("POST /post/{i} {}", body.len())),
+            "{answer}"
+        );
+    }
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_leave_without_a_request_disturb_no_one() {
+    let (gw, up) = gateway().await;
+    // Connect and close at once, and connect, start a request and close half-way.
+    for _ in 0..20 {
+        drop(connect(&gw).await);
+    }
+    for _ in 0..5 {
+        let mut half = connect(&gw).await;
+        half.write_all(b"GET /half HTTP/1.1\r\nHo").await.unwrap();
+        half.shutdown().await.unwrap();
+    }
+    // One more stays open and idle throughout.
+    let _idle = connect(&gw).await;
+
+    let answer = gw.get("/after").await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), "GET /after 0");
+    assert!(up.seen().iter().all(|s| s.uri != "/half"));
+}
