@@ -67,14 +67,11 @@ where
         // carries over bytes read past a request when pipelining is on, which Portico never
         // turns on, so the next request's bytes are always still in the socket.
         let mut carried: Option<HttpPersistentSettings> = None;
+        let mut shutdown_watch = shutdown.clone();
         loop {
-            let idle = Duration::from_secs(KEEPALIVE_SECONDS);
-            let first = match timeout(idle, first_bytes(&mut stream)).await {
-                Ok(Some(bytes)) => bytes,
-                // Closed by the client, a read error, or idle for too long: as Pingora does,
-                // the connection just ends.
-                Ok(None) | Err(_) => return None,
-            };
+            // Closed by the client, a read error, idle for too long, or the service shutting
+            // down: as in Pingora's loop, the connection just ends.
+            let first = next_request(&mut stream, &mut shutdown_watch).await?;
             let mut session = ServerSession::new_http1(stream);
             match carried.take() {
                 Some(settings) => settings.apply_to_session(&mut session),
@@ -93,6 +90,26 @@ where
 
     async fn cleanup(&self) {
         self.app.http_cleanup().await;
+    }
+}
+
+/// Waits for the first bytes of the connection's next request: `None` once the connection is
+/// idle for longer than the keep-alive timeout, or when the service starts shutting down (then
+/// idle connections close at once, as Pingora closes its own, so clients move on to the
+/// instance that takes over; a request already arriving is still served).
+async fn next_request(stream: &mut Stream, shutdown: &mut ShutdownWatch) -> Option<BytesMut> {
+    let read = timeout(Duration::from_secs(KEEPALIVE_SECONDS), first_bytes(stream));
+    tokio::pin!(read);
+    loop {
+        tokio::select! {
+            biased;
+            read = &mut read => return read.ok().flatten(),
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return None;
+                }
+            }
+        }
     }
 }
 

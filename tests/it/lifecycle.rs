@@ -1,7 +1,12 @@
-//! The gateway is stopped while it serves: in-flight requests finish, then it exits.
+//! The gateway is stopped while it serves: in-flight requests finish, idle connections close,
+//! then it exits.
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::http::read_one_response;
 use crate::common::{eventually, one_route, spawn_upstream, Gateway, Reply};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,6 +46,51 @@ async fn sigterm_lets_slow_requests_finish_then_exits() {
         );
     }
     let status = gw.wait_exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    let slow = spawn_upstream("slow", |seen| {
+        if seen.uri == "/slow" {
+            Reply::Delay(Duration::from_secs(5))
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let mut gw = Gateway::start(&one_route("slow", slow.addr, "", "/")).await;
+    // A client that made one request and keeps its connection open, idle.
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET /quick HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_one_response(&mut idle)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    // A slow request keeps the gateway draining for a while.
+    let (client, url) = (gw.client.clone(), gw.url("/slow"));
+    let in_flight = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) });
+    eventually(
+        "the slow request reached the upstream",
+        Duration::from_secs(10),
+        async || slow.seen().iter().any(|s| s.uri == "/slow"),
+    )
+    .await;
+
+    gw.signal("TERM");
+    // The idle connection is closed by the gateway (end of stream, no answer) while the slow
+    // request is still being served, so its client moves on to another instance.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), idle.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the idle connection was never closed");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        !in_flight.is_finished(),
+        "the idle connection was only closed at exit"
+    );
+    assert_eq!(in_flight.await.unwrap().unwrap(), 200);
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
 }
 
