@@ -8,15 +8,17 @@
 #   --no-write   leave loadtest/RESULTS.md and loadtest/results.svg alone
 #
 # Scenarios (each proxy has one worker and keeps its upstream connections alive):
-#   c64       GET / at 64 connections (wrk); with the backend direct, Portico with a local and a
-#             Redis rate limit (limits so high nothing is refused), and Portico's full chain
-#             (JWT HS256 + local rate limit + metrics + JSON access log to a file)
+#   c64       GET / at 64 connections (wrk), and the backend direct
 #   rate10k   a fixed 10,000 req/s (oha -q, latency-corrected): p50/p99/p99.9 at equal load
 #   c1, c256  GET / at 1 and 256 connections
 #   bytes16k  16 KiB answers (GET /bytes/16384) at 64 connections
 #   newconn   a new connection per request (Connection: close) at 64 connections
 #   idle      1,000 idle keep-alive connections: RSS before and after (idle_conns.py)
 #   cache     cache hits: nginx proxy_cache vs Portico's cache plugin (when this build has one)
+#   pairs     same window: Portico and one other proxy serve at once on the proxy core, 32
+#             connections each, and each one's CPU per request is compared: bare Pingora, and
+#             Portico with a local and a Redis rate limit (limits so high nothing is refused)
+#             and with its full chain (JWT HS256 + local rate limit + metrics + JSON access log)
 # The proxies' configs are in loadtest/peers/; the report and chart come from report.py.
 #
 # Every proxy is pinned to CPU 0; the backend, redis-server and the load generators share CPU 1,
@@ -56,17 +58,23 @@ START_TIME=$SECONDS
 # the targets are judged on, 2 shorter rounds for the others.
 SCENARIOS=(c64 rate10k c1 c256 bytes16k newconn cache)
 PROXIES="nginx haproxy bare portico"
-declare -A SC_TARGETS=([c64]="direct $PROXIES local redis full" [rate10k]="$PROXIES" [c1]="$PROXIES"
+declare -A SC_TARGETS=([c64]="direct $PROXIES" [rate10k]="$PROXIES" [c1]="$PROXIES"
     [c256]="$PROXIES" [bytes16k]="$PROXIES" [newconn]="$PROXIES" [cache]="ngxcache pcache")
 declare -A SC_CONNS=([c64]=64 [rate10k]=64 [c1]=1 [c256]=256 [bytes16k]=64 [newconn]=64 [cache]=64)
 declare -A SC_PATH=([bytes16k]=/bytes/16384)
 declare -A SC_DURATION=([c64]=4 [rate10k]=4 [c1]=2 [c256]=3 [bytes16k]=3 [newconn]=3 [cache]=3)
 declare -A SC_ROUNDS=([c64]=3 [rate10k]=3 [c1]=2 [c256]=2 [bytes16k]=2 [newconn]=2 [cache]=3)
+# Same-window pairs: Portico against each of these, at once (see "same window" below).
+PAIRS=(bare local redis full)
+PAIR_SECS=4
+PAIR_ROUNDS=3
 RATE=10000
 IDLE_CONNS=1000
 WARMUP=1
 if [ "$QUICK" -eq 1 ]; then
     for sc in "${SCENARIOS[@]}"; do SC_DURATION[$sc]=1; SC_ROUNDS[$sc]=1; done
+    PAIR_SECS=1
+    PAIR_ROUNDS=1
     WARMUP=0
 fi
 # The rate limit every limited scenario uses: nothing is ever refused.
@@ -434,6 +442,7 @@ for sc in "${SCENARIOS[@]}"; do
     n="$(measured_targets "$sc" | wc -l)"
     ESTIMATE=$((ESTIMATE + n * SC_ROUNDS[$sc] * SC_DURATION[$sc]))
 done
+ESTIMATE=$((ESTIMATE + ${#PAIRS[@]} * PAIR_ROUNDS * PAIR_SECS))
 log "measuring: about $((ESTIMATE + WARMUP * ${#ALL_TARGETS[@]}))s of load (load average $LOADAVG)"
 
 if [ "$WARMUP" -gt 0 ]; then
@@ -452,7 +461,6 @@ for sc in "${SCENARIOS[@]}"; do
     [ "$n" -gt 0 ] || continue
     load_command "$sc" "${SC_DURATION[$sc]}" PLACEHOLDER
     command_used load "$sc: $(quoted "${LOAD[@]}")"
-    [ "$sc" != c64 ] || command_used load "c64, full chain: the same with -H 'Authorization: Bearer <token>'"
     rounds="${SC_ROUNDS[$sc]}"
     for round in $(seq 1 "$rounds"); do
         # Each round starts one target later, so no target always runs first or after another.
@@ -462,19 +470,11 @@ for sc in "${SCENARIOS[@]}"; do
             cpu_before=0
             # CPU is read around each proxy's own runs only, so its idle time is not charged.
             [ "$t" = direct ] || cpu_before="$(cpu_ticks "${PID[$t]}")"
-            if [ "$t" = redis ]; then
-                redis_before="$(cpu_ticks "$REDIS_PID")"
-                calls_before="$(redis_script_calls)"
-            fi
             # Not `read < <(...)`: a failed run must stop the script, not read an empty line.
             result="$(run_load "$sc" "${SC_DURATION[$sc]}" "$t")"
             read -r rps p50 p99 p999 requests errors <<<"$result"
             cpu_us=-
             [ "$t" = direct ] || cpu_us=$((($(cpu_ticks "${PID[$t]}") - cpu_before) * 1000000 / CLK_TCK))
-            if [ "$t" = redis ]; then
-                REDIS_TICKS=$((REDIS_TICKS + $(cpu_ticks "$REDIS_PID") - redis_before))
-                REDIS_CALLS=$((REDIS_CALLS + $(redis_script_calls) - calls_before))
-            fi
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$t" "$round" "$rps" "$p50" "$p99" \
                 "$p999" "$requests" "$errors" "$cpu_us" >>"$WORK/runs.tsv"
             # Errors make the throughput meaningless (fast failures look like speed): say so loudly.
@@ -483,6 +483,53 @@ for sc in "${SCENARIOS[@]}"; do
         done
     done
 done
+
+# --- same window: Portico against bare Pingora, and against itself with plugins ---------------------
+# Sequential rounds drift (±20% between rounds of one binary on this VM), more than what a
+# plugin costs. Here Portico and the other proxy of a pair serve at once, on the same core, each
+# loaded by its own wrk with half of the 64 connections on the load core, so drift hits both
+# alike. Each one's CPU time per request comes from /proc; the ratio of the two is the ratio of
+# their requests per second per core, which the targets on bare Pingora and on the plugins'
+# costs are judged on.
+pair_load() {
+    local t="$1" out="$2"
+    local cmd=("${PIN_LOAD[@]}" wrk -t1 -c32 -d"${PAIR_SECS}s")
+    [ -z "${AUTH_HEADER[$t]:-}" ] || cmd+=(-H "${AUTH_HEADER[$t]}")
+    timeout $((PAIR_SECS + 60)) "${cmd[@]}" "${URL[$t]}/" >"$out" 2>&1
+}
+if [ -n "${URL[portico]:-}" ]; then
+    command_used load "pairs: two at once, $(quoted "${PIN_LOAD[@]}" wrk -t1 -c32 -d"${PAIR_SECS}s") URL, one per proxy (full chain: with -H 'Authorization: Bearer <token>')"
+    for round in $(seq 1 "$PAIR_ROUNDS"); do
+        for i in $(seq 0 $((${#PAIRS[@]} - 1))); do
+            t="${PAIRS[$(((i + round - 1) % ${#PAIRS[@]}))]}"
+            [ -n "${URL[$t]:-}" ] || continue
+            log "pairs round $round/$PAIR_ROUNDS: Portico and $t at once (${PAIR_SECS}s)"
+            a_before="$(cpu_ticks "${PID[portico]}")"
+            b_before="$(cpu_ticks "${PID[$t]}")"
+            if [ "$t" = redis ]; then
+                redis_before="$(cpu_ticks "$REDIS_PID")"
+                calls_before="$(redis_script_calls)"
+            fi
+            pair_load portico "$WORK/pair-a.out" & a_job=$!
+            pair_load "$t" "$WORK/pair-b.out" || { all_alive; cat "$WORK/pair-b.out" >&2; die "wrk against $t failed"; }
+            wait "$a_job" || { all_alive; cat "$WORK/pair-a.out" >&2; die "wrk against portico failed"; }
+            a_us=$((($(cpu_ticks "${PID[portico]}") - a_before) * 1000000 / CLK_TCK))
+            b_us=$((($(cpu_ticks "${PID[$t]}") - b_before) * 1000000 / CLK_TCK))
+            if [ "$t" = redis ]; then
+                REDIS_TICKS=$((REDIS_TICKS + $(cpu_ticks "$REDIS_PID") - redis_before))
+                REDIS_CALLS=$((REDIS_CALLS + $(redis_script_calls) - calls_before))
+            fi
+            cat "$WORK/pair-a.out" "$WORK/pair-b.out" >>"$WORK/load.log"
+            read -r a_rps _ _ _ a_req a_err < <(parse_wrk <"$WORK/pair-a.out")
+            read -r b_rps _ _ _ b_req b_err < <(parse_wrk <"$WORK/pair-b.out")
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$round" "$a_rps" "$a_req" "$a_us" \
+                "$b_rps" "$b_req" "$b_us" >>"$WORK/pairs.tsv"
+            [ "$a_err" -eq 0 ] || warn "portico: pairs with $t, round $round: $a_err of $a_req requests failed or were not 2xx"
+            [ "$b_err" -eq 0 ] || warn "$t: pairs, round $round: $b_err of $b_req requests failed or were not 2xx"
+            all_alive
+        done
+    done
+fi
 
 # --- checks after measuring ----------------------------------------------------------------------
 # A counter from a Portico's /metrics, summed over the series whose labels contain $3 (all of
@@ -545,6 +592,8 @@ meta loadavg "$LOADAVG"
 meta pinned "$([ "${#PIN_PROXY[@]}" -gt 0 ] && echo 1 || echo 0)"
 meta clk_tck "$CLK_TCK"
 meta rate "$RATE"
+meta pair_secs "$PAIR_SECS"
+meta pair_rounds "$PAIR_ROUNDS"
 meta idle_conns "$IDLE_CONNS"
 meta rl "limit = $RL_LIMIT, window = \"$RL_WINDOW\", key = \"ip\" (nothing is refused)"
 meta redis_ticks "$REDIS_TICKS"

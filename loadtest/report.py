@@ -88,6 +88,11 @@ class Run:
         self.why = {}
         for sc, t, why in read_tsv(work, "unmeasured.tsv"):
             self.why[sc, t] = why
+        # Same-window pairs: per target, one dict per round (Portico's side as "a", the target's as "b").
+        self.pairs = defaultdict(list)
+        for t, _rnd, a_rps, a_req, a_us, b_rps, b_req, b_us in read_tsv(work, "pairs.tsv"):
+            self.pairs[t].append(dict(a_rps=num(a_rps), a_req=int(a_req), a_us=num(a_us),
+                                      b_rps=num(b_rps), b_req=int(b_req), b_us=num(b_us)))
         self.idle = {}
         for t, fields in read_tsv(work, "idle.tsv"):
             self.idle[t] = {k: int(v) for k, v in (f.split("=") for f in fields.split())}
@@ -117,6 +122,26 @@ class Run:
         """Requests per second of CPU the proxy used: req/s per core, even when not saturated."""
         cpu = self.cpu_us_per_req(sc, t)
         return 1e6 / cpu if cpu else None
+
+    def pair_cpu(self, t, side):
+        """CPU µs per request over all of a pair's rounds: Portico's side ("a") or t's ("b")."""
+        rounds = self.pairs.get(t, [])
+        requests = sum(r[side + "_req"] for r in rounds)
+        if not rounds or requests == 0:
+            return None
+        return sum(r[side + "_us"] for r in rounds) / requests
+
+    def pair_ratio(self, t):
+        """t's requests per second per core relative to Portico's, from the same windows: the
+        median over rounds of Portico's CPU per request / t's."""
+        values = [(r["a_us"] / r["a_req"]) / (r["b_us"] / r["b_req"])
+                  for r in self.pairs.get(t, []) if r["a_req"] and r["b_req"] and r["b_us"]]
+        return statistics.median(values) if values else None
+
+    def pair_not_measured(self, t):
+        if self.pairs.get(t):
+            return None
+        return self.why.get(("*", t)) or self.why.get(("*", "portico")) or "no pair round completed"
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -237,31 +262,32 @@ def scenario_tables(run):
                   "-" if tg == "direct" else fmt_ratio(ratio(rps, base_rps)))
         tables.append(t)
         if sc == "c64":
-            tables.append(plugin_table(run))
+            tables.append(pairs_table(run))
     tables.append(idle_table(run))
     tables.append(memory_table(run))
     return tables
 
 
-def plugin_table(run):
-    sc = "c64"
+def pairs_table(run):
+    secs, rounds = run.meta.get("pair_secs", "4"), run.meta.get("pair_rounds", "3")
     t = Table(
-        "Portico's plugins, 64 connections (the same rounds as above)",
-        ["target", "req/s", "p50", "p99", "CPU µs/req", "vs nginx", "vs Portico plain"],
+        "Same window: Portico and one other at once, 32 connections each",
+        ["target", "its req/s", "its CPU µs/req", "Portico's req/s", "Portico's CPU µs/req", "req/s per core vs Portico"],
+        f"each pair: Portico and the target both pinned to the proxy core, each loaded by its own `wrk -t1 -c32 "
+        f"-d{secs}s` on the load core at the same time; {rounds} round(s), pairs interleaved; CPU µs/req over all "
+        "rounds, the last column the median over rounds of Portico's CPU per request / the target's. "
         f"rate_limit: {run.meta.get('rl', '')}; full chain: jwt HS256 (one token, so after the first request "
         "a verification-cache hit) + that local rate limit + metrics + a JSON access log to a file"
         + (f". {redis_note(run)}" if redis_note(run) else ""),
     )
-    plain = run.median(sc, "portico", "rps")
-    nginx = run.median(sc, "nginx", "rps")
-    for tg in ["portico", "local", "redis", "full"]:
-        why = run.not_measured(sc, tg)
+    for tg in ["bare", "local", "redis", "full"]:
+        why = run.pair_not_measured(tg)
         if why:
             t.gap(LABELS[tg], why)
             continue
-        rps = run.median(sc, tg, "rps")
-        t.row(LABELS[tg], fmt_int(rps), fmt_lat(run.median(sc, tg, "p50")), fmt_lat(run.median(sc, tg, "p99")),
-              fmt_cpu(run.cpu_us_per_req(sc, tg)), fmt_ratio(ratio(rps, nginx)), fmt_pct(ratio(rps, plain)))
+        med = lambda k: statistics.median(r[k] for r in run.pairs[tg])
+        t.row(LABELS[tg], fmt_int(med("b_rps")), fmt_cpu(run.pair_cpu(tg, "b")), fmt_int(med("a_rps")),
+              fmt_cpu(run.pair_cpu(tg, "a")), fmt_pct(run.pair_ratio(tg)))
     return t
 
 
@@ -321,11 +347,15 @@ def targets_table(run):
     sc = "c64"
     p_core, b_core = run.per_core(sc, "portico"), run.per_core(sc, "bare")
     p_rps, b_rps, n_rps = (run.median(sc, x, "rps") for x in ("portico", "bare", "nginx"))
-    r = ratio(p_core, b_core)
+    same = run.pair_ratio("bare")
+    r = ratio(1.0, same)
+    sequential = (f"sequential rounds: {fmt_ratio(ratio(p_core, b_core))} per core ({fmt_int(p_core)} vs {fmt_int(b_core)}), "
+                  f"req/s {fmt_ratio(ratio(p_rps, b_rps))}; vs nginx {fmt_ratio(ratio(p_rps, n_rps))} req/s, "
+                  f"{fmt_ratio(ratio(p_core, run.per_core(sc, 'nginx')))} per core")
     t.row("plain proxy, 64 connections", f"Portico >= {PER_CORE_VS_BARE}x bare Pingora req/s per core",
-          f"{fmt_ratio(r)} per core ({fmt_int(p_core)} vs {fmt_int(b_core)}); req/s {fmt_ratio(ratio(p_rps, b_rps))}; "
-          f"vs nginx {fmt_ratio(ratio(p_rps, n_rps))} req/s, {fmt_ratio(ratio(p_core, run.per_core(sc, 'nginx')))} per core"
-          if r else "not measured: " + (run.not_measured(sc, "portico") or run.not_measured(sc, "bare") or "no CPU time"),
+          f"{fmt_ratio(r)} per core in the same windows ({fmt_cpu(run.pair_cpu('bare', 'a'))} vs "
+          f"{fmt_cpu(run.pair_cpu('bare', 'b'))} CPU µs/req); {sequential}"
+          if r else "not measured: " + (run.pair_not_measured("bare") or "no CPU time"),
           verdict(run, None if r is None else r >= PER_CORE_VS_BARE))
     p99, n99 = run.median("rate10k", "portico", "p99"), run.median("rate10k", "nginx", "p99")
     r = ratio(p99, n99)
@@ -333,11 +363,11 @@ def targets_table(run):
           f"{fmt_ratio(r)} ({fmt_lat(p99)} vs {fmt_lat(n99)})" if r else
           "not measured: " + (run.not_measured("rate10k", "portico") or run.not_measured("rate10k", "nginx") or "-"),
           verdict(run, None if r is None else r <= P99_VS_NGINX))
-    full = run.median(sc, "full", "rps")
-    r = ratio(full, p_rps)
+    r = run.pair_ratio("full")
     t.row("full chain, 64 connections", f">= {FULL_VS_PLAIN:.0%} of Portico's plain req/s",
-          f"{fmt_pct(r)} ({fmt_int(full)} vs {fmt_int(p_rps)})" if r else
-          "not measured: " + (run.not_measured(sc, "full") or run.not_measured(sc, "portico") or "-"),
+          f"{fmt_pct(r)} per core in the same windows ({fmt_cpu(run.pair_cpu('full', 'b'))} vs "
+          f"{fmt_cpu(run.pair_cpu('full', 'a'))} CPU µs/req)" if r else
+          "not measured: " + (run.pair_not_measured("full") or "-"),
           verdict(run, None if r is None else r >= FULL_VS_PLAIN))
     per = idle_kib_per_conn(run, "portico")
     t.row("idle keep-alive connections", f"Portico < {IDLE_KIB_MAX} KiB RSS each",
@@ -355,23 +385,24 @@ def targets_table(run):
 
 def rate_limit_table(run):
     t = Table('Targets (issue "rate limiting speed")', ["scenario", "target", "measured", "verdict"],
-              "at 64 connections, relative to the same route without a rate limit, from the same rounds",
+              "relative to the same route without a rate limit, per core, Portico and the limited "
+              "Portico serving in the same windows (the \"Same window\" table)",
               numeric=False)
-    plain = run.median("c64", "portico", "rps")
     for tg in ["local", "redis"]:
-        rps = run.median("c64", tg, "rps")
-        r = ratio(rps, plain)
-        measured = f"costs {100 - 100 * r:.1f}%" if r else "not measured: " + (run.not_measured("c64", tg) or "-")
+        r = run.pair_ratio(tg)
+        measured = (f"costs {100 - 100 * r:.1f}% ({fmt_cpu(run.pair_cpu(tg, 'b'))} vs "
+                    f"{fmt_cpu(run.pair_cpu(tg, 'a'))} CPU µs/req)" if r else
+                    "not measured: " + (run.pair_not_measured(tg) or "-"))
         t.row(LABELS[tg], f"costs <= {RL_COST[tg]:.0f}% of unlimited throughput", measured,
               verdict(run, None if r is None else 100 - 100 * r <= RL_COST[tg]))
     return t
 
 
 def redis_note(run):
-    runs = run.runs.get(("c64", "redis"))
-    if not runs:
+    rounds = run.pairs.get("redis")
+    if not rounds:
         return ""
-    n = sum(r["req"] for r in runs)
+    n = sum(r["b_req"] for r in rounds)
     ticks, calls, hz = int(run.meta.get("redis_ticks", 0)), int(run.meta.get("redis_calls", 0)), int(run.meta.get("clk_tck", 100))
     if ticks > 0:
         cpu = f"{ticks / hz * 1e6 / n:.2f} µs"
