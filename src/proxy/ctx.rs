@@ -20,6 +20,8 @@ pub struct RequestCtx {
     pub client_ip: Option<IpAddr>,
     /// Whether the direct peer is a trusted proxy (its X-Forwarded-* are believed).
     pub peer_trusted: bool,
+    /// A valid W3C traceparent once `request_filter` has run (the client's, checked, or a new
+    /// one); empty before. The access log takes its trace id from it without checking again.
     pub traceparent: String,
     /// The normalized path, when it differs from what the client sent.
     pub normalized_path: Option<String>,
@@ -97,9 +99,5 @@ impl RequestCtx {
             cache: None,
             _active: ActiveRequest::new(active_requests),
         }
-    }
-
-    pub fn trace_id(&self) -> Option<&str> {
-        super::forwarding::trace_id_of(self.traceparent.as_bytes())
     }
 }

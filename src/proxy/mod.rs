@@ -841,8 +841,8 @@ impl ProxyHttp for Portico {
             let record = AccessRecord {
                 ts: SystemTime::now(),
                 request_id: std::mem::take(&mut ctx.request_id),
-                client_ip: ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                method: method.as_str().to_string(),
+                client_ip: ctx.client_ip,
+                method,
                 path: ctx
                     .normalized_path
                     .take()
@@ -860,7 +860,7 @@ impl ProxyHttp for Portico {
                     .as_ref()
                     .and_then(|cx| cx.identity.as_ref())
                     .map(|id| id.consumer.clone()),
-                trace_id: ctx.trace_id().map(str::to_string),
+                traceparent: std::mem::take(&mut ctx.traceparent),
                 failed_parts: ctx.failed_parts.take(),
             };
             if !self.state.access_log.log(record) {

@@ -411,13 +411,28 @@ fn bearer_token(req: &RequestHeader) -> Option<&str> {
 }
 
 /// Three base64url parts, nothing else: two- and four-part tokens, JWE and junk stop here.
+/// One pass over the bytes: it runs on every request, before the verification cache.
 fn well_formed(token: &str) -> bool {
-    token.len() <= MAX_TOKEN
-        && token.split('.').count() == 3
-        && token.split('.').take(2).all(|p| !p.is_empty())
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    if token.len() > MAX_TOKEN {
+        return false;
+    }
+    let mut dots = 0;
+    let mut part_len = 0;
+    for b in token.bytes() {
+        if b == b'.' {
+            // The header and the payload may not be empty; the signature is checked later.
+            if part_len == 0 || dots == 2 {
+                return false;
+            }
+            dots += 1;
+            part_len = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            part_len += 1;
+        } else {
+            return false;
+        }
+    }
+    dots == 2
 }
 
 fn unauthorized(token_present: bool) -> Flow {
@@ -498,7 +513,9 @@ mod tests {
             well_formed("eyJh.eyJz."),
             "an unsigned token is well-formed; verification refuses it"
         );
-        for bad in ["a.b", "a.b.c.d", "a..c", "a.b.c d", "a.b.c\"", ""] {
+        for bad in [
+            "a.b", "a.b.c.d", "a..c", ".b.c", "a.b.c.", "a.b.c d", "a.b.c\"", "",
+        ] {
             assert!(!well_formed(bad), "{bad:?}");
         }
     }

@@ -2,12 +2,15 @@
 //! request path only hands over a record and never waits on a disk or a pipe. When the writer
 //! cannot keep up, lines are dropped and counted rather than slowing requests down.
 
+mod line;
+
 use std::io::{BufWriter, Write};
+use std::net::IpAddr;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use http::Method;
 
 use crate::snapshot::AccessLogTarget;
 
@@ -15,26 +18,30 @@ use crate::snapshot::AccessLogTarget;
 const QUEUE: usize = 16 * 1024;
 
 /// One request, as logged. Never a token, a cookie, an API key or a query string.
-#[derive(Debug, Serialize)]
+///
+/// Built on the request path, so it holds what the request already has (an address, a method,
+/// the traceparent) and the writer thread turns it into text: see `line.rs` for the JSON.
+#[derive(Debug)]
 pub struct AccessRecord {
-    #[serde(serialize_with = "rfc3339")]
     pub ts: SystemTime,
     pub request_id: String,
-    pub client_ip: String,
-    pub method: String,
+    /// Logged as `""` when unknown.
+    pub client_ip: Option<IpAddr>,
+    pub method: Method,
     pub path: String,
     pub status: u16,
-    pub route: Option<std::sync::Arc<str>>,
-    pub upstream: Option<std::sync::Arc<str>>,
-    pub target: Option<std::sync::Arc<str>>,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub target: Option<Arc<str>>,
     pub duration_ms: f64,
     pub upstream_ms: Option<f64>,
     pub bytes_sent: usize,
     pub cache: Option<&'static str>,
     pub consumer: Option<String>,
-    pub trace_id: Option<String>,
+    /// The request's W3C `traceparent`, as the gateway checked or made it (empty when the
+    /// request never got one); its trace id is logged.
+    pub traceparent: String,
     /// For a composition: the keys of the parts that failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_parts: Option<String>,
 }
 
@@ -123,6 +130,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn write_lines(queue: Arc<Queue>, out: Box<dyn Write + Send>) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut batch = Vec::with_capacity(1024);
+    let mut text = Vec::with_capacity(64 * 1024);
     // Runs as long as the process: the gateway logs until it exits.
     loop {
         std::thread::park_timeout(WRITE_INTERVAL);
@@ -131,8 +139,10 @@ fn write_lines(queue: Arc<Queue>, out: Box<dyn Write + Send>) {
         let flushes = std::mem::take(&mut *lock(&queue.flushes));
         std::mem::swap(&mut batch, &mut *lock(&queue.records));
         for record in batch.drain(..) {
-            write_record(&mut out, &record);
+            line::encode(&mut text, &record);
         }
+        let _ = out.write_all(&text);
+        text.clear();
         let _ = out.flush();
         for done in flushes {
             let _ = done.send(());
@@ -140,18 +150,16 @@ fn write_lines(queue: Arc<Queue>, out: Box<dyn Write + Send>) {
     }
 }
 
-fn write_record(out: &mut impl Write, record: &AccessRecord) {
-    if serde_json::to_writer(&mut *out, record).is_ok() {
-        let _ = out.write_all(b"\n");
-    }
-}
-
-fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_rfc3339(*t))
-}
-
 /// `2026-11-22T04:41:00.123Z`, without a date library.
 pub fn format_rfc3339(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(24);
+    push_rfc3339(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends `t` as RFC 3339 in UTC with milliseconds, digit by digit: the access log writes one
+/// per line, and `format!` costs several times as much.
+pub fn push_rfc3339(out: &mut Vec<u8>, t: SystemTime) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -165,13 +173,25 @@ pub fn format_rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    let digits = |out: &mut Vec<u8>, n: u64, width: u32| {
+        for i in (0..width).rev() {
+            out.push(b'0' + (n / 10u64.pow(i) % 10) as u8);
+        }
+    };
+    digits(out, year.clamp(0, 9999) as u64, 4);
+    out.push(b'-');
+    digits(out, month as u64, 2);
+    out.push(b'-');
+    digits(out, day as u64, 2);
+    out.push(b'T');
+    digits(out, rem / 3600, 2);
+    out.push(b':');
+    digits(out, rem % 3600 / 60, 2);
+    out.push(b':');
+    digits(out, rem % 60, 2);
+    out.push(b'.');
+    digits(out, u64::from(since.subsec_millis()), 3);
+    out.push(b'Z');
 }
 
 #[cfg(test)]
