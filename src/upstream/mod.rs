@@ -282,7 +282,11 @@ impl UpstreamPool {
                     }
                 }
             };
-            let chosen = if self.balancer.is_least_conn() {
+            let chosen = if self.targets.len() == 1 {
+                // Nothing to balance: only whether the one target may take the request. The
+                // balancer would answer the same through a dedup set and a backend clone.
+                (self.is_healthy(0) && accept(0)).then_some(0)
+            } else if self.balancer.is_least_conn() {
                 self.select_least_conn(accept)
             } else {
                 self.balancer
