@@ -5,7 +5,7 @@
 //! generation it was verified with, so a rotated-out key stops being trusted at once.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,10 +21,35 @@ pub struct Verified {
     pub generation: u64,
 }
 
+/// Entries by the token's keyed hash, which picks the shard too: a token (a few hundred
+/// bytes) is hashed once per request, not once for the shard and again for the map. The
+/// token itself is kept and compared, so two tokens with the same hash never share an entry.
+type Shard = HashMap<u64, (Box<str>, Verified), BuildHasherDefault<HashIsKey>>;
+
 pub struct TokenCache {
-    shards: Vec<Mutex<HashMap<Box<str>, Verified>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     hasher: RandomState,
+}
+
+/// The map's keys are already the output of a keyed hash: use them as they are.
+#[derive(Default)]
+struct HashIsKey(u64);
+
+impl Hasher for HashIsKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 pub fn now_secs() -> u64 {
@@ -37,36 +62,41 @@ impl TokenCache {
     /// `None` when `capacity` is 0 (caching off).
     pub fn new(capacity: usize) -> Option<TokenCache> {
         (capacity > 0).then(|| TokenCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS),
             hasher: RandomState::new(),
         })
     }
 
-    fn shard(&self, token: &str) -> &Mutex<HashMap<Box<str>, Verified>> {
-        &self.shards[self.hasher.hash_one(token) as usize % SHARDS]
+    fn shard(&self, token: &str) -> (u64, std::sync::MutexGuard<'_, Shard>) {
+        let hash = self.hasher.hash_one(token);
+        let shard = &self.shards[hash as usize % SHARDS];
+        (hash, shard.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn get(&self, token: &str, generation: u64) -> Option<Verified> {
-        let mut shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
-        let hit = shard.get(token)?;
+        let (hash, mut shard) = self.shard(token);
+        let (stored, hit) = shard.get(&hash)?;
+        if &**stored != token {
+            return None;
+        }
         if hit.generation == generation && hit.valid_until > now_secs() {
             return Some(hit.clone());
         }
-        shard.remove(token);
+        shard.remove(&hash);
         None
     }
 
     pub fn insert(&self, token: &str, verified: Verified) {
-        let mut shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
+        let (hash, mut shard) = self.shard(token);
         if shard.len() >= self.per_shard {
             let now = now_secs();
-            shard.retain(|_, v| v.valid_until > now);
+            shard.retain(|_, (_, v)| v.valid_until > now);
             if shard.len() >= self.per_shard {
                 shard.clear();
             }
         }
-        shard.insert(token.into(), verified);
+        shard.insert(hash, (token.into(), verified));
     }
 }
 
@@ -92,6 +122,17 @@ mod tests {
         assert!(cache.get("a", 1).is_none(), "and the entry is gone");
         cache.insert("b", entry(now_secs() - 1, 1));
         assert!(cache.get("b", 1).is_none(), "expired");
+    }
+
+    #[test]
+    fn a_token_only_finds_its_own_entry() {
+        let cache = TokenCache::new(100).unwrap();
+        let later = now_secs() + 60;
+        cache.insert("token-one", entry(later, 1));
+        assert!(cache.get("token-one", 1).is_some());
+        assert!(cache.get("token-two", 1).is_none());
+        assert!(cache.get("token-on", 1).is_none());
+        assert!(cache.get("token-one", 1).is_some(), "still there");
     }
 
     #[test]
