@@ -226,6 +226,24 @@ impl Gateway {
             .expect("metrics text")
     }
 
+    /// The Prometheus text of `/metrics` once it shows every one of `lines`. The request
+    /// counters move when the gateway has finished a request, which can be just after its
+    /// client has read the answer: a test waits for them instead of racing the gateway.
+    pub async fn metrics_showing(&self, lines: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.metrics().await;
+            let missing: Vec<_> = lines.iter().filter(|l| !text.contains(**l)).collect();
+            if missing.is_empty() {
+                return text;
+            }
+            if Instant::now() > deadline {
+                panic!("/metrics never showed {missing:?}:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The health `/status` reports for one target.
     pub async fn target_healthy(&self, upstream: &str, target: SocketAddr) -> bool {
         let status = self.admin_json("/status").await;

@@ -81,15 +81,17 @@ async fn the_circuit_opens_rests_probes_and_closes() {
     )
     .await;
 
-    let metrics = gw.metrics().await;
-    assert!(
-        metrics.contains(&format!(
+    gw.metrics_showing(&[
+        &format!(
             "portico_circuit_breaker_state{{target=\"{}\",upstream=\"app\"}} 0",
             target.addr
-        )),
-        "{metrics}"
-    );
-    assert!(metrics.contains(&format!("portico_upstream_requests_total{{outcome=\"http_5xx\",target=\"{}\",upstream=\"app\"}} 3", target.addr)), "{metrics}");
+        ),
+        &format!(
+            "portico_upstream_requests_total{{outcome=\"http_5xx\",target=\"{}\",upstream=\"app\"}} 3",
+            target.addr
+        ),
+    ])
+    .await;
     let log = gw.stderr();
     assert!(
         log.contains("circuit open")
