@@ -10,6 +10,7 @@ use std::io::Write;
 use std::net::IpAddr;
 
 use super::{push_rfc3339, AccessRecord};
+use crate::proxy::forwarding::ipv4_text;
 
 /// Appends `record` and a newline to `out`.
 pub fn encode(out: &mut Vec<u8>, record: &AccessRecord) {
@@ -125,12 +126,8 @@ fn push_f64(out: &mut Vec<u8>, v: f64) {
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_u64(out, u64::from(octet));
-            }
+            let (text, len) = ipv4_text(v4);
+            out.extend_from_slice(&text[..len]);
         }
         // Rare at the edge, and the standard form (zero compression) is easy to get wrong.
         IpAddr::V6(v6) => {
