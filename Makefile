@@ -36,9 +36,10 @@ test: deps ## install missing system packages, build the workspace, run all test
 bench: ## Portico side by side with nginx, HAProxy and bare Pingora (wrk, oha); writes loadtest/RESULTS.md (BENCH_ARGS=--quick)
 	bash loadtest/bench.sh $(BENCH_ARGS)
 
-bench-micro: deps ## criterion benchmarks of hot functions (routing, JWT verification)
+bench-micro: deps ## criterion benchmarks of hot functions (routing, JWT verification, rate-limit decisions)
 	$(CARGO) bench -p portico --bench router
 	$(CARGO) bench -p portico-plugins --bench jwt
+	$(CARGO) bench -p portico-plugins --bench rate_limit
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

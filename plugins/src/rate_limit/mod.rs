@@ -243,7 +243,10 @@ impl RateLimitPlugin {
         }
     }
 
-    async fn decide(&self, key: &KeyDigest, limit: u64) -> Decision {
+    /// Count one request for `key` against `limit` and decide, in memory or through Redis
+    /// with this plugin's fallback: what `on_request` does once it has the key. Public for the
+    /// criterion benchmark (`benches/rate_limit.rs`).
+    pub async fn decide(&self, key: &KeyDigest, limit: u64) -> Decision {
         let Some(shared) = &self.shared else {
             return self
                 .local
