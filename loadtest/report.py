@@ -111,6 +111,12 @@ class Run:
         values = [r[key] for r in self.runs.get((sc, t), []) if r[key] is not None]
         return statistics.median(values) if values else None
 
+    def spread(self, sc, t, key):
+        """The lowest and the highest value over the rounds, as text: how far one round is
+        from the next, which for a tail latency on a shared VM is often most of the story."""
+        values = [r[key] for r in self.runs.get((sc, t), []) if r[key] is not None]
+        return f"{fmt_lat(min(values))}–{fmt_lat(max(values))}" if values else "-"
+
     def cpu_us_per_req(self, sc, t):
         runs = self.runs.get((sc, t), [])
         requests = sum(r["req"] for r in runs)
@@ -233,7 +239,8 @@ def scenario_tables(run):
         if sc == "rate10k":
             t = Table(
                 TITLES[sc],
-                ["target", "achieved req/s", "p50", "p99", "p99.9", "CPU µs/req", "p99 vs nginx"],
+                ["target", "achieved req/s", "p50", "p99", "p99 per round", "p99.9", "CPU µs/req",
+                 "p99 vs nginx"],
                 f"{load_line(run, sc)}. {cpu_note}; latency corrected for coordinated omission",
             )
             base_p99 = run.median(sc, "nginx", "p99")
@@ -244,7 +251,8 @@ def scenario_tables(run):
                     continue
                 p99 = run.median(sc, tg, "p99")
                 t.row(LABELS[tg], fmt_int(run.median(sc, tg, "rps")), fmt_lat(run.median(sc, tg, "p50")),
-                      fmt_lat(p99), fmt_lat(run.median(sc, tg, "p999")), fmt_cpu(run.cpu_us_per_req(sc, tg)),
+                      fmt_lat(p99), run.spread(sc, tg, "p99"), fmt_lat(run.median(sc, tg, "p999")),
+                      fmt_cpu(run.cpu_us_per_req(sc, tg)),
                       fmt_ratio(ratio(p99, base_p99)))
             tables.append(t)
             continue
@@ -360,7 +368,8 @@ def targets_table(run):
     p99, n99 = run.median("rate10k", "portico", "p99"), run.median("rate10k", "nginx", "p99")
     r = ratio(p99, n99)
     t.row("fixed 10k req/s", f"Portico p99 <= {P99_VS_NGINX}x nginx's",
-          f"{fmt_ratio(r)} ({fmt_lat(p99)} vs {fmt_lat(n99)})" if r else
+          f"{fmt_ratio(r)} ({fmt_lat(p99)} vs {fmt_lat(n99)}, medians; per round "
+          f"{run.spread('rate10k', 'portico', 'p99')} vs {run.spread('rate10k', 'nginx', 'p99')})" if r else
           "not measured: " + (run.not_measured("rate10k", "portico") or run.not_measured("rate10k", "nginx") or "-"),
           verdict(run, None if r is None else r <= P99_VS_NGINX))
     r = run.pair_ratio("full")
