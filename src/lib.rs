@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod allocator;
 pub mod cache;
 pub mod compose;
 pub mod config;

@@ -8,11 +8,9 @@ use portico::metrics::Metrics;
 use portico::server::{self, StartOptions};
 use portico::snapshot;
 
-/// mimalloc instead of glibc's malloc: a proxy allocates and frees on every request (headers,
-/// buffers, futures), and glibc's allocator spent about a quarter of all instructions per
-/// request (callgrind). See loadtest/RESULTS.md for the before and after.
+/// mimalloc, called the way its fast paths expect (see `portico::allocator`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: portico::allocator::Allocator = portico::allocator::Allocator;
 
 /// An API gateway and edge proxy on Pingora.
 #[derive(Debug, Parser)]
