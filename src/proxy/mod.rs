@@ -295,6 +295,11 @@ impl ProxyHttp for Portico {
         Box::new(RequestCtx::new(&self.state.active_requests))
     }
 
+    /// No downstream modules. Pingora's default registers a response-compression module,
+    /// switched off, that Portico never turns on: it still cost every request a boxed context,
+    /// allocations and four filter calls.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     /// Identify the request (id, client, trace), check its path and size, route it, and run
     /// the route's plugins. `Ok(true)` means an answer was already sent.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
