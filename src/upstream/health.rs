@@ -66,13 +66,13 @@ fn claim_due_pass(pool: &UpstreamPool) -> bool {
 async fn run_pass(pool: &UpstreamPool, state: &GatewayState) {
     pool.backends().run_health_check(true).await;
     for (i, target) in pool.targets.iter().enumerate() {
-        let healthy = pool.is_healthy(i);
+        let healthy = pool.checked_healthy(i);
         state
             .metrics
             .upstream_target_healthy
             .with_label_values(&[&pool.name, &target.label])
             .set(i64::from(healthy));
-        if target.reported_healthy.swap(healthy, Ordering::Relaxed) != healthy {
+        if target.healthy.swap(healthy, Ordering::Relaxed) != healthy {
             if healthy {
                 log::info!(
                     "upstream {} target {} is healthy again",

@@ -62,8 +62,9 @@ pub struct Target {
     pub peer: HttpPeer,
     pub weight: usize,
     pub in_flight: AtomicUsize,
-    /// The health last reported, so changes are logged once.
-    pub(crate) reported_healthy: AtomicBool,
+    /// The health checks' last verdict (healthy until one says otherwise): what the request
+    /// path reads, and what a change is logged against.
+    pub(crate) healthy: AtomicBool,
     /// Passive outlier detection, when the upstream configures `circuit_breaker`.
     pub breaker: Option<Breaker>,
 }
@@ -201,7 +202,7 @@ impl UpstreamPool {
                 backend,
                 weight: t.weight as usize,
                 in_flight: AtomicUsize::new(0),
-                reported_healthy: AtomicBool::new(true),
+                healthy: AtomicBool::new(true),
                 breaker: breaker.map(|settings| Breaker::new(settings, Instant::now())),
             });
         }
@@ -249,8 +250,18 @@ impl UpstreamPool {
         })
     }
 
-    /// Whether the active health check currently allows traffic to this target.
+    /// Whether the active health check currently allows traffic to this target: one flag,
+    /// set after each pass. Asking the balancer instead hashes the backend twice and looks it
+    /// up in its readiness map, on every request (callgrind: most of `select`'s cost).
     pub fn is_healthy(&self, index: usize) -> bool {
+        self.targets
+            .get(index)
+            .is_some_and(|t| t.healthy.load(Ordering::Relaxed))
+    }
+
+    /// What the balancer's health checks say about the target now, for the pass that has
+    /// just run them to publish in `healthy`.
+    pub(crate) fn checked_healthy(&self, index: usize) -> bool {
         self.targets
             .get(index)
             .is_some_and(|t| self.balancer.backends().ready(&t.backend))
