@@ -17,7 +17,7 @@ pub fn encode(out: &mut Vec<u8>, record: &AccessRecord) {
     out.extend_from_slice(b"{\"ts\":\"");
     push_rfc3339(out, record.ts);
     out.extend_from_slice(b"\",\"request_id\":");
-    push_str(out, &record.request_id);
+    push_str(out, record.request_id.to_str().unwrap_or_default());
     out.extend_from_slice(b",\"client_ip\":\"");
     if let Some(ip) = record.client_ip {
         push_ip(out, ip);
@@ -48,7 +48,10 @@ pub fn encode(out: &mut Vec<u8>, record: &AccessRecord) {
     out.extend_from_slice(b",\"consumer\":");
     push_opt_str(out, record.consumer.as_deref());
     out.extend_from_slice(b",\"trace_id\":");
-    push_opt_str(out, trace_id(&record.traceparent));
+    push_opt_str(
+        out,
+        trace_id(record.traceparent.to_str().unwrap_or_default()),
+    );
     if let Some(parts) = &record.failed_parts {
         out.extend_from_slice(b",\"failed_parts\":");
         push_str(out, parts);
@@ -148,7 +151,7 @@ mod tests {
     fn record() -> AccessRecord {
         AccessRecord {
             ts: UNIX_EPOCH + Duration::from_millis(1_795_322_460_123),
-            request_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            request_id: http::HeaderValue::from_static("4bf92f3577b34da6a3ce929d0e0e4736"),
             client_ip: Some("203.0.113.7".parse().unwrap()),
             method: http::Method::GET,
             path: "/api/v1/users/42".into(),
@@ -161,7 +164,9 @@ mod tests {
             bytes_sent: 1234,
             cache: Some("MISS"),
             consumer: Some("acme".into()),
-            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            traceparent: http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
             failed_parts: None,
         }
     }
@@ -209,7 +214,7 @@ mod tests {
         r.upstream_ms = None;
         r.cache = None;
         r.consumer = None;
-        r.traceparent = String::new();
+        r.traceparent = http::HeaderValue::from_static("");
         let v = parsed(&r);
         assert_eq!(v["client_ip"], "");
         for field in [

@@ -10,7 +10,7 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::Method;
+use http::{HeaderValue, Method};
 
 use crate::snapshot::AccessLogTarget;
 
@@ -24,7 +24,7 @@ const QUEUE: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct AccessRecord {
     pub ts: SystemTime,
-    pub request_id: String,
+    pub request_id: HeaderValue,
     /// Logged as `""` when unknown.
     pub client_ip: Option<IpAddr>,
     pub method: Method,
@@ -40,7 +40,7 @@ pub struct AccessRecord {
     pub consumer: Option<String>,
     /// The request's W3C `traceparent`, as the gateway checked or made it (empty when the
     /// request never got one); its trace id is logged.
-    pub traceparent: String,
+    pub traceparent: HeaderValue,
     /// For a composition: the keys of the parts that failed.
     pub failed_parts: Option<String>,
 }

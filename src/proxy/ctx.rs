@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::HeaderValue;
 use portico_plugins::{ErrorCode, PluginCtx};
 
 use crate::cache::CacheResult;
@@ -16,13 +17,16 @@ pub struct RequestCtx {
     /// The config generation this request is served by, from its first hook to its last.
     pub snapshot: Option<Arc<Snapshot>>,
     pub route: Option<Arc<Route>>,
-    pub request_id: String,
+    /// `X-Request-Id`: the client's when sane, else a new one; empty before `request_filter`.
+    /// Kept as a header value, so it goes upstream, back to the client and into the access
+    /// log without being copied or checked again.
+    pub request_id: HeaderValue,
     pub client_ip: Option<IpAddr>,
     /// Whether the direct peer is a trusted proxy (its X-Forwarded-* are believed).
     pub peer_trusted: bool,
     /// A valid W3C traceparent once `request_filter` has run (the client's, checked, or a new
     /// one); empty before. The access log takes its trace id from it without checking again.
-    pub traceparent: String,
+    pub traceparent: HeaderValue,
     /// The normalized path, when it differs from what the client sent.
     pub normalized_path: Option<String>,
     pub plugin_cx: Option<PluginCtx>,
@@ -73,15 +77,20 @@ impl Drop for ActiveRequest {
 }
 
 impl RequestCtx {
+    /// The request id as text, for logs and problem answers (it is visible ASCII).
+    pub fn id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
+
     pub fn new(active_requests: &Arc<AtomicUsize>) -> Self {
         RequestCtx {
             started: Instant::now(),
             snapshot: None,
             route: None,
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             client_ip: None,
             peer_trusted: false,
-            traceparent: String::new(),
+            traceparent: HeaderValue::from_static(""),
             normalized_path: None,
             plugin_cx: None,
             in_flight: None,

@@ -56,19 +56,26 @@ pub fn sane_request_id(value: &[u8]) -> bool {
         })
 }
 
-pub fn new_request_id() -> String {
-    let mut id = String::with_capacity(32);
-    push_hex(&mut id, fastrand::u128(..), 32);
-    id
+/// A new request id: 32 random hex digits.
+pub fn new_request_id() -> HeaderValue {
+    let mut id = [0u8; 32];
+    push_hex(&mut id, fastrand::u128(..));
+    hex_value(&id)
 }
 
-/// The low `digits` hex digits of `n`, zero-padded: a request id or trace id is made on every
-/// request, and `format!("{:032x}")` costs ten times as much.
-fn push_hex(out: &mut String, n: u128, digits: u32) {
+/// `out` filled with the low hex digits of `n`, zero-padded: a request id or trace id is made
+/// on every request, and `format!("{:032x}")` costs ten times as much.
+fn push_hex(out: &mut [u8], n: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(HEX[((n >> (4 * i)) & 0xf) as usize] as char);
+    let digits = out.len();
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
     }
+}
+
+/// Hex digits and dashes as a header value. Always valid; the fallback is never taken.
+fn hex_value(text: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
@@ -92,14 +99,11 @@ pub fn trace_id_of(traceparent: &[u8]) -> Option<&str> {
 }
 
 /// Start a trace: a new `traceparent`, sampled.
-pub fn new_traceparent() -> String {
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
-    push_hex(&mut out, fastrand::u128(1..), 32);
-    out.push('-');
-    push_hex(&mut out, u128::from(fastrand::u64(1..)), 16);
-    out.push_str("-01");
-    out
+pub fn new_traceparent() -> HeaderValue {
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    push_hex(&mut out[3..35], fastrand::u128(1..));
+    push_hex(&mut out[36..52], u128::from(fastrand::u64(1..)));
+    hex_value(&out)
 }
 
 /// An address as a header value.
@@ -248,10 +252,12 @@ mod tests {
         assert!(!sane_request_id(b"has space"));
         assert!(!sane_request_id(b"quote\""));
         assert!(!sane_request_id(&[b'a'; 129]));
-        assert_eq!(new_request_id().len(), 32);
-        let mut hex = String::new();
-        push_hex(&mut hex, 0xab_cdef, 8);
-        assert_eq!(hex, "00abcdef");
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(sane_request_id(id.as_bytes()));
+        let mut hex = [0u8; 8];
+        push_hex(&mut hex, 0xab_cdef);
+        assert_eq!(&hex, b"00abcdef");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use pingora_cache::key::HashBinary;
 use pingora_cache::lock::CacheKeyLockImpl;
 use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result, RetryType};
+use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portico_plugins::{ErrorCode, Flow, PluginCtx};
@@ -133,7 +133,7 @@ impl Portico {
                 let mut resp = ResponseHeader::build(200, Some(4))?;
                 resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
                 resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-                resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+                resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
                 if !failed.is_empty() {
                     let list = failed.join(", ");
                     resp.insert_header("portico-incomplete", list.as_str())?;
@@ -142,7 +142,7 @@ impl Portico {
                 // The route's plugins see the composed answer as they see a proxied one.
                 for (name, plugin) in route.plugins.iter().rev() {
                     if let Err(e) = plugin.on_response(&mut resp, cx).await {
-                        log::error!("plugin {name} failed on response {}: {e}", ctx.request_id);
+                        log::error!("plugin {name} failed on response {}: {e}", ctx.id());
                     }
                 }
                 session.write_response_header(Box::new(resp), false).await?;
@@ -174,7 +174,7 @@ impl Portico {
             log::warn!(
                 "upstream {}: retry budget spent, not retrying request {}",
                 pool.name,
-                ctx.request_id
+                ctx.id()
             );
             return false;
         }
@@ -193,7 +193,7 @@ impl Portico {
         extra: &[(HeaderName, HeaderValue)],
     ) -> Result<bool> {
         ctx.decided = Some(code);
-        problem::respond(session, code, detail, &ctx.request_id, extra).await?;
+        problem::respond(session, code, detail, ctx.id(), extra).await?;
         Ok(true)
     }
 
@@ -272,14 +272,8 @@ fn gateway_request_headers(
         .map(|a| a.ip());
     let host = session.req_header().headers.get(http::header::HOST);
     set_forwarded(headers, peer, host, ctx.peer_trusted)?;
-    for (name, value) in [
-        (X_REQUEST_ID, &ctx.request_id),
-        (TRACEPARENT, &ctx.traceparent),
-    ] {
-        let value =
-            HeaderValue::from_str(value).or_err(ErrorType::InternalError, "gateway header")?;
-        headers.insert(name, value);
-    }
+    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+    headers.insert(TRACEPARENT, ctx.traceparent.clone());
     Ok(())
 }
 
@@ -307,15 +301,11 @@ impl ProxyHttp for Portico {
         let req = session.req_header();
 
         ctx.request_id = match req.headers.get(X_REQUEST_ID) {
-            Some(v) if sane_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
+            Some(v) if sane_request_id(v.as_bytes()) => v.clone(),
             _ => new_request_id(),
         };
         ctx.traceparent = match req.headers.get(TRACEPARENT) {
-            Some(v) if trace_id_of(v.as_bytes()).is_some() => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
+            Some(v) if trace_id_of(v.as_bytes()).is_some() => v.clone(),
             _ => new_traceparent(),
         };
         let peer = session
@@ -407,7 +397,7 @@ impl ProxyHttp for Portico {
             .map_or(0, |r| r.attempts);
         ctx.deadline = route.timeout.map(|t| ctx.started + t);
 
-        let mut cx = PluginCtx::new(Arc::clone(&route.name), client_ip, ctx.request_id.clone());
+        let mut cx = PluginCtx::new(Arc::clone(&route.name), client_ip, ctx.id().to_owned());
         ctx.route = Some(Arc::clone(&route));
         for (name, plugin) in &route.plugins {
             match plugin.on_request(session, &mut cx).await {
@@ -425,7 +415,7 @@ impl ProxyHttp for Portico {
                         .await;
                 }
                 Err(e) => {
-                    log::error!("plugin {name} failed on request {}: {e}", ctx.request_id);
+                    log::error!("plugin {name} failed on request {}: {e}", ctx.id());
                     ctx.plugin_cx = Some(cx);
                     return self
                         .reject(
@@ -649,10 +639,7 @@ impl ProxyHttp for Portico {
         if let Some(cx) = ctx.plugin_cx.as_mut() {
             for (name, plugin) in &route.plugins {
                 if let Err(e) = plugin.on_upstream_request(upstream, cx).await {
-                    log::error!(
-                        "plugin {name} failed shaping request {}: {e}",
-                        ctx.request_id
-                    );
+                    log::error!("plugin {name} failed shaping request {}: {e}", ctx.id());
                     ctx.decided = Some(ErrorCode::Internal);
                     return Error::e_explain(ErrorType::InternalError, "plugin failed");
                 }
@@ -689,8 +676,7 @@ impl ProxyHttp for Portico {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let request_id = HeaderValue::from_str(&ctx.request_id)
-            .or_err(ErrorType::InternalError, "request id")?;
+        let request_id = ctx.request_id.clone();
         let cache_result = cache::result(session, ctx);
         ctx.cache = cache_result.or(ctx.cache);
         // Room for X-Request-Id, X-Cache and the plugins' headers (RateLimit-* are three).
@@ -703,7 +689,7 @@ impl ProxyHttp for Portico {
         if let (Some(route), Some(cx)) = (ctx.route.clone(), ctx.plugin_cx.as_mut()) {
             for (name, plugin) in route.plugins.iter().rev() {
                 if let Err(e) = plugin.on_response(resp, cx).await {
-                    log::error!("plugin {name} failed on response {}: {e}", ctx.request_id);
+                    log::error!("plugin {name} failed on response {}: {e}", cx.request_id);
                 }
             }
         }
@@ -789,7 +775,7 @@ impl ProxyHttp for Portico {
                 Vec::new()
             };
             if let Err(write_error) =
-                problem::respond(session, code, detail, &ctx.request_id, &extra).await
+                problem::respond(session, code, detail, ctx.id(), &extra).await
             {
                 log::debug!("could not send the error answer: {write_error}");
             }
@@ -845,7 +831,7 @@ impl ProxyHttp for Portico {
         if self.state.access_log.enabled() {
             let record = AccessRecord {
                 ts: SystemTime::now(),
-                request_id: std::mem::take(&mut ctx.request_id),
+                request_id: std::mem::replace(&mut ctx.request_id, HeaderValue::from_static("")),
                 client_ip: ctx.client_ip,
                 method,
                 path: ctx
@@ -865,7 +851,7 @@ impl ProxyHttp for Portico {
                     .as_ref()
                     .and_then(|cx| cx.identity.as_ref())
                     .map(|id| id.consumer.clone()),
-                traceparent: std::mem::take(&mut ctx.traceparent),
+                traceparent: std::mem::replace(&mut ctx.traceparent, HeaderValue::from_static("")),
                 failed_parts: ctx.failed_parts.take(),
             };
             if !self.state.access_log.log(record) {
