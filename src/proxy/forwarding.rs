@@ -59,13 +59,13 @@ pub fn sane_request_id(value: &[u8]) -> bool {
 /// A new request id: 32 random hex digits.
 pub fn new_request_id() -> HeaderValue {
     let mut id = [0u8; 32];
-    push_hex(&mut id, fastrand::u128(..));
+    fill_hex(&mut id, fastrand::u128(..));
     hex_value(&id)
 }
 
 /// `out` filled with the low hex digits of `n`, zero-padded: a request id or trace id is made
 /// on every request, and `format!("{:032x}")` costs ten times as much.
-fn push_hex(out: &mut [u8], n: u128) {
+fn fill_hex(out: &mut [u8], n: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = out.len();
     for (i, byte) in out.iter_mut().enumerate() {
@@ -101,8 +101,8 @@ pub fn trace_id_of(traceparent: &[u8]) -> Option<&str> {
 /// Start a trace: a new `traceparent`, sampled.
 pub fn new_traceparent() -> HeaderValue {
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    push_hex(&mut out[3..35], fastrand::u128(1..));
-    push_hex(&mut out[36..52], u128::from(fastrand::u64(1..)));
+    fill_hex(&mut out[3..35], fastrand::u128(1..));
+    fill_hex(&mut out[36..52], u128::from(fastrand::u64(1..)));
     hex_value(&out)
 }
 
@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(id.len(), 32);
         assert!(sane_request_id(id.as_bytes()));
         let mut hex = [0u8; 8];
-        push_hex(&mut hex, 0xab_cdef);
+        fill_hex(&mut hex, 0xab_cdef);
         assert_eq!(&hex, b"00abcdef");
     }
 
