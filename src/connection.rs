@@ -7,6 +7,9 @@
 //! builds the request's state once its first bytes have arrived; those bytes are handed to
 //! Pingora's parser as the start of the request, so nothing is read twice.
 //!
+//! With the first bytes in hand it also chooses the request's path: the direct path
+//! (`proxy::direct`) for a plain request without a body, Pingora's proxy for anything else.
+//!
 //! Portico's listeners speak plain HTTP/1.1. Anything else (TLS, h2c, a negotiated protocol)
 //! is left to Pingora's own loop.
 
@@ -23,8 +26,11 @@ use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
+use pingora_proxy::Session;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::proxy::direct::{head, Direct};
 
 /// How long a connection may sit idle before its next request: Pingora's own keep-alive
 /// timeout, which its loop sets on every new connection.
@@ -35,14 +41,19 @@ const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECONDS);
 /// on by Pingora's parser.
 const FIRST_READ: usize = 4096;
 
-/// The HTTP/1.1 connection loop around an HTTP application (Portico's `HttpProxy`).
+/// The HTTP/1.1 connection loop around an HTTP application (Portico's `HttpProxy`) and the
+/// direct path.
 pub struct Connections<A> {
     app: Arc<A>,
+    direct: Direct,
 }
 
 impl<A> Connections<A> {
-    pub fn new(app: A) -> Self {
-        Connections { app: Arc::new(app) }
+    pub fn new(app: A, direct: Direct) -> Self {
+        Connections {
+            app: Arc::new(app),
+            direct,
+        }
     }
 }
 
@@ -76,18 +87,30 @@ where
             // Closed by the client, a read error, idle for too long, or the service shutting
             // down: as in Pingora's loop, the connection just ends.
             let first = next_request(&mut stream, &mut shutdown_watch, idle.as_mut()).await?;
-            let mut session = ServerSession::new_http1(stream);
-            match carried.take() {
-                Some(settings) => settings.apply_to_session(&mut session),
-                None => {
-                    // A service that is shutting down answers this request and then closes.
-                    let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE_SECONDS);
-                    session.set_keepalive(keepalive);
-                    session.set_keepalive_reuses_remaining(reuse_limit);
+            let direct = self.direct.open() && head::takes(&first);
+            let settle = |session: &mut ServerSession, carried: Option<HttpPersistentSettings>| {
+                match carried {
+                    Some(settings) => settings.apply_to_session(session),
+                    None => {
+                        // A service that is shutting down answers this request and then
+                        // closes.
+                        let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE_SECONDS);
+                        session.set_keepalive(keepalive);
+                        session.set_keepalive_reuses_remaining(reuse_limit);
+                    }
                 }
-            }
-            session.set_pipelined_prefix(first);
-            let reused = self.app.process_new_http(session, shutdown).await?;
+                session.set_pipelined_prefix(first);
+            };
+            let reused = if direct {
+                let mut session = Session::new_h1(stream);
+                settle(&mut session.downstream_session, carried.take());
+                let shutting_down = *shutdown.borrow();
+                self.direct.serve(session, shutting_down).await?
+            } else {
+                let mut session = ServerSession::new_http1(stream);
+                settle(&mut session, carried.take());
+                self.app.process_new_http(session, shutdown).await?
+            };
             (stream, carried) = reused.consume();
         }
     }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use pingora_core::connectors::{http::Connector, ConnectorOptions};
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -16,6 +17,7 @@ use crate::admin::AdminApi;
 use crate::connection::Connections;
 use crate::lifecycle::Drain;
 use crate::metrics::Metrics;
+use crate::proxy::direct::Direct;
 use crate::proxy::Portico;
 use crate::reload::{ConfigWatcher, SighupReload};
 use crate::snapshot::Snapshot;
@@ -78,10 +80,22 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
         }
     }
 
-    // Pingora's proxy inside Portico's own keep-alive loop (see `connection.rs`).
+    // Pingora's proxy and the direct path inside Portico's own keep-alive loop (see
+    // `connection.rs`), the direct path's upstream pool set up as Pingora's proxy sets up its.
     let http_proxy =
         pingora_proxy::http_proxy(&server.configuration, Portico::new(Arc::clone(&state)));
-    let mut proxy = Service::new("portico proxy".to_string(), Connections::new(http_proxy));
+    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
+        &server.configuration,
+    )));
+    let direct = Direct::new(
+        Portico::new(Arc::clone(&state)),
+        connector,
+        server.configuration.max_retries,
+    );
+    let mut proxy = Service::new(
+        "portico proxy".to_string(),
+        Connections::new(http_proxy, direct),
+    );
     for addr in &server_settings.listen {
         // No 64 KiB read buffer under the HTTP parser for each client connection: over plain
         // TCP it only adds a copy, and it was most of an idle keep-alive connection's memory

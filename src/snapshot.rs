@@ -66,6 +66,9 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<UpstreamPool>>,
     /// `[cache] max_size`: the limit of the response store; 0 without a `[cache]` table.
     pub cache_max_size: u64,
+    /// Whether any route caches. The cache lives in Pingora's proxy, so while one does, every
+    /// request goes through it rather than the direct path (`proxy::direct`).
+    pub caches: bool,
 }
 
 /// Read, validate and compile the config at `path`. `previous` is the snapshot now serving,
@@ -278,6 +281,7 @@ pub fn compile(
         }
     }
 
+    let caches = compiled.iter().any(|(_, _, route)| route.cache.is_some());
     let file_indices: Vec<usize> = compiled.iter().map(|(i, _, _)| *i).collect();
     let routes = match RouteTable::build(compiled.into_iter().map(|(_, m, r)| (m, r)).collect()) {
         Ok(table) => Some(table),
@@ -305,6 +309,7 @@ pub fn compile(
             routes,
             pools,
             cache_max_size: file.cache.as_ref().map_or(0, |c| c.max_size.0),
+            caches,
         }),
         _ => Err(ConfigErrors::single(
             &origin,
@@ -653,6 +658,11 @@ mod tests {
                   [[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"users\"\nplugins = [\"c\"]\n";
         let s = compile_text(&format!("{UPSTREAM}{ok}")).unwrap();
         assert_eq!(s.cache_max_size, 1 << 20);
+        assert!(s.caches, "route a caches");
+        let uncached = "[cache]\nmax_size = \"1MiB\"\n\n\
+                        [[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"users\"\n";
+        let plain = compile_text(&format!("{UPSTREAM}{uncached}")).unwrap();
+        assert!(!plain.caches, "a [cache] table alone caches nothing");
         let route = s.routes.entries().next().unwrap().1;
         assert!(route.cache.is_some() && route.plugins.is_empty());
     }

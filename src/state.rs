@@ -80,6 +80,11 @@ impl GatewayState {
         self.snapshot.load_full()
     }
 
+    /// Whether any route of the config now serving caches.
+    pub fn caches(&self) -> bool {
+        self.snapshot.load().caches
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
     }

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod ctx;
+pub mod direct;
 pub mod failure;
 pub mod forwarding;
 

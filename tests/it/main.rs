@@ -5,6 +5,7 @@
 mod common;
 
 mod admin;
+mod answers;
 mod auth;
 mod balancing;
 mod cache;

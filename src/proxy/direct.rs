@@ -1,0 +1,307 @@
+//! The direct path: a plain request without a body, on a route that does not cache, forwarded
+//! by Portico itself over Pingora's HTTP/1 sessions and upstream connection pool.
+//!
+//! Pingora's proxy runs every request through machinery built for the general case: two
+//! futures joined over a pair of task channels (so a body can stream both ways at once), the
+//! cache state machine, subrequests, upgrades, custom protocols. For the commonest request at
+//! a gateway, a GET with no body, none of it is needed, and it cost about a third of a bare
+//! Pingora proxy's CPU per request (loadtest/RESULTS.md). Here the same request goes straight
+//! through: send the head, read the answer's head, write it down, copy the body.
+//!
+//! It calls the same `ProxyHttp` hooks of [`Portico`] in the same order as Pingora's proxy
+//! (`request_filter`, `upstream_peer`, `fail_to_connect`, `upstream_request_filter`,
+//! `upstream_response_body_filter`, `response_filter`, `error_while_proxy`, `fail_to_proxy`,
+//! `logging`), with the same retry loop, so routing, plugins, retries, breakers, errors, logs
+//! and metrics are one code whichever path a request takes. Hooks Portico leaves at Pingora's
+//! defaults are not called. [`head::takes`] decides which requests come here; everything
+//! else, and every request while any route caches, goes through Pingora's proxy.
+
+pub mod head;
+
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Method, StatusCode, Version};
+use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
+use pingora_core::protocols::http::v1::client::HttpSession as UpstreamH1;
+use pingora_core::protocols::http::HttpTask;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{ProxyHttp, Session};
+
+use super::{Ctx, Portico};
+
+/// How an attempt ended: whether the client connection may carry another request, whether
+/// the upstream connection may go back to the pool, and the error if it failed.
+struct Attempt {
+    client_reusable: bool,
+    upstream_reusable: bool,
+    error: Option<Box<Error>>,
+}
+
+impl Attempt {
+    fn failed(upstream_reusable: bool, error: Box<Error>) -> Self {
+        Attempt {
+            client_reusable: false,
+            upstream_reusable,
+            error: Some(error),
+        }
+    }
+}
+
+pub struct Direct {
+    portico: Portico,
+    /// The direct path's own upstream pool; Pingora's proxy keeps its connector private.
+    connector: Connector,
+    /// Pingora's `max_retries`: attempts per request, whatever the route allows.
+    max_attempts: usize,
+}
+
+impl Direct {
+    pub fn new(portico: Portico, connector: Connector, max_attempts: usize) -> Self {
+        Direct {
+            portico,
+            connector,
+            max_attempts,
+        }
+    }
+
+    /// Whether the config now serving lets requests take the direct path: not while any
+    /// route caches, since the cache lives in Pingora's proxy.
+    pub fn open(&self) -> bool {
+        !self.portico.state.caches()
+    }
+
+    /// Serve one request on `session` (its head not yet parsed). Returns the client
+    /// connection when it may carry another request.
+    pub async fn serve(
+        &self,
+        mut session: Session,
+        shutting_down: bool,
+    ) -> Option<ReusedHttpStream> {
+        match session.downstream_session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(mut e) => {
+                // As Pingora's proxy: a malformed head gets a 400, a broken connection nothing.
+                e.as_down();
+                if matches!(e.etype, ErrorType::InvalidHTTPHeader) {
+                    if let Err(write) = session.downstream_session.respond_error(400).await {
+                        log::debug!("could not answer a malformed request: {write}");
+                    }
+                }
+                session.downstream_session.shutdown().await;
+                return None;
+            }
+        }
+        if shutting_down {
+            session.set_keepalive(None);
+        }
+        let mut ctx = self.portico.new_ctx();
+        match self.portico.request_filter(&mut session, &mut ctx).await {
+            Ok(true) => return self.finish(session, &mut ctx, true, None).await,
+            Ok(false) => {}
+            Err(e) => {
+                let answer = self.portico.fail_to_proxy(&mut session, &e, &mut ctx).await;
+                log::error!(
+                    "Fail to filter request: {e}, status: {}, {}",
+                    answer.error_code,
+                    self.portico.request_summary(&session, &ctx)
+                );
+                return self.finish(session, &mut ctx, false, Some(e)).await;
+            }
+        }
+
+        let mut client_reusable = false;
+        let mut error = None;
+        for tries in 1..=self.max_attempts {
+            let attempt = self.attempt(&mut session, &mut ctx).await;
+            client_reusable = attempt.client_reusable;
+            error = attempt.error;
+            match &error {
+                Some(e) if e.retry() => log::warn!(
+                    "Fail to proxy: {e}, tries: {tries}, retry: true, {}",
+                    self.portico.request_summary(&session, &ctx)
+                ),
+                _ => break,
+            }
+        }
+        if let Some(e) = error.as_deref() {
+            let answer = self.portico.fail_to_proxy(&mut session, e, &mut ctx).await;
+            log::error!(
+                "Fail to proxy: {e}, status: {}, {}",
+                answer.error_code,
+                self.portico.request_summary(&session, &ctx)
+            );
+            // Portico never reuses a client connection after a failure.
+            client_reusable = false;
+        }
+        self.finish(session, &mut ctx, client_reusable, error).await
+    }
+
+    /// Log the request, then hand back the client connection if it may be reused.
+    async fn finish(
+        &self,
+        mut session: Session,
+        ctx: &mut Ctx,
+        reusable: bool,
+        error: Option<Box<Error>>,
+    ) -> Option<ReusedHttpStream> {
+        self.portico
+            .logging(&mut session, error.as_deref(), ctx)
+            .await;
+        if let Some(e) = error {
+            session.downstream_session.on_proxy_failure(e);
+        }
+        if !reusable {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session.downstream_session);
+        let downstream = session.downstream_session;
+        let reusable = downstream.finish().await.ok().flatten()?;
+        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
+    }
+
+    /// One attempt: choose a target, get a connection to it, forward. Errors go through
+    /// `fail_to_connect` or `error_while_proxy`, which decide whether to retry.
+    async fn attempt(&self, session: &mut Session, ctx: &mut Ctx) -> Attempt {
+        let peer = match self.portico.upstream_peer(session, ctx).await {
+            Ok(peer) => peer,
+            Err(e) => return Attempt::failed(false, e),
+        };
+        let (upstream, pooled) = match self.connector.get_http_session(&*peer).await {
+            Ok(got) => got,
+            Err(mut e) => {
+                e.as_up();
+                let e = self.portico.fail_to_connect(session, &peer, ctx, e);
+                return Attempt::failed(false, e.into_up());
+            }
+        };
+        // Portico's peers offer no ALPN, so its pool only ever holds HTTP/1 connections.
+        let UpstreamSession::H1(mut upstream) = upstream else {
+            let e = Error::explain(ErrorType::InternalError, "an upstream session not HTTP/1");
+            return Attempt::failed(false, e);
+        };
+        let mut attempt = self.forward(session, &mut upstream, &peer, ctx).await;
+        if attempt.upstream_reusable {
+            let upstream = UpstreamSession::H1(upstream);
+            self.connector
+                .release_http_session(upstream, &*peer, peer.idle_timeout())
+                .await;
+        }
+        attempt.error = attempt.error.map(|e| {
+            self.portico
+                .error_while_proxy(&peer, session, e, ctx, pooled)
+        });
+        attempt
+    }
+
+    /// Send the request's head upstream, then copy the answer down: its head through
+    /// `response_filter`, its body chunk by chunk as it arrives.
+    async fn forward(
+        &self,
+        session: &mut Session,
+        upstream: &mut UpstreamH1,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+    ) -> Attempt {
+        upstream.read_timeout = peer.options.read_timeout;
+        upstream.write_timeout = peer.options.write_timeout;
+
+        let mut req = session.req_header().clone();
+        // The only hop-by-hop header `head::takes` lets through.
+        req.remove_header(&CONNECTION);
+        if let Err(e) = self
+            .portico
+            .upstream_request_filter(session, &mut req, ctx)
+            .await
+        {
+            return Attempt::failed(true, e);
+        }
+        if let Err(e) = upstream.write_request_header(Box::new(req)).await {
+            return Attempt::failed(false, e.into_up());
+        }
+        if let Err(e) = upstream.finish_body().await {
+            return Attempt::failed(false, e.into_up());
+        }
+
+        let (mut resp, mut done) = match read_final_head(upstream).await {
+            Ok(head) => head,
+            Err(e) => return Attempt::failed(false, e.into_up()),
+        };
+        if let Err(e) = chunk_if_unframed(&mut resp, done, &session.req_header().method) {
+            return Attempt::failed(false, e);
+        }
+        if let Err(e) = self.portico.response_filter(session, &mut resp, ctx).await {
+            return Attempt::failed(false, e);
+        }
+        if let Err(e) = session.write_response_header(resp, done).await {
+            return Attempt::failed(false, e.into_down());
+        }
+        while !done {
+            let (mut body, end) = match upstream.read_response_task().await {
+                Ok(HttpTask::Body(body, end)) => (body, end),
+                Ok(HttpTask::Failed(e)) | Err(e) => return Attempt::failed(false, e.into_up()),
+                // Done, or trailers (which HTTP/1 proxying drops, as Pingora's proxy does).
+                Ok(_) => (None, true),
+            };
+            if let Err(e) = self
+                .portico
+                .upstream_response_body_filter(session, &mut body, end, ctx)
+            {
+                return Attempt::failed(false, e);
+            }
+            if let Err(e) = session.write_response_body(body, end).await {
+                return Attempt::failed(false, e.into_down());
+            }
+            done = end;
+        }
+        Attempt {
+            client_reusable: true,
+            upstream_reusable: true,
+            error: None,
+        }
+    }
+}
+
+/// The upstream's final answer head and whether it ends the response. Interim answers (100,
+/// 103) are dropped, since the client asked for none; a 101 is an error, since the direct
+/// path never sends an upgrade.
+async fn read_final_head(upstream: &mut UpstreamH1) -> Result<(Box<ResponseHeader>, bool)> {
+    loop {
+        match upstream.read_response_task().await? {
+            HttpTask::Header(head, end) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                drop((head, end));
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "101 Switching Protocols to a request without an upgrade",
+                );
+            }
+            HttpTask::Header(head, _) if head.status.is_informational() => continue,
+            HttpTask::Header(head, end) => return Ok((head, end)),
+            HttpTask::Failed(e) => return Err(e),
+            _ => {
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "the upstream sent a body before a response head",
+                )
+            }
+        }
+    }
+}
+
+/// An answer whose body ends when the upstream closes (HTTP/1.0 style) goes to the client
+/// chunked, so the client's connection stays usable, as Pingora's proxy does.
+fn chunk_if_unframed(resp: &mut ResponseHeader, done: bool, method: &Method) -> Result<()> {
+    let no_body = *method == Method::HEAD || matches!(resp.status.as_u16(), 204 | 304);
+    if no_body
+        || done
+        || resp.headers.contains_key(TRANSFER_ENCODING)
+        || resp.headers.contains_key(CONTENT_LENGTH)
+    {
+        return Ok(());
+    }
+    resp.set_version(Version::HTTP_11);
+    resp.insert_header(TRANSFER_ENCODING, "chunked")
+}
