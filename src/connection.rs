@@ -30,7 +30,7 @@ use pingora_proxy::Session;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::proxy::direct::{head, Direct};
+use crate::proxy::direct::{head, Direct, Handled};
 
 /// How long a connection may sit idle before its next request: Pingora's own keep-alive
 /// timeout, which its loop sets on every new connection.
@@ -87,7 +87,7 @@ where
             // Closed by the client, a read error, idle for too long, or the service shutting
             // down: as in Pingora's loop, the connection just ends.
             let first = next_request(&mut stream, &mut shutdown_watch, idle.as_mut()).await?;
-            let direct = self.direct.open() && head::takes(&first);
+            let direct = head::takes(&first);
             let settle = |session: &mut ServerSession, carried: Option<HttpPersistentSettings>| {
                 match carried {
                     Some(settings) => settings.apply_to_session(session),
@@ -105,7 +105,12 @@ where
                 let mut session = Session::new_h1(stream);
                 settle(&mut session.downstream_session, carried.take());
                 let shutting_down = *shutdown.borrow();
-                self.direct.serve(session, shutting_down).await?
+                match self.direct.serve(session, shutting_down).await {
+                    Handled::Served(reused) => reused?,
+                    Handled::ToProxy(session) => {
+                        self.app.process_new_http(*session, shutdown).await?
+                    }
+                }
             } else {
                 let mut session = ServerSession::new_http1(stream);
                 settle(&mut session, carried.take());

@@ -82,16 +82,12 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
 
     // Pingora's proxy and the direct path inside Portico's own keep-alive loop (see
     // `connection.rs`), the direct path's upstream pool set up as Pingora's proxy sets up its.
-    let http_proxy =
-        pingora_proxy::http_proxy(&server.configuration, Portico::new(Arc::clone(&state)));
+    let portico = Portico::new(Arc::clone(&state));
+    let http_proxy = pingora_proxy::http_proxy(&server.configuration, portico.clone());
     let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
         &server.configuration,
     )));
-    let direct = Direct::new(
-        Portico::new(Arc::clone(&state)),
-        connector,
-        server.configuration.max_retries,
-    );
+    let direct = Direct::new(portico, connector, server.configuration.max_retries);
     let mut proxy = Service::new(
         "portico proxy".to_string(),
         Connections::new(http_proxy, direct),

@@ -66,8 +66,8 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<UpstreamPool>>,
     /// `[cache] max_size`: the limit of the response store; 0 without a `[cache]` table.
     pub cache_max_size: u64,
-    /// Whether any route caches. The cache lives in Pingora's proxy, so while one does, every
-    /// request goes through it rather than the direct path (`proxy::direct`).
+    /// Whether any route caches. The cache lives in Pingora's proxy, so the direct path
+    /// (`proxy::direct`) looks up the route of each request it takes while one does.
     pub caches: bool,
 }
 

@@ -80,7 +80,8 @@ impl GatewayState {
         self.snapshot.load_full()
     }
 
-    /// Whether any route of the config now serving caches.
+    /// Whether any route of the config now serving caches (a flag the direct path checks
+    /// before it looks for the request's route a second time).
     pub fn caches(&self) -> bool {
         self.snapshot.load().caches
     }

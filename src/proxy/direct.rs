@@ -14,23 +14,33 @@
 //! `logging`), with the same retry loop, so routing, plugins, retries, breakers, errors, logs
 //! and metrics are one code whichever path a request takes. Hooks Portico leaves at Pingora's
 //! defaults are not called. [`head::takes`] decides which requests come here; everything
-//! else, and every request while any route caches, goes through Pingora's proxy.
+//! else goes through Pingora's proxy, and so does a request to a route that caches, handed
+//! over unread once its route is known.
 
 pub mod head;
 
+use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Version};
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamH1;
-use pingora_core::protocols::http::HttpTask;
+use pingora_core::protocols::http::{HttpTask, ServerSession};
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{ProxyHttp, Session};
 
 use super::{Ctx, Portico};
+
+/// What became of a request given to the direct path.
+pub enum Handled {
+    /// Served; the client connection comes back when it may carry another request.
+    Served(Option<ReusedHttpStream>),
+    /// Its route caches: the same request, unread again, for Pingora's proxy to serve.
+    ToProxy(Box<ServerSession>),
+}
 
 /// How an attempt ended: whether the client connection may carry another request, whether
 /// the upstream connection may go back to the pool, and the error if it failed.
@@ -67,19 +77,19 @@ impl Direct {
         }
     }
 
-    /// Whether the config now serving lets requests take the direct path: not while any
-    /// route caches, since the cache lives in Pingora's proxy.
-    pub fn open(&self) -> bool {
-        !self.portico.state.caches()
+    /// Serve one request on `session` (its head not yet parsed), or hand it to Pingora's
+    /// proxy when its route caches.
+    pub async fn serve(&self, session: Session, shutting_down: bool) -> Handled {
+        self.serve_or_hand_over(session, shutting_down)
+            .await
+            .unwrap_or(Handled::Served(None))
     }
 
-    /// Serve one request on `session` (its head not yet parsed). Returns the client
-    /// connection when it may carry another request.
-    pub async fn serve(
+    async fn serve_or_hand_over(
         &self,
         mut session: Session,
         shutting_down: bool,
-    ) -> Option<ReusedHttpStream> {
+    ) -> Option<Handled> {
         match session.downstream_session.read_request().await {
             Ok(true) => {}
             Ok(false) => return None,
@@ -98,6 +108,16 @@ impl Direct {
         if shutting_down {
             session.set_keepalive(None);
         }
+        // The cache lives in Pingora's proxy. The flag spares configs without a caching
+        // route the second route lookup.
+        if self.portico.state.caches() && self.portico.route_caches(&session) {
+            return unread(session).map(|again| Handled::ToProxy(Box::new(again)));
+        }
+        Some(Handled::Served(self.proxy(session).await))
+    }
+
+    /// Everything after the request head: `request_filter`, the attempts, the answer.
+    async fn proxy(&self, mut session: Session) -> Option<ReusedHttpStream> {
         let mut ctx = self.portico.new_ctx();
         match self.portico.request_filter(&mut session, &mut ctx).await {
             Ok(true) => return self.finish(session, &mut ctx, true, None).await,
@@ -263,6 +283,24 @@ impl Direct {
             error: None,
         }
     }
+}
+
+/// A new session on the same connection whose parser starts again at the request `session`
+/// has read. Nothing follows that request in the buffer: `head::takes` let through only a
+/// head with no body and no bytes after it.
+fn unread(session: Session) -> Option<ServerSession> {
+    let downstream = *session.downstream_session;
+    let keepalive = downstream.get_keepalive();
+    let reuses = downstream.get_keepalive_reuses_remaining();
+    let ServerSession::H1(read) = downstream else {
+        return None;
+    };
+    let head = BytesMut::from(&read.get_headers_raw_bytes()[..]);
+    let mut again = ServerSession::new_http1(read.into_inner());
+    again.set_keepalive(keepalive);
+    again.set_keepalive_reuses_remaining(reuses);
+    again.set_pipelined_prefix(head);
+    Some(again)
 }
 
 /// The upstream's final answer head and whether it ends the response. Interim answers (100,

@@ -28,7 +28,7 @@ use crate::metrics::method_label;
 use crate::problem;
 use crate::router::{path::normalize_path, RouteMatch};
 use crate::snapshot::strip_segments;
-use crate::snapshot::Route;
+use crate::snapshot::{Route, Snapshot};
 use crate::state::GatewayState;
 use crate::upstream::breaker::Outcome;
 use crate::upstream::{HashKey, UpstreamPool};
@@ -40,6 +40,8 @@ pub use ctx::RequestCtx;
 pub type Ctx = Box<RequestCtx>;
 use forwarding::*;
 
+/// Cloned for the direct path, so both paths share one state and one cache lock.
+#[derive(Clone)]
 pub struct Portico {
     pub state: Arc<GatewayState>,
     cache_lock: &'static CacheKeyLockImpl,
@@ -50,6 +52,20 @@ impl Portico {
         Portico {
             state,
             cache_lock: cache::new_lock(),
+        }
+    }
+
+    /// Whether the request in `session` goes to a route that caches (which only Pingora's
+    /// proxy can serve). A path that fails hygiene, or matches no route, does not.
+    pub fn route_caches(&self, session: &Session) -> bool {
+        let snapshot = self.state.current();
+        let req = session.req_header();
+        let Ok(path) = normalize_path(req.uri.path()) else {
+            return false;
+        };
+        match match_route(&snapshot, req, &path) {
+            RouteMatch::Found(route) => route.cache.is_some(),
+            _ => false,
         }
     }
 
@@ -278,6 +294,22 @@ fn gateway_request_headers(
     Ok(())
 }
 
+/// The route `req` takes, matched on `path` (its path after hygiene).
+fn match_route<'s>(
+    snapshot: &'s Snapshot,
+    req: &RequestHeader,
+    path: &str,
+) -> RouteMatch<'s, Arc<Route>> {
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host());
+    snapshot
+        .routes
+        .match_request(host, &req.method, path, &req.headers)
+}
+
 fn header_value(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(text).ok()
 }
@@ -349,16 +381,8 @@ impl ProxyHttp for Portico {
                 .await;
         }
 
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host());
         let routed_path = normalized.as_deref().unwrap_or_else(|| req.uri.path());
-        let matched = snapshot
-            .routes
-            .match_request(host, &req.method, routed_path, &req.headers);
-        let route = match matched {
+        let route = match match_route(&snapshot, req, routed_path) {
             RouteMatch::Found(route) => Arc::clone(route),
             RouteMatch::NotFound => {
                 ctx.snapshot = Some(snapshot);

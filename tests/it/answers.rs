@@ -1,7 +1,8 @@
 //! Upstream answers of every shape reach a keep-alive client intact: a body that ends when the
 //! upstream closes, interim 1xx answers, HEAD and 204 without a body, a body in many pieces,
 //! and a 101 nobody asked for. A plain GET takes the gateway's direct path and a request with
-//! a body Pingora's proxy, so one client connection here goes through both, in turn.
+//! a body Pingora's proxy, so one client connection here goes through both, in turn. So does
+//! a GET to a route that caches: the direct path hands it, unread, to Pingora's proxy.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,6 +32,7 @@ async fn serve(mut stream: TcpStream) {
             "/interim" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
             "/empty" => b"HTTP/1.1 204 No Content\r\n\r\n",
             "/switch" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: Upgrade\r\n\r\n",
+            "/cached" => b"HTTP/1.1 200 OK\r\nCache-Control: max-age=300\r\nContent-Length: 6\r\n\r\ncached",
             "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n0\r\n\r\n",
             _ if method == "HEAD" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain",
@@ -220,4 +222,37 @@ async fn a_switch_of_protocols_nobody_asked_for_is_a_502() {
         Some("application/problem+json")
     );
     assert!(body.contains("upstream"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caching_route_and_a_plain_one_share_a_keep_alive_connection() {
+    let upstream = scripted_upstream().await;
+    let gw = Gateway::start(&format!(
+        "[cache]\nmax_size = \"1MiB\"\n\n[plugins.cache]\nkind = \"cache\"\nttl = \"60s\"\n\n\
+         {}\n[[routes]]\nname = \"cached\"\npath = \"/cached\"\nupstream = \"app\"\nplugins = [\"cache\"]\n",
+        one_route("app", upstream, "", "/")
+    ))
+    .await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let mut ask = async |path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        client.write_all(request.as_bytes()).await.unwrap();
+        read_answer(&mut client, &mut buf, false).await
+    };
+    for (path, x_cache, expected) in [
+        ("/cached", Some("MISS"), "cached"),
+        ("/plain", None, "plain"),
+        ("/cached", Some("HIT"), "cached"),
+        ("/plain", None, "plain"),
+    ] {
+        let (head, body) = ask(path).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert_eq!(
+            header_of(&head, "x-cache").as_deref(),
+            x_cache,
+            "{path}: {head}"
+        );
+        assert_eq!(body, expected);
+    }
 }
