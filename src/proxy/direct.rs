@@ -79,20 +79,10 @@ impl Direct {
 
     /// Serve one request on `session` (its head not yet parsed), or hand it to Pingora's
     /// proxy when its route caches.
-    pub async fn serve(&self, session: Session, shutting_down: bool) -> Handled {
-        self.serve_or_hand_over(session, shutting_down)
-            .await
-            .unwrap_or(Handled::Served(None))
-    }
-
-    async fn serve_or_hand_over(
-        &self,
-        mut session: Session,
-        shutting_down: bool,
-    ) -> Option<Handled> {
+    pub async fn serve(&self, mut session: Session, shutting_down: bool) -> Handled {
         match session.downstream_session.read_request().await {
             Ok(true) => {}
-            Ok(false) => return None,
+            Ok(false) => return Handled::Served(None),
             Err(mut e) => {
                 // As Pingora's proxy: a malformed head gets a 400, a broken connection nothing.
                 e.as_down();
@@ -102,7 +92,7 @@ impl Direct {
                     }
                 }
                 session.downstream_session.shutdown().await;
-                return None;
+                return Handled::Served(None);
             }
         }
         if shutting_down {
@@ -111,9 +101,12 @@ impl Direct {
         // The cache lives in Pingora's proxy. The flag spares configs without a caching
         // route the second route lookup.
         if self.portico.state.caches() && self.portico.route_caches(&session) {
-            return unread(session).map(|again| Handled::ToProxy(Box::new(again)));
+            return match unread(session) {
+                Some(again) => Handled::ToProxy(Box::new(again)),
+                None => Handled::Served(None),
+            };
         }
-        Some(Handled::Served(self.proxy(session).await))
+        Handled::Served(self.proxy(session).await)
     }
 
     /// Everything after the request head: `request_filter`, the attempts, the answer.
@@ -154,8 +147,6 @@ impl Direct {
                 answer.error_code,
                 self.portico.request_summary(&session, &ctx)
             );
-            // Portico never reuses a client connection after a failure.
-            client_reusable = false;
         }
         self.finish(session, &mut ctx, client_reusable, error).await
     }
@@ -309,8 +300,7 @@ fn unread(session: Session) -> Option<ServerSession> {
 async fn read_final_head(upstream: &mut UpstreamH1) -> Result<(Box<ResponseHeader>, bool)> {
     loop {
         match upstream.read_response_task().await? {
-            HttpTask::Header(head, end) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
-                drop((head, end));
+            HttpTask::Header(head, _) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
                 return Error::e_explain(
                     ErrorType::InvalidHTTPHeader,
                     "101 Switching Protocols to a request without an upgrade",
