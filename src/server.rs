@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pingora_core::connectors::{http::Connector, ConnectorOptions};
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -84,10 +83,7 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     // `connection.rs`), the direct path's upstream pool set up as Pingora's proxy sets up its.
     let portico = Portico::new(Arc::clone(&state));
     let http_proxy = pingora_proxy::http_proxy(&server.configuration, portico.clone());
-    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
-        &server.configuration,
-    )));
-    let direct = Direct::new(portico, connector, server.configuration.max_retries);
+    let direct = Direct::new(portico, &server.configuration);
     let mut proxy = Service::new(
         "portico proxy".to_string(),
         Connections::new(http_proxy, direct),

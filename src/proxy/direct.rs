@@ -1,5 +1,5 @@
 //! The direct path: a plain request without a body, on a route that does not cache, forwarded
-//! by Portico itself over Pingora's HTTP/1 sessions and upstream connection pool.
+//! by Portico itself over Pingora's HTTP/1 sessions and its own upstream keep-alive pool.
 //!
 //! Pingora's proxy runs every request through machinery built for the general case: two
 //! futures joined over a pair of task channels (so a body can stream both ways at once), the
@@ -18,21 +18,25 @@
 //! over unread once its route is known.
 
 pub mod head;
+pub mod pool;
+
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Version};
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
-use pingora_core::connectors::http::Connector;
-use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamH1;
 use pingora_core::protocols::http::{HttpTask, ServerSession};
+use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{ProxyHttp, Session};
 
 use super::{Ctx, Portico};
+use pool::IdlePool;
 
 /// What became of a request given to the direct path.
 pub enum Handled {
@@ -62,18 +66,24 @@ impl Attempt {
 
 pub struct Direct {
     portico: Portico,
-    /// The direct path's own upstream pool; Pingora's proxy keeps its connector private.
-    connector: Connector,
+    /// Makes new upstream connections, as Pingora's proxy makes its.
+    transport: TransportConnector,
+    /// The direct path's own idle upstream connections (see `pool`).
+    idle: Arc<IdlePool>,
     /// Pingora's `max_retries`: attempts per request, whatever the route allows.
     max_attempts: usize,
 }
 
 impl Direct {
-    pub fn new(portico: Portico, connector: Connector, max_attempts: usize) -> Self {
+    /// Set up from the server's configuration as Pingora's proxy sets up its connector: the
+    /// same connect options, the same pool size, the same retry limit.
+    pub fn new(portico: Portico, conf: &ServerConf) -> Self {
+        let options = ConnectorOptions::from_server_conf(conf);
         Direct {
             portico,
-            connector,
-            max_attempts,
+            idle: IdlePool::new(options.keepalive_pool_size),
+            transport: TransportConnector::new(Some(options)),
+            max_attempts: conf.max_retries,
         }
     }
 
@@ -181,25 +191,25 @@ impl Direct {
             Ok(peer) => peer,
             Err(e) => return Attempt::failed(false, e),
         };
-        let (upstream, pooled) = match self.connector.get_http_session(&*peer).await {
-            Ok(got) => got,
-            Err(mut e) => {
-                e.as_up();
-                let e = self.portico.fail_to_connect(session, &peer, ctx, e);
-                return Attempt::failed(false, e.into_up());
-            }
+        let address = &peer._address;
+        let (stream, pooled) = match self.idle.take(address) {
+            Some(stream) => (stream, true),
+            None => match self.transport.new_stream(&*peer).await {
+                Ok(stream) => (stream, false),
+                Err(mut e) => {
+                    e.as_up();
+                    let e = self.portico.fail_to_connect(session, &peer, ctx, e);
+                    return Attempt::failed(false, e.into_up());
+                }
+            },
         };
-        // Portico's peers offer no ALPN, so its pool only ever holds HTTP/1 connections.
-        let UpstreamSession::H1(mut upstream) = upstream else {
-            let e = Error::explain(ErrorType::InternalError, "an upstream session not HTTP/1");
-            return Attempt::failed(false, e);
-        };
+        let mut upstream = UpstreamH1::new_with_options(stream, &*peer);
         let mut attempt = self.forward(session, &mut upstream, &peer, ctx).await;
         if attempt.upstream_reusable {
-            let upstream = UpstreamSession::H1(upstream);
-            self.connector
-                .release_http_session(upstream, &*peer, peer.idle_timeout())
-                .await;
+            upstream.respect_keepalive();
+            if let Some(stream) = upstream.reuse().await {
+                self.idle.put(address, stream, peer.idle_timeout());
+            }
         }
         attempt.error = attempt.error.map(|e| {
             self.portico

@@ -51,6 +51,8 @@ pub struct FaultyUpstream {
     accepts: Arc<AtomicUsize>,
     /// Requests whose head (and body) were read.
     requests: Arc<AtomicUsize>,
+    /// Connections the gateway closed while they waited for a request.
+    hangups: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -61,16 +63,16 @@ impl FaultyUpstream {
         let mode = Arc::new(AtomicU8::new(fault as u8));
         let accepts = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (m, a, r, name) = (
-            Arc::clone(&mode),
-            Arc::clone(&accepts),
-            Arc::clone(&requests),
-            name.to_string(),
-        );
+        let hangups = Arc::new(AtomicUsize::new(0));
+        let counts = Counts {
+            requests: Arc::clone(&requests),
+            hangups: Arc::clone(&hangups),
+        };
+        let (m, a, name) = (Arc::clone(&mode), Arc::clone(&accepts), name.to_string());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 a.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, Arc::clone(&m), Arc::clone(&r), name.clone()));
+                tokio::spawn(serve(stream, Arc::clone(&m), counts.clone(), name.clone()));
             }
         });
         FaultyUpstream {
@@ -78,6 +80,7 @@ impl FaultyUpstream {
             mode,
             accepts,
             requests,
+            hangups,
             task,
         }
     }
@@ -93,6 +96,17 @@ impl FaultyUpstream {
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+
+    pub fn hangups(&self) -> usize {
+        self.hangups.load(Ordering::SeqCst)
+    }
+}
+
+/// What a connection's task counts.
+#[derive(Clone)]
+struct Counts {
+    requests: Arc<AtomicUsize>,
+    hangups: Arc<AtomicUsize>,
 }
 
 impl Drop for FaultyUpstream {
@@ -138,18 +152,17 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
-async fn serve(
-    mut stream: TcpStream,
-    mode: Arc<AtomicU8>,
-    requests: Arc<AtomicUsize>,
-    name: String,
-) {
+async fn serve(mut stream: TcpStream, mode: Arc<AtomicU8>, counts: Counts, name: String) {
     if Fault::from_u8(mode.load(Ordering::SeqCst)) == Fault::ResetOnAccept {
         return reset(stream);
     }
     let mut buf = Vec::new();
-    while read_request(&mut stream, &mut buf).await.is_some() {
-        requests.fetch_add(1, Ordering::SeqCst);
+    loop {
+        if read_request(&mut stream, &mut buf).await.is_none() {
+            counts.hangups.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        counts.requests.fetch_add(1, Ordering::SeqCst);
         let ok = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-upstream: {name}\r\n\r\nok");
         match Fault::from_u8(mode.load(Ordering::SeqCst)) {
             Fault::Healthy => {

@@ -21,3 +21,4 @@ mod rate_limit;
 mod reload;
 mod resilience;
 mod routing;
+mod upstream_pool;
