@@ -116,16 +116,29 @@ impl IdlePool {
         self.lock().count
     }
 
-    /// Close the connections that expired or that their upstream closed.
+    /// Close the connections that expired or that their upstream closed: taken out under the
+    /// lock, closed after it, so requests taking and parking connections never wait on a close.
     fn sweep_once(&self) {
         let now = Instant::now();
-        let mut idle = self.lock();
-        let Idle { by_address, count } = &mut *idle;
-        by_address.retain(|_, stack| {
-            stack.retain_mut(|parked| !parked.expired(now) && quiet(&mut parked.stream));
-            !stack.is_empty()
-        });
-        *count = by_address.values().map(Vec::len).sum();
+        let mut closing = Vec::new();
+        {
+            let mut idle = self.lock();
+            let Idle { by_address, count } = &mut *idle;
+            for stack in by_address.values_mut() {
+                let mut kept = Vec::with_capacity(stack.len());
+                for mut parked in stack.drain(..) {
+                    if !parked.expired(now) && quiet(&mut parked.stream) {
+                        kept.push(parked);
+                    } else {
+                        closing.push(parked);
+                    }
+                }
+                *stack = kept;
+            }
+            by_address.retain(|_, stack| !stack.is_empty());
+            *count = by_address.values().map(Vec::len).sum();
+        }
+        drop(closing);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
