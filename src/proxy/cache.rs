@@ -55,18 +55,14 @@ pub fn enable(
     session.cache.set_max_file_size_bytes(max_object_size);
 }
 
-/// The key: the URL as routed (normalized path) and the route's `key_headers`, tagged with
+/// The key: the URL as routed (`proxy::target`) and the route's `key_headers`, tagged with
 /// the route's name so a purge can find the route's entries.
 pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
     let (Some(route), Some(policy)) = (ctx.route.as_ref(), policy(ctx)) else {
         return Error::e_explain(ErrorType::InternalError, "cache key without a cached route");
     };
     let req = session.req_header();
-    let path = ctx
-        .normalized_path
-        .as_deref()
-        .unwrap_or_else(|| req.uri.path());
-    Ok(RequestIdentity::of(req, path).cache_key(&route.name, &policy.key_headers, req))
+    Ok(RequestIdentity::of(req, req.uri.path()).cache_key(&route.name, &policy.key_headers, req))
 }
 
 /// A request with credentials may only be answered from a stored response that its origin

@@ -27,8 +27,6 @@ pub struct RequestCtx {
     /// A valid W3C traceparent once `request_filter` has run (the client's, checked, or a new
     /// one); empty before. The access log takes its trace id from it without checking again.
     pub traceparent: HeaderValue,
-    /// The normalized path, when it differs from what the client sent.
-    pub normalized_path: Option<String>,
     pub plugin_cx: Option<PluginCtx>,
     /// The target the current attempt went to; counts as in flight while held.
     pub in_flight: Option<InFlight>,
@@ -91,7 +89,6 @@ impl RequestCtx {
             client_ip: None,
             peer_trusted: false,
             traceparent: HeaderValue::from_static(""),
-            normalized_path: None,
             plugin_cx: None,
             in_flight: None,
             last_target: None,

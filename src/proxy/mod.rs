@@ -6,6 +6,7 @@ pub mod ctx;
 pub mod direct;
 pub mod failure;
 pub mod forwarding;
+pub mod target;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,7 +27,7 @@ use crate::access_log::AccessRecord;
 use crate::compose::{self, Answer, Composition};
 use crate::metrics::method_label;
 use crate::problem;
-use crate::router::{path::normalize_path, RouteMatch};
+use crate::router::RouteMatch;
 use crate::snapshot::strip_segments;
 use crate::snapshot::{Route, Snapshot};
 use crate::state::GatewayState;
@@ -56,14 +57,17 @@ impl Portico {
     }
 
     /// Whether the request in `session` goes to a route that caches (which only Pingora's
-    /// proxy can serve). A path that fails hygiene, or matches no route, does not.
+    /// proxy can serve). A target that fails its checks, or matches no route, does not.
     pub fn route_caches(&self, session: &Session) -> bool {
         let snapshot = self.state.current();
         let req = session.req_header();
-        let Ok(path) = normalize_path(req.uri.path()) else {
-            return false;
+        let routed = match target::check(req) {
+            Ok(None) => None,
+            Ok(Some(uri)) => Some(uri),
+            Err(_) => return false,
         };
-        match match_route(&snapshot, req, &path) {
+        let path = routed.as_ref().unwrap_or(&req.uri).path();
+        match match_route(&snapshot, req, path) {
             RouteMatch::Found(route) => route.cache.is_some(),
             _ => false,
         }
@@ -99,11 +103,8 @@ impl Portico {
         composition: &Composition,
         cx: &mut PluginCtx,
     ) -> Result<bool> {
-        let path = ctx
-            .normalized_path
-            .clone()
-            .unwrap_or_else(|| session.req_header().uri.path().to_string());
-        let captures = route.pattern.captures(&path).unwrap_or_default();
+        let path = session.req_header().uri.path();
+        let captures = route.pattern.captures(path).unwrap_or_default();
         let query = session.req_header().uri.query().unwrap_or("").to_string();
         let mut base = session.req_header().clone();
         edit_request_headers(&mut base, 5, |headers| {
@@ -223,12 +224,7 @@ impl Portico {
                 .map(|ip| ip.to_string())
                 .unwrap_or_default()
                 .into_bytes(),
-            HashKey::Path => ctx
-                .normalized_path
-                .as_deref()
-                .unwrap_or_else(|| req.uri.path())
-                .as_bytes()
-                .to_vec(),
+            HashKey::Path => req.uri.path().as_bytes().to_vec(),
             HashKey::Header(name) => req
                 .headers
                 .get(name)
@@ -294,7 +290,7 @@ fn gateway_request_headers(
     Ok(())
 }
 
-/// The route `req` takes, matched on `path` (its path after hygiene).
+/// The route `req` takes, matched on `path` (its target after `target::check`).
 fn match_route<'s>(
     snapshot: &'s Snapshot,
     req: &RequestHeader,
@@ -303,8 +299,7 @@ fn match_route<'s>(
     let host = req
         .headers
         .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host());
+        .and_then(|h| h.to_str().ok());
     snapshot
         .routes
         .match_request(host, &req.method, path, &req.headers)
@@ -351,19 +346,19 @@ impl ProxyHttp for Portico {
         let client_ip = client_ip(peer, &req.headers, trusted);
         ctx.client_ip = Some(client_ip);
 
-        let path = match normalize_path(req.uri.path()) {
-            Ok(path) => path,
+        // From here on the request header's URI is the one target that is routed, shown to
+        // plugins, cached under, logged and forwarded (see `target`).
+        match target::check(req) {
+            Ok(None) => {}
+            Ok(Some(uri)) => session.req_header_mut().set_uri(uri),
             Err(rejection) => {
                 ctx.snapshot = Some(snapshot);
                 return self
                     .reject(session, ctx, ErrorCode::BadRequest, rejection.detail(), &[])
                     .await;
             }
-        };
-        let normalized = match path {
-            std::borrow::Cow::Owned(p) => Some(p),
-            std::borrow::Cow::Borrowed(_) => None,
-        };
+        }
+        let req = session.req_header();
 
         let declared_length = req
             .headers
@@ -381,8 +376,7 @@ impl ProxyHttp for Portico {
                 .await;
         }
 
-        let routed_path = normalized.as_deref().unwrap_or_else(|| req.uri.path());
-        let route = match match_route(&snapshot, req, routed_path) {
+        let route = match match_route(&snapshot, req, req.uri.path()) {
             RouteMatch::Found(route) => Arc::clone(route),
             RouteMatch::NotFound => {
                 ctx.snapshot = Some(snapshot);
@@ -413,7 +407,6 @@ impl ProxyHttp for Portico {
                     .await;
             }
         };
-        ctx.normalized_path = normalized;
         ctx.snapshot = Some(snapshot);
         ctx.retries_left = route
             .upstream
@@ -639,13 +632,11 @@ impl ProxyHttp for Portico {
         let Some(route) = ctx.route.clone() else {
             return Ok(());
         };
-        if ctx.normalized_path.is_some() || route.strip_segments > 0 {
-            let path = ctx
-                .normalized_path
-                .as_deref()
-                .unwrap_or_else(|| upstream.uri.path());
-            let path = strip_segments(path, route.strip_segments);
-            let uri = match upstream.uri.query() {
+        // The target goes upstream as it was routed, never as the client's raw bytes.
+        let routed = &session.req_header().uri;
+        if route.strip_segments > 0 {
+            let path = strip_segments(routed.path(), route.strip_segments);
+            let uri = match routed.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path.to_string(),
             };
@@ -653,6 +644,8 @@ impl ProxyHttp for Portico {
                 Error::because(ErrorType::InternalError, "rewriting the upstream path", e)
             })?;
             upstream.set_uri(uri);
+        } else {
+            upstream.set_uri(routed.clone());
         }
 
         // Room for the five headers the gateway sets, and a few for the route's plugins.
@@ -859,10 +852,7 @@ impl ProxyHttp for Portico {
                 request_id: std::mem::replace(&mut ctx.request_id, HeaderValue::from_static("")),
                 client_ip: ctx.client_ip,
                 method,
-                path: ctx
-                    .normalized_path
-                    .take()
-                    .unwrap_or_else(|| session.req_header().uri.path().to_string()),
+                path: session.req_header().uri.path().to_string(),
                 status,
                 route: route_name,
                 upstream,

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod http;
 pub mod redis;
 pub mod upstream;
+pub mod wire;
 
 pub use gateway::Gateway;
 pub use http::raw_request;
