@@ -26,9 +26,14 @@ build: deps ## release build of the gateway and the demo/benchmark backend
 test: deps ## install missing system packages, build the workspace, run all tests
 	$(CARGO) build --workspace
 	@# Every test binary's "test result:" line stays on screen; the totals line sums them up.
+	@# The integration suite runs twice: on Portico's own driver (the default), then with
+	@# every request through Pingora's proxy (server.fast_path = false).
 	@log="$$(mktemp)"; set -o pipefail; \
 	echo '$(strip $(CARGO) test --workspace $(TEST_ARGS))'; \
 	$(CARGO) test --workspace $(TEST_ARGS) 2>&1 | tee "$$log"; status=$$?; \
+	echo '$(strip PORTICO_TEST_DRIVER=pingora $(CARGO) test -p portico --test it $(TEST_ARGS))'; \
+	PORTICO_TEST_DRIVER=pingora $(CARGO) test -p portico --test it $(TEST_ARGS) 2>&1 | tee -a "$$log" \
+	    || status=$$?; \
 	awk '/^test result: / { p += $$4; f += $$6; s += $$8 } \
 	     END { printf "\ntotal: %d passed, %d failed, %d skipped\n", p, f, s }' "$$log"; \
 	rm -f "$$log"; exit $$status

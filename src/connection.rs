@@ -87,7 +87,7 @@ where
             // Closed by the client, a read error, idle for too long, or the service shutting
             // down: as in Pingora's loop, the connection just ends.
             let first = next_request(&mut stream, &mut shutdown_watch, idle.as_mut()).await?;
-            let direct = head::takes(&first);
+            let direct = head::takes(&first) && self.direct.enabled();
             let settle = |session: &mut ServerSession, carried: Option<HttpPersistentSettings>| {
                 match carried {
                     Some(settings) => settings.apply_to_session(session),

@@ -38,6 +38,8 @@ pub struct ServerSettings {
     pub access_log: AccessLogTarget,
     pub upgrade_sock: String,
     pub pid_file: String,
+    /// Whether plain requests take Portico's own driver (`proxy::direct`).
+    pub fast_path: bool,
 }
 
 /// A compiled `[[routes]]` entry.
@@ -432,6 +434,7 @@ fn compile_server(s: &config::ServerSection, problems: &mut Problems) -> ServerS
         access_log,
         upgrade_sock: s.upgrade_sock.clone(),
         pid_file: s.pid_file.clone(),
+        fast_path: s.fast_path,
     }
 }
 

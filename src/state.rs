@@ -86,6 +86,11 @@ impl GatewayState {
         self.snapshot.load().caches
     }
 
+    /// Whether plain requests may take Portico's own driver (`server.fast_path`).
+    pub fn fast_path(&self) -> bool {
+        self.snapshot.load().server.fast_path
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
     }

@@ -36,6 +36,14 @@ pub struct ServerSection {
     /// Written when running with `-d`.
     #[serde(default = "default_pid_file")]
     pub pid_file: String,
+    /// `false` sends every request through Pingora's proxy instead of Portico's own HTTP/1
+    /// driver: a troubleshooting switch.
+    #[serde(default = "default_true")]
+    pub fast_path: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_upgrade_sock() -> String {
@@ -69,6 +77,7 @@ impl Default for ServerSection {
             access_log: default_access_log(),
             upgrade_sock: default_upgrade_sock(),
             pid_file: default_pid_file(),
+            fast_path: true,
         }
     }
 }

@@ -87,6 +87,11 @@ impl Direct {
         }
     }
 
+    /// Whether the config now serving lets plain requests come here (`server.fast_path`).
+    pub fn enabled(&self) -> bool {
+        self.portico.state.fast_path()
+    }
+
     /// Serve one request on `session` (its head not yet parsed), or hand it to Pingora's
     /// proxy when its route caches.
     pub async fn serve(&self, mut session: Session, shutting_down: bool) -> Handled {

@@ -322,3 +322,16 @@ mod edit_tests {
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.1");
     }
 }
+
+/// Whether `req` asks to switch protocols (`Upgrade`, named in `Connection`). Only then may
+/// an upstream's 101 reach the client; any other 101 is the upstream's error.
+pub fn asks_upgrade(req: &pingora_http::RequestHeader) -> bool {
+    req.headers.contains_key(http::header::UPGRADE)
+        && req
+            .headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}

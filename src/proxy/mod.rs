@@ -326,6 +326,9 @@ impl ProxyHttp for Portico {
     /// the route's plugins. `Ok(true)` means an answer was already sent.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snapshot = self.state.current();
+        // Interim answers the client did not ask for (anything but a 100 to its own
+        // `Expect: 100-continue`) are not passed on.
+        session.downstream_session.set_ignore_info_resp(true);
         let req = session.req_header();
 
         ctx.request_id = match req.headers.get(X_REQUEST_ID) {
@@ -685,6 +688,28 @@ impl ProxyHttp for Portico {
             return Err(e);
         }
         Ok(None)
+    }
+
+    /// An upstream that switches protocols on a request that did not ask it to has broken
+    /// the exchange: the client gets a 502, not a connection in a protocol it never chose.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && !asks_upgrade(session.req_header())
+        {
+            let mut e = Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "101 Switching Protocols to a request without an upgrade",
+            );
+            e.esource = ErrorSource::Upstream;
+            e.set_retry(false);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Tell the client its request id, then the route's plugins in reverse order.

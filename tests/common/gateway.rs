@@ -325,8 +325,27 @@ async fn wait_for_exit(child: Option<Child>, timeout: Duration) -> ExitStatus {
     }
 }
 
+/// Which of the gateway's two request drivers the suite runs on: `PORTICO_TEST_DRIVER=pingora`
+/// sets `server.fast_path = false` in every config a test starts, so every request goes
+/// through Pingora's proxy; unset (or `fast`), plain requests take Portico's own driver.
+/// `make test` runs the integration suite once each way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Fast,
+    Pingora,
+}
+
+pub fn driver() -> Driver {
+    match std::env::var("PORTICO_TEST_DRIVER").as_deref() {
+        Ok("pingora") => Driver::Pingora,
+        Ok("fast") | Err(_) => Driver::Fast,
+        Ok(other) => panic!("PORTICO_TEST_DRIVER={other}: expected fast or pingora"),
+    }
+}
+
 /// `config` with the `[server]` and `[admin]` the kit fills in from the environment (free
-/// ports, a quiet access log), unless it has its own.
+/// ports, a quiet access log), unless it has its own; and `fast_path` set for the driver
+/// under test (`driver()`).
 pub fn with_defaults(config: &str) -> String {
     let mut text = String::new();
     if !config.contains("[server]") {
@@ -336,6 +355,9 @@ pub fn with_defaults(config: &str) -> String {
         text.push_str("[admin]\nlisten = \"${PORTICO_ADMIN}\"\n\n");
     }
     text.push_str(config);
+    if driver() == Driver::Pingora && !text.contains("fast_path") {
+        text = text.replacen("[server]\n", "[server]\nfast_path = false\n", 1);
+    }
     text
 }
 

@@ -85,7 +85,7 @@ async fn consistent_hash_keeps_a_key_on_one_target_and_spreads_keys() {
 async fn least_conn_avoids_the_busy_target() {
     let slow = |s: &crate::common::Seen| {
         if s.uri.starts_with("/slow") {
-            Reply::Delay(Duration::from_secs(2))
+            Reply::Delay(Duration::from_secs(5))
         } else {
             Reply::Status(200, "ok")
         }

@@ -227,14 +227,14 @@ async fn dash_d_runs_in_the_background_with_its_threads_alive() {
     let config = dir.path().join("portico.toml");
     std::fs::write(
         &config,
-        format!(
+        crate::common::gateway::with_defaults(&format!(
             "[server]\nlisten = [\"127.0.0.1:{listen}\"]\naccess_log = \"{}\"\npid_file = \"{}\"\nupgrade_sock = \"{}\"\n\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{}",
             log.display(),
             pid_file.display(),
             dir.path().join("upgrade.sock").display(),
             one_route("app", app.addr, "", "/")
-        ),
+        )),
     )
     .unwrap();
     let status = std::process::Command::new(crate::common::gateway::binary())
