@@ -149,6 +149,7 @@ impl AdminApi {
                             "circuit": pool.circuit(i).0.as_str(),
                             "consecutive_failures": pool.circuit(i).1,
                             "in_flight": t.in_flight.load(Ordering::Relaxed),
+                            "pool": pool_json(t.connections.stats()),
                         })
                     })
                     .collect();
@@ -299,10 +300,12 @@ impl ServeHttp for AdminApi {
             "/metrics" => {
                 self.update_circuit_gauges();
                 self.update_cache_gauges();
+                let snapshot = self.state.current();
+                let pools = crate::metrics::pool_families(snapshot.pools.values().map(|p| &**p));
                 response(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    self.state.metrics.render(),
+                    self.state.metrics.render(pools),
                 )
             }
             "/status" => json_response(StatusCode::OK, &self.status()),
@@ -310,4 +313,15 @@ impl ServeHttp for AdminApi {
             _ => self.reload(&path).await,
         }
     }
+}
+
+/// A target's `pool` in `/status` (SPEC.md).
+fn pool_json(stats: crate::upstream::pool::PoolStats) -> Value {
+    json!({
+        "idle": stats.idle,
+        "busy": stats.busy,
+        "opened": stats.opened,
+        "closed": stats.closed,
+        "connect_errors": stats.connect_errors,
+    })
 }

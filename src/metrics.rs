@@ -1,6 +1,7 @@
 //! Prometheus metrics (SPEC.md). Labels carry configured names only (route, upstream,
 //! target), never raw paths or client-controlled strings, so cardinality stays bounded.
 
+use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -148,13 +149,83 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    /// The Prometheus text exposition of every metric, with `extra` families computed at
+    /// scrape time.
+    pub fn render(&self, extra: Vec<MetricFamily>) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
+        let mut families = self.registry.gather();
+        families.extend(extra);
         // Encoding into a Vec cannot fail for well-formed metric families.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&families, &mut out);
         out
     }
+}
+
+/// The connection pools' metrics, read from every target of `pools` when scraped, so the
+/// request path only moves the pools' own counters: `portico_upstream_connections{state}`
+/// (idle, busy) and `portico_upstream_connections_opened_total`. A pool a reload replaced
+/// starts counting again, which Prometheus reads as a counter reset.
+pub fn pool_families<'a>(
+    pools: impl IntoIterator<Item = &'a crate::upstream::UpstreamPool>,
+) -> Vec<MetricFamily> {
+    let mut connections = family(
+        "portico_upstream_connections",
+        "Open connections to each upstream target, by state: idle (kept for reuse) or busy.",
+        MetricType::GAUGE,
+    );
+    let mut opened = family(
+        "portico_upstream_connections_opened_total",
+        "Connections opened to each upstream target.",
+        MetricType::COUNTER,
+    );
+    for pool in pools {
+        for target in &pool.targets {
+            let stats = target.connections.stats();
+            let labels = [("upstream", &*pool.name), ("target", &*target.label)];
+            for (state, n) in [("idle", stats.idle), ("busy", stats.busy)] {
+                let mut metric = sample(&labels, Some(("state", state)));
+                let mut gauge = prometheus::proto::Gauge::default();
+                gauge.set_value(n as f64);
+                metric.set_gauge(gauge);
+                connections.mut_metric().push(metric);
+            }
+            let mut metric = sample(&labels, None);
+            let mut counter = prometheus::proto::Counter::default();
+            counter.set_value(stats.opened as f64);
+            metric.set_counter(counter);
+            opened.mut_metric().push(metric);
+        }
+    }
+    [connections, opened]
+        .into_iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .collect()
+}
+
+fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    family
+}
+
+fn sample(labels: &[(&str, &str)], extra: Option<(&str, &str)>) -> prometheus::proto::Metric {
+    let mut metric = prometheus::proto::Metric::default();
+    let mut labels: Vec<(&str, &str)> = labels.iter().copied().chain(extra).collect();
+    // In name order, as the registry writes its own.
+    labels.sort_unstable();
+    let pairs = labels
+        .into_iter()
+        .map(|(name, value)| {
+            let mut pair = prometheus::proto::LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        })
+        .collect();
+    metric.set_label(pairs);
+    metric
 }
 
 /// A bounded label for the request method: unknown methods are one value, not many.

@@ -22,6 +22,7 @@ use crate::reload::{ConfigWatcher, SighupReload};
 use crate::snapshot::Snapshot;
 use crate::state::GatewayState;
 use crate::upstream::health::HealthChecks;
+use crate::upstream::sweep::PoolSweeper;
 
 /// How the process was asked to start (SPEC.md's command line, minus `-t`).
 pub struct StartOptions {
@@ -79,8 +80,8 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
         }
     }
 
-    // Pingora's proxy and the direct path inside Portico's own keep-alive loop (see
-    // `connection.rs`), the direct path's upstream pool set up as Pingora's proxy sets up its.
+    // Pingora's proxy and the fast driver inside Portico's own keep-alive loop (see
+    // `connection.rs`).
     let portico = Portico::new(Arc::clone(&state));
     let http_proxy = pingora_proxy::http_proxy(&server.configuration, portico.clone());
     let direct = Direct::new(portico, &server.configuration);
@@ -128,6 +129,12 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
+    server.add_service(background_service(
+        "upstream pool sweeper",
+        PoolSweeper {
+            state: Arc::clone(&state),
+        },
+    ));
     server.add_service(drain);
     server.add_service(sighup);
     server.add_service(background_service(

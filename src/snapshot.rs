@@ -134,6 +134,8 @@ pub fn compile(
     }
 
     let mut pools = BTreeMap::new();
+    // Upstreams with problems of their own: routes naming them are not told again.
+    let mut broken_upstreams = file.broken_upstreams.clone();
     for (name, spec) in &file.upstreams {
         let reused = previous
             .and_then(|p| p.pools.get(name))
@@ -147,6 +149,7 @@ pub fn compile(
                 pools.insert(name.clone(), Arc::new(pool));
             }
             Err(errors) => {
+                broken_upstreams.push(name.clone());
                 for (key, message) in errors {
                     let path = if key.is_empty() {
                         format!("upstreams.{name}")
@@ -199,7 +202,7 @@ pub fn compile(
             (Some(name), None) => match pools.get(name) {
                 Some(pool) => Some((Some(Arc::clone(pool)), None)),
                 None => {
-                    if !file.broken_upstreams.contains(name) {
+                    if !broken_upstreams.contains(name) {
                         problems.at(at("upstream"), format!("no upstream named \"{name}\""));
                     }
                     None

@@ -35,8 +35,9 @@ pub struct GatewayState {
     pub active_requests: Arc<AtomicUsize>,
     pub metrics: Metrics,
     pub access_log: AccessLog,
-    /// Pooled connections for composition sub-requests.
-    pub sub_connector: pingora_core::connectors::http::Connector,
+    /// Makes new upstream connections for the fast driver and composition calls (Pingora's
+    /// proxy has its own); the idle ones live in each target's pool.
+    pub transport: pingora_core::connectors::TransportConnector,
     /// The response cache's store: one for the process, its limit set by each config.
     pub cache: &'static CacheStore,
 }
@@ -70,7 +71,7 @@ impl GatewayState {
             active_requests: Arc::new(AtomicUsize::new(0)),
             metrics,
             access_log,
-            sub_connector: pingora_core::connectors::http::Connector::new(None),
+            transport: pingora_core::connectors::TransportConnector::new(None),
         })
     }
 

@@ -1,18 +1,24 @@
-//! Sub-requests of a composition, through the same upstream pools as proxied traffic: the
-//! same balancing, health checks, circuit breakers, retries (for these GETs, to another
-//! target), and every timeout bounded by the call's deadline. Connections are pooled.
+//! Sub-requests of a composition, through the upstream exchange like proxied traffic: the
+//! same balancing, health checks, circuit breakers, connection pool, retries (for these
+//! GETs, to another target), and every timeout bounded by the call's deadline.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::http::v1::client::HttpSession;
+use pingora_core::protocols::http::HttpTask;
+use pingora_core::protocols::Stream;
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
 use pingora_http::RequestHeader;
 use portico_plugins::ErrorCode;
+use prometheus::IntCounterVec;
 
-use crate::proxy::failure;
-use crate::upstream::breaker::Outcome;
+use crate::proxy::direct::read_final_head;
+use crate::proxy::failure::{self, GatewayError};
+use crate::upstream::exchange::{ConnectFailure, Exchange, Stage};
 use crate::upstream::UpstreamPool;
 
 /// Sub-responses larger than this are an error of their part.
@@ -38,101 +44,127 @@ impl PartError {
     }
 }
 
-/// One GET-like sub-request; `Ok` is a 2xx answer's body.
+/// What composition calls are sent with: new connections are made by `transport`; every
+/// attempt is counted in `requests` (`portico_upstream_requests_total`) by the exchange.
+pub struct Sender<'a> {
+    pub transport: &'a TransportConnector,
+    pub requests: &'a IntCounterVec,
+}
+
+/// One GET-like sub-request through the upstream exchange: the same target choice, pool,
+/// breakers, retries and timeouts as a proxied request. `Ok` is a 2xx answer's body.
 pub async fn send(
-    connector: &Connector,
+    sender: &Sender<'_>,
     pool: &Arc<UpstreamPool>,
     request: &RequestHeader,
     deadline: Instant,
-    record: &(dyn Fn(&UpstreamPool, usize, Outcome) + Sync),
 ) -> Result<Bytes, PartError> {
-    let attempts = 1 + pool.retry.map_or(0, |r| r.attempts);
-    let mut tried = Vec::new();
-    let mut last = PartError::gateway(ErrorCode::BadGateway);
-    pool.budget.record_request(Instant::now());
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            // A retry, like a proxied one: within the upstream's budget, after its backoff.
-            if !pool.budget.try_retry(Instant::now()) {
-                return Err(last);
-            }
-            let backoff = pool.retry.map_or(std::time::Duration::ZERO, |r| r.backoff);
-            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(PartError::gateway(ErrorCode::UpstreamTimeout));
-        }
+    let mut exchange = Exchange::new(Arc::clone(pool), Some(deadline), sender.requests);
+    loop {
         // Consistent hashing keys a sub-request by its path.
-        let chosen = pool
-            .select(request.uri.path().as_bytes(), &tried)
-            .map_err(|_| PartError::gateway(ErrorCode::UpstreamUnavailable))?;
-        tried.push(chosen.index);
-        let attempt = pool.start_request(chosen);
-        let index = attempt.index();
-        let mut peer = attempt.target().peer.clone();
-        for timeout in [
-            &mut peer.options.connection_timeout,
-            &mut peer.options.total_connection_timeout,
-            &mut peer.options.read_timeout,
-            &mut peer.options.write_timeout,
-        ] {
-            *timeout = Some(timeout.map_or(left, |t| t.min(left)));
-        }
-        let result = tokio::time::timeout(left, exchange(connector, &peer, request)).await;
-        let outcome = match &result {
-            Ok(Ok((status, _))) if *status >= 500 => Outcome::Status5xx,
-            Ok(Ok(_)) => Outcome::Success,
-            Ok(Err(e)) => failure::attempt_outcome(e).unwrap_or(Outcome::Reset),
-            Err(_) => Outcome::Timeout,
+        let peer = exchange
+            .next_attempt(request.uri.path().as_bytes())
+            .await
+            .map_err(|refused| PartError::gateway(GatewayError::from(refused).code))?;
+        let (stream, _reused) = match exchange.connection(sender.transport, &peer).await {
+            Ok(connection) => connection,
+            Err(ConnectFailure::Refused(refused)) => {
+                return Err(PartError::gateway(GatewayError::from(refused).code))
+            }
+            Err(ConnectFailure::Failed(e)) => {
+                if exchange.retry_after(&e, Stage::Connect, true) {
+                    continue;
+                }
+                return Err(part_error(&e));
+            }
         };
-        record(pool, index, outcome);
-        attempt.finish(outcome);
-        match result {
-            Ok(Ok((status, body))) if (200..300).contains(&status) => return Ok(body),
-            Ok(Ok((status, _))) => {
-                return Err(PartError {
-                    status: Some(status),
-                    code: "upstream_error",
-                })
-            }
-            Ok(Err(e)) if e.etype() == &ErrorType::Custom("too_large") => {
-                return Err(PartError::new("too_large"))
-            }
-            Ok(Err(e)) => {
-                last = match failure::classify(&e, None) {
-                    Some(code) => PartError::gateway(code),
-                    None => PartError::gateway(ErrorCode::BadGateway),
+        let left = exchange.time_left();
+        let sent = tokio::time::timeout(left, send_on(stream, &peer, request)).await;
+        let sent = sent.unwrap_or_else(|_| {
+            let mut e = Error::explain(ErrorType::ReadTimedout, "the call's deadline passed");
+            e.esource = pingora_error::ErrorSource::Upstream;
+            Err(e)
+        });
+        match sent {
+            Ok(answer) => {
+                exchange.answered(answer.status);
+                if let Some(stream) = answer.reusable {
+                    exchange.give_back(stream);
+                }
+                return match answer.status {
+                    200..=299 => Ok(answer.body),
+                    status => Err(PartError {
+                        status: Some(status),
+                        code: "upstream_error",
+                    }),
                 };
             }
-            Err(_) => return Err(PartError::gateway(ErrorCode::UpstreamTimeout)),
+            Err(e) if e.etype() == &ErrorType::Custom("too_large") => {
+                exchange.end(None, 200);
+                return Err(PartError::new("too_large"));
+            }
+            // Calls are GETs: safe to send again.
+            Err(e) => {
+                if exchange.retry_after(&e, Stage::Sent, true) {
+                    continue;
+                }
+                return Err(part_error(&e));
+            }
         }
     }
-    Err(last)
 }
 
-async fn exchange(
-    connector: &Connector,
-    peer: &pingora_core::upstreams::peer::HttpPeer,
+fn part_error(e: &Error) -> PartError {
+    PartError::gateway(failure::classify(e).unwrap_or(ErrorCode::BadGateway))
+}
+
+/// An answer to a sub-request, and its connection when it may carry another.
+struct SubAnswer {
+    status: u16,
+    body: Bytes,
+    reusable: Option<Stream>,
+}
+
+async fn send_on(
+    stream: Stream,
+    peer: &HttpPeer,
     request: &RequestHeader,
-) -> pingora_error::Result<(u16, Bytes)> {
-    let (mut session, _reused) = connector.get_http_session(peer).await?;
+) -> pingora_error::Result<SubAnswer> {
+    let mut session = HttpSession::new_with_options(stream, peer);
+    session.read_timeout = peer.options.read_timeout;
+    session.write_timeout = peer.options.write_timeout;
     session
         .write_request_header(Box::new(request.clone()))
-        .await?;
-    session.finish_request_body().await?;
-    session.read_response_header().await?;
-    let status = session.response_header().map_or(0, |r| r.status.as_u16());
+        .await
+        .map_err(|e| e.into_up())?;
+    session.finish_body().await.map_err(|e| e.into_up())?;
+    let (head, mut done) = read_final_head(&mut session)
+        .await
+        .map_err(|e| e.into_up())?;
+    let status = head.status.as_u16();
     let mut body = BytesMut::new();
-    while let Some(chunk) = session.read_response_body().await? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Error::e_explain(ErrorType::Custom("too_large"), "sub-response over 1 MiB");
+    while !done {
+        let (chunk, end) = match session
+            .read_response_task()
+            .await
+            .map_err(|e| e.into_up())?
+        {
+            HttpTask::Body(chunk, end) => (chunk, end),
+            HttpTask::Failed(e) => return Err(e.into_up()),
+            _ => (None, true),
+        };
+        if let Some(chunk) = chunk {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Error::e_explain(ErrorType::Custom("too_large"), "sub-response over 1 MiB");
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
+        done = end;
     }
-    connector
-        .release_http_session(session, peer, peer.options.idle_timeout)
-        .await;
-    Ok((status, body.freeze()))
+    session.respect_keepalive();
+    Ok(SubAnswer {
+        status,
+        body: body.freeze(),
+        reusable: session.reuse().await,
+    })
 }

@@ -17,15 +17,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use http::{HeaderName, Method};
-use pingora_core::connectors::http::Connector;
 use pingora_http::RequestHeader;
 use portico_plugins::{ErrorCode, Plugin, PluginCtx};
 use serde_json::{Map, Value};
 
 use crate::config::ComposeSpec;
-use crate::upstream::breaker::Outcome;
+use crate::proxy::forwarding::GATEWAY_HEADERS;
 use crate::upstream::UpstreamPool;
-use client::PartError;
+use client::{PartError, Sender};
 use template::{as_text, lookup, parse_path, Source, Step, Template};
 
 pub struct Call {
@@ -55,8 +54,15 @@ pub struct Inputs<'a> {
     pub cx: &'a PluginCtx,
 }
 
+/// What a composition came to: the merged answer, and every call that ran with whether it
+/// succeeded (for `portico_compose_calls_total`).
+pub struct Answer {
+    pub merged: Merged,
+    pub parts: Vec<(Arc<str>, bool)>,
+}
+
 /// The merged answer: the JSON body and the keys of the parts that failed.
-pub enum Answer {
+pub enum Merged {
     Complete(Value, Vec<String>),
     /// A required part failed: its key and why.
     RequiredFailed(String, PartError),
@@ -197,10 +203,9 @@ impl Composition {
     pub async fn run(
         &self,
         inputs: &Inputs<'_>,
-        connector: &Connector,
+        sender: &Sender<'_>,
         plugins: &[(Arc<str>, Arc<dyn Plugin>)],
         base: &RequestHeader,
-        record: &(dyn Fn(&str, &UpstreamPool, usize, Outcome, bool) + Sync),
     ) -> Answer {
         let deadline = Instant::now() + self.timeout;
         let mut results: Vec<Option<Result<Value, PartError>>> = vec![None; self.calls.len()];
@@ -218,10 +223,8 @@ impl Composition {
                 join_all(ready.iter().map(|&i| async move {
                     (
                         i,
-                        self.run_call(
-                            i, results, inputs, connector, plugins, base, deadline, record,
-                        )
-                        .await,
+                        self.run_call(i, results, inputs, sender, plugins, base, deadline)
+                            .await,
                     )
                 }))
                 .await
@@ -230,6 +233,22 @@ impl Composition {
                 results[i] = Some(result);
             }
         }
+        let parts = self
+            .calls
+            .iter()
+            .zip(&results)
+            .filter_map(|(call, result)| {
+                let result = result.as_ref()?;
+                Some((Arc::clone(&call.key), result.is_ok()))
+            })
+            .collect();
+        Answer {
+            merged: self.merge(results),
+            parts,
+        }
+    }
+
+    fn merge(&self, results: Vec<Option<Result<Value, PartError>>>) -> Merged {
         let mut body = Map::new();
         let mut errors = Map::new();
         let mut failed = Vec::new();
@@ -238,7 +257,7 @@ impl Composition {
                 Ok(value) => {
                     body.insert(call.key.to_string(), value);
                 }
-                Err(e) if call.required => return Answer::RequiredFailed(call.key.to_string(), e),
+                Err(e) if call.required => return Merged::RequiredFailed(call.key.to_string(), e),
                 Err(e) => {
                     body.insert(call.key.to_string(), Value::Null);
                     errors.insert(
@@ -252,7 +271,7 @@ impl Composition {
         if !errors.is_empty() {
             body.insert("_errors".into(), Value::Object(errors));
         }
-        Answer::Complete(Value::Object(body), failed)
+        Merged::Complete(Value::Object(body), failed)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -261,11 +280,10 @@ impl Composition {
         i: usize,
         results: &[Option<Result<Value, PartError>>],
         inputs: &Inputs<'_>,
-        connector: &Connector,
+        sender: &Sender<'_>,
         plugins: &[(Arc<str>, Arc<dyn Plugin>)],
         base: &RequestHeader,
         deadline: Instant,
-        record: &(dyn Fn(&str, &UpstreamPool, usize, Outcome, bool) + Sync),
     ) -> Result<Value, PartError> {
         let call = &self.calls[i];
         for d in &call.deps {
@@ -316,12 +334,9 @@ impl Composition {
             }
             sent.push(request);
         }
-        let record_call = |pool: &UpstreamPool, target: usize, outcome: Outcome| {
-            record(&call.key, pool, target, outcome, false)
-        };
         let answers = join_all(
             sent.iter()
-                .map(|r| client::send(connector, &call.upstream, r, deadline, &record_call)),
+                .map(|r| client::send(sender, &call.upstream, r, deadline)),
         )
         .await;
         let mut values = Vec::new();
@@ -331,13 +346,6 @@ impl Composition {
                 serde_json::from_slice(&body).map_err(|_| PartError::new("not_json"))?;
             values.push(value);
         }
-        record(
-            &call.key,
-            &call.upstream,
-            usize::MAX,
-            Outcome::Success,
-            true,
-        );
         Ok(match call.for_each {
             Some(_) => Value::Array(values),
             None => values.pop().unwrap_or(Value::Null),
@@ -393,15 +401,8 @@ impl Composition {
         }
         let mut request = RequestHeader::build(call.method.clone(), uri.as_bytes(), None)
             .map_err(|_| PartError::new("bad_request"))?;
-        for name in [
-            "x-request-id",
-            "traceparent",
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "host",
-        ] {
-            if let Some(v) = base.headers.get(name) {
+        for name in GATEWAY_HEADERS.iter().cloned().chain([http::header::HOST]) {
+            if let Some(v) = base.headers.get(&name) {
                 let _ = request.insert_header(name, v.clone());
             }
         }

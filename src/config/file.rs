@@ -160,6 +160,12 @@ pub struct UpstreamSection {
     pub health_check: Option<HealthCheckSpec>,
     pub circuit_breaker: Option<CircuitBreakerSpec>,
     pub retry: Option<RetrySpec>,
+    /// Per target: open connections, busy and idle together.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Per target: idle keep-alive connections kept for reuse; by default 128, or
+    /// `max_connections` when that is lower.
+    pub max_idle: Option<u32>,
 }
 
 /// `circuit_breaker = { failures = 5, open_for = "30s", half_open_requests = 1 }`
@@ -237,6 +243,11 @@ fn default_read_timeout() -> ConfigDuration {
 fn default_idle_timeout() -> ConfigDuration {
     secs(60)
 }
+fn default_max_connections() -> u32 {
+    1024
+}
+/// `max_idle` when the config leaves it out: never more than `max_connections`.
+pub const DEFAULT_MAX_IDLE: u32 = 128;
 
 /// A target is `"host:port"` or `{ addr = "host:port", weight = 3 }`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

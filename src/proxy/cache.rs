@@ -27,7 +27,7 @@ pub fn new_lock() -> &'static CacheKeyLockImpl {
 
 /// The route's cache policy, if its route caches.
 pub fn policy(ctx: &RequestCtx) -> Option<&CachePolicy> {
-    ctx.route.as_ref()?.cache.as_deref()
+    ctx.route()?.cache.as_deref()
 }
 
 /// Turn the cache on for this request when its route caches and the method is GET or HEAD.
@@ -58,7 +58,7 @@ pub fn enable(
 /// The key: the URL as routed (`proxy::target`) and the route's `key_headers`, tagged with
 /// the route's name so a purge can find the route's entries.
 pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
-    let (Some(route), Some(policy)) = (ctx.route.as_ref(), policy(ctx)) else {
+    let (Some(route), Some(policy)) = (ctx.route(), policy(ctx)) else {
         return Error::e_explain(ErrorType::InternalError, "cache key without a cached route");
     };
     let req = session.req_header();

@@ -1,5 +1,5 @@
-//! The direct path: a plain request without a body, on a route that does not cache, forwarded
-//! by Portico itself over Pingora's HTTP/1 sessions and its own upstream keep-alive pool.
+//! The fast driver: a plain request without a body, on a route that does not cache, forwarded
+//! by Portico itself over Pingora's HTTP/1 sessions and the upstream exchange's pool.
 //!
 //! Pingora's proxy runs every request through machinery built for the general case: two
 //! futures joined over a pair of task channels (so a body can stream both ways at once), the
@@ -8,35 +8,29 @@
 //! Pingora proxy's CPU per request (loadtest/RESULTS.md). Here the same request goes straight
 //! through: send the head, read the answer's head, write it down, copy the body.
 //!
-//! It calls the same `ProxyHttp` hooks of [`Portico`] in the same order as Pingora's proxy
-//! (`request_filter`, `upstream_peer`, `fail_to_connect`, `upstream_request_filter`,
-//! `upstream_response_body_filter`, `response_filter`, `error_while_proxy`, `fail_to_proxy`,
-//! `logging`), with the same retry loop, so routing, plugins, retries, breakers, errors, logs
-//! and metrics are one code whichever path a request takes. Hooks Portico leaves at Pingora's
-//! defaults are not called. [`head::takes`] decides which requests come here; everything
-//! else goes through Pingora's proxy, and so does a request to a route that caches, handed
-//! over unread once its route is known.
+//! It runs the same phases as Pingora's proxy (`proxy::phases`), and its attempts go through
+//! the same exchange (`upstream::exchange`), so routing, plugins, retries, breakers, errors,
+//! logs and metrics are one code whichever driver serves a request. [`head::takes`] decides
+//! which requests come here; everything else goes through Pingora's proxy, and so does a
+//! request to a route that caches, handed over unread once its route is known.
 
 pub mod head;
-pub mod pool;
-
-use std::sync::Arc;
 
 use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Version};
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
-use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamH1;
 use pingora_core::protocols::http::{HttpTask, ServerSession};
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{ProxyHttp, Session};
 
+use super::failure::GatewayError;
 use super::{Ctx, Portico};
-use pool::IdlePool;
+use crate::upstream::exchange::{ConnectFailure, Stage};
 
 /// What became of a request given to the direct path.
 pub enum Handled {
@@ -66,24 +60,15 @@ impl Attempt {
 
 pub struct Direct {
     portico: Portico,
-    /// Makes new upstream connections, as Pingora's proxy makes its.
-    transport: TransportConnector,
-    /// The direct path's own idle upstream connections (see `pool`).
-    idle: Arc<IdlePool>,
-    /// Pingora's `max_retries`: attempts per request, whatever the route allows.
+    /// Pingora's `max_retries`: attempts per request at most, whatever the route allows.
     max_attempts: usize,
 }
 
 impl Direct {
-    /// Set up from the server's configuration as Pingora's proxy sets up its connector: the
-    /// same connect options, the same pool size, the same retry limit.
     pub fn new(portico: Portico, conf: &ServerConf) -> Self {
-        let options = ConnectorOptions::from_server_conf(conf);
         Direct {
             portico,
-            idle: IdlePool::new(options.keepalive_pool_size),
-            transport: TransportConnector::new(Some(options)),
-            max_attempts: conf.max_retries,
+            max_attempts: conf.max_retries.max(1),
         }
     }
 
@@ -124,17 +109,17 @@ impl Direct {
         Handled::Served(self.proxy(session).await)
     }
 
-    /// Everything after the request head: `request_filter`, the attempts, the answer.
+    /// Everything after the request head: the request phases, the attempts, the answer.
     async fn proxy(&self, mut session: Session) -> Option<ReusedHttpStream> {
         let mut ctx = self.portico.new_ctx();
-        match self.portico.request_filter(&mut session, &mut ctx).await {
+        match self.portico.request_phases(&mut session, &mut ctx).await {
             Ok(true) => return self.finish(session, &mut ctx, true, None).await,
             Ok(false) => {}
             Err(e) => {
-                let answer = self.portico.fail_to_proxy(&mut session, &e, &mut ctx).await;
+                let code = self.portico.answer_failure(&mut session, &e, &ctx).await;
                 log::error!(
                     "Fail to filter request: {e}, status: {}, {}",
-                    answer.error_code,
+                    code.map_or(0, |c| c.status()),
                     self.portico.request_summary(&session, &ctx)
                 );
                 return self.finish(session, &mut ctx, false, Some(e)).await;
@@ -156,17 +141,17 @@ impl Direct {
             }
         }
         if let Some(e) = error.as_deref() {
-            let answer = self.portico.fail_to_proxy(&mut session, e, &mut ctx).await;
+            let code = self.portico.answer_failure(&mut session, e, &ctx).await;
             log::error!(
                 "Fail to proxy: {e}, status: {}, {}",
-                answer.error_code,
+                code.map_or(0, |c| c.status()),
                 self.portico.request_summary(&session, &ctx)
             );
         }
         self.finish(session, &mut ctx, client_reusable, error).await
     }
 
-    /// Log the request, then hand back the client connection if it may be reused.
+    /// Record the request, then hand back the client connection if it may be reused.
     async fn finish(
         &self,
         mut session: Session,
@@ -174,9 +159,7 @@ impl Direct {
         reusable: bool,
         error: Option<Box<Error>>,
     ) -> Option<ReusedHttpStream> {
-        self.portico
-            .logging(&mut session, error.as_deref(), ctx)
-            .await;
+        self.portico.record_phase(&session, error.as_deref(), ctx);
         if let Some(e) = error {
             session.downstream_session.on_proxy_failure(e);
         }
@@ -189,42 +172,60 @@ impl Direct {
         Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
     }
 
-    /// One attempt: choose a target, get a connection to it, forward. Errors go through
-    /// `fail_to_connect` or `error_while_proxy`, which decide whether to retry.
+    /// One attempt: the exchange chooses a target and gives a connection to it, then the
+    /// request is forwarded. A failure goes back to the exchange, which decides a retry.
     async fn attempt(&self, session: &mut Session, ctx: &mut Ctx) -> Attempt {
-        let peer = match self.portico.upstream_peer(session, ctx).await {
+        let peer = match self.portico.choose_target(session, ctx).await {
             Ok(peer) => peer,
             Err(e) => return Attempt::failed(false, e),
         };
-        let address = &peer._address;
-        let (stream, pooled) = match self.idle.take(address) {
-            Some(stream) => (stream, true),
-            None => match self.transport.new_stream(&*peer).await {
-                Ok(stream) => (stream, false),
-                Err(mut e) => {
-                    e.as_up();
-                    let e = self.portico.fail_to_connect(session, &peer, ctx, e);
-                    return Attempt::failed(false, e.into_up());
-                }
-            },
+        let Some(exchange) = ctx.exchange() else {
+            let e = Error::explain(ErrorType::InternalError, "no upstream for this request");
+            return Attempt::failed(false, e);
+        };
+        let stream = match exchange
+            .connection(&self.portico.state.transport, &peer)
+            .await
+        {
+            Ok((stream, _reused)) => stream,
+            Err(ConnectFailure::Refused(refused)) => {
+                let why = "the target is at max_connections";
+                return Attempt::failed(false, GatewayError::from(refused).into_error(why));
+            }
+            Err(ConnectFailure::Failed(mut e)) => {
+                e.as_up();
+                let retry = exchange.retry_after(&e, Stage::Connect, true);
+                e.set_retry(retry);
+                return Attempt::failed(false, e);
+            }
         };
         let mut upstream = UpstreamH1::new_with_options(stream, &*peer);
         let mut attempt = self.forward(session, &mut upstream, &peer, ctx).await;
         if attempt.upstream_reusable {
             upstream.respect_keepalive();
             if let Some(stream) = upstream.reuse().await {
-                self.idle.put(address, stream, peer.idle_timeout());
+                if let Some(exchange) = ctx.exchange() {
+                    exchange.give_back(stream);
+                }
             }
         }
-        attempt.error = attempt.error.map(|e| {
-            self.portico
-                .error_while_proxy(&peer, session, e, ctx, pooled)
-        });
+        if let Some(e) = attempt.error.take() {
+            let mut e = e.more_context(format!("peer {}", peer._address));
+            // The direct path's requests have no body: any of them can be sent again while
+            // nothing of an answer reached the client.
+            let replayable =
+                session.response_written().is_none() && session.req_header().method.is_idempotent();
+            let retry = ctx
+                .exchange()
+                .is_some_and(|exchange| exchange.retry_after(&e, Stage::Sent, replayable));
+            e.set_retry(retry);
+            attempt.error = Some(e);
+        }
         attempt
     }
 
-    /// Send the request's head upstream, then copy the answer down: its head through
-    /// `response_filter`, its body chunk by chunk as it arrives.
+    /// Send the request's head upstream, then copy the answer down: its head through the
+    /// response phase, its body chunk by chunk as it arrives.
     async fn forward(
         &self,
         session: &mut Session,
@@ -240,7 +241,7 @@ impl Direct {
         req.remove_header(&CONNECTION);
         if let Err(e) = self
             .portico
-            .upstream_request_filter(session, &mut req, ctx)
+            .shape_upstream_request(session, &mut req, ctx)
             .await
         {
             return Attempt::failed(true, e);
@@ -256,26 +257,26 @@ impl Direct {
             Ok(head) => head,
             Err(e) => return Attempt::failed(false, e.into_up()),
         };
+        if let Err(e) = self.portico.check_upstream_head(session, &resp) {
+            return Attempt::failed(false, e);
+        }
         if let Err(e) = chunk_if_unframed(&mut resp, done, &session.req_header().method) {
             return Attempt::failed(false, e);
         }
-        if let Err(e) = self.portico.response_filter(session, &mut resp, ctx).await {
+        if let Err(e) = self.portico.response_phase(session, &mut resp, ctx).await {
             return Attempt::failed(false, e);
         }
         if let Err(e) = session.write_response_header(resp, done).await {
             return Attempt::failed(false, e.into_down());
         }
         while !done {
-            let (mut body, end) = match upstream.read_response_task().await {
+            let (body, end) = match upstream.read_response_task().await {
                 Ok(HttpTask::Body(body, end)) => (body, end),
                 Ok(HttpTask::Failed(e)) | Err(e) => return Attempt::failed(false, e.into_up()),
                 // Done, or trailers (which HTTP/1 proxying drops, as Pingora's proxy does).
                 Ok(_) => (None, true),
             };
-            if let Err(e) = self
-                .portico
-                .upstream_response_body_filter(session, &mut body, end, ctx)
-            {
+            if let Err(e) = self.portico.body_phase(&body, ctx) {
                 return Attempt::failed(false, e);
             }
             if let Err(e) = session.write_response_body(body, end).await {
@@ -310,16 +311,15 @@ fn unread(session: Session) -> Option<ServerSession> {
 }
 
 /// The upstream's final answer head and whether it ends the response. Interim answers (100,
-/// 103) are dropped, since the client asked for none; a 101 is an error, since the direct
-/// path never sends an upgrade.
-async fn read_final_head(upstream: &mut UpstreamH1) -> Result<(Box<ResponseHeader>, bool)> {
+/// 103) are dropped, since the client asked for none; a 101 is final, and the response phase
+/// decides whether it may pass.
+pub(crate) async fn read_final_head(
+    upstream: &mut UpstreamH1,
+) -> Result<(Box<ResponseHeader>, bool)> {
     loop {
         match upstream.read_response_task().await? {
-            HttpTask::Header(head, _) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
-                return Error::e_explain(
-                    ErrorType::InvalidHTTPHeader,
-                    "101 Switching Protocols to a request without an upgrade",
-                );
+            HttpTask::Header(head, end) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                return Ok((head, end))
             }
             HttpTask::Header(head, _) if head.status.is_informational() => continue,
             HttpTask::Header(head, end) => return Ok((head, end)),

@@ -1,15 +1,84 @@
-//! Turning what went wrong into the one error code the client sees: the single place where
-//! transport errors become problem+json codes.
+//! What went wrong, and the one error code the client sees for it. A decision the gateway
+//! makes itself (no target available, the deadline passed, a body too large) travels as the
+//! typed cause of the error it becomes ([`GatewayError`]); everything else is a transport
+//! error, mapped here. This is the single place where errors become problem+json codes.
+
+use std::time::Duration;
 
 use pingora_error::{Error, ErrorSource, ErrorType};
 use portico_plugins::ErrorCode;
 
-use crate::upstream::breaker::Outcome;
+use crate::upstream::exchange::Refused;
+
+/// A decision of the gateway's, carried as the cause of the Pingora error it travels in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayError {
+    pub code: ErrorCode,
+    /// For a 503: when a target may take traffic again.
+    pub retry_after: Option<Duration>,
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code.as_str())
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+impl GatewayError {
+    pub fn new(code: ErrorCode) -> Self {
+        GatewayError {
+            code,
+            retry_after: None,
+        }
+    }
+
+    /// This decision as an error that is never retried.
+    pub fn into_error(self, why: impl Into<String>) -> Box<Error> {
+        let etype = ErrorType::HTTPStatus(self.code.status());
+        let mut e = Error::because(etype, why.into(), self);
+        e.set_retry(false);
+        e
+    }
+}
+
+impl From<Refused> for GatewayError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Unavailable(retry_after) => GatewayError {
+                code: ErrorCode::UpstreamUnavailable,
+                retry_after: Some(retry_after),
+            },
+            Refused::PoolFull => GatewayError {
+                code: ErrorCode::UpstreamUnavailable,
+                retry_after: Some(Duration::from_secs(1)),
+            },
+            Refused::DeadlinePassed => GatewayError::new(ErrorCode::UpstreamTimeout),
+        }
+    }
+}
+
+/// The gateway's own decision inside `e`, if it carries one.
+pub fn decision(e: &Error) -> Option<GatewayError> {
+    let mut cause = e.cause.as_deref();
+    while let Some(c) = cause {
+        if let Some(decision) = c.downcast_ref::<GatewayError>() {
+            return Some(*decision);
+        }
+        // Context added on the way (`more_context`) wraps the error, boxed once more.
+        let inner = c
+            .downcast_ref::<Error>()
+            .or_else(|| c.downcast_ref::<Box<Error>>().map(|b| &**b));
+        cause = inner.and_then(|e| e.cause.as_deref());
+    }
+    None
+}
 
 /// The code for a failed request, or `None` when the client is gone and nothing can be sent.
-pub fn classify(e: &Error, decided: Option<ErrorCode>) -> Option<ErrorCode> {
-    if let Some(code) = decided {
-        return Some(code);
+pub fn classify(e: &Error) -> Option<ErrorCode> {
+    if let Some(decision) = decision(e) {
+        return Some(decision.code);
     }
     use ErrorType::*;
     let code = match e.etype() {
@@ -34,31 +103,15 @@ pub fn classify(e: &Error, decided: Option<ErrorCode>) -> Option<ErrorCode> {
     Some(code)
 }
 
-/// What a failed attempt says about the target, or `None` when it was not the target's
-/// doing (the client went away, the gateway refused the request).
-pub fn attempt_outcome(e: &Error) -> Option<Outcome> {
-    use ErrorType::*;
-    let outcome = match e.etype() {
-        ConnectTimedout | ReadTimedout | WriteTimedout => Outcome::Timeout,
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
-        | BindError => Outcome::Connect,
-        HTTPStatus(_) => return None,
-        _ => Outcome::Reset,
-    };
-    match e.esource() {
-        ErrorSource::Downstream => None,
-        _ => Some(outcome),
-    }
-}
-
-/// The `outcome` label of `portico_upstream_requests_total`.
-pub fn outcome_label(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Success => "success",
-        Outcome::Status5xx => "http_5xx",
-        Outcome::Connect => "connect_error",
-        Outcome::Timeout => "timeout",
-        Outcome::Reset => "reset",
+/// The `detail` of the problem a failed request gets.
+pub fn detail(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadGateway => "the upstream failed to answer",
+        ErrorCode::UpstreamTimeout => "the upstream did not answer in time",
+        ErrorCode::UpstreamUnavailable => "no upstream target can take the request now",
+        ErrorCode::PayloadTooLarge => "the request body is larger than the gateway accepts",
+        ErrorCode::BadRequest => "the request is malformed",
+        _ => "the gateway failed to process the request",
     }
 }
 
@@ -122,12 +175,27 @@ mod tests {
             (err(InternalError, Internal), Some(ErrorCode::Internal)),
         ];
         for (e, want) in cases {
-            assert_eq!(classify(&e, None), want, "{e}");
+            assert_eq!(classify(&e), want, "{e}");
         }
-        let e = err(ConnectRefused, Upstream);
+    }
+
+    #[test]
+    fn a_decision_travels_as_the_cause_and_wins() {
+        let decided = GatewayError::from(Refused::Unavailable(Duration::from_secs(7)))
+            .into_error("no target");
+        assert_eq!(classify(&decided), Some(ErrorCode::UpstreamUnavailable));
         assert_eq!(
-            classify(&e, Some(ErrorCode::UpstreamUnavailable)),
+            decision(&decided).and_then(|d| d.retry_after),
+            Some(Duration::from_secs(7))
+        );
+        assert!(!decided.retry());
+        // Context added on the way keeps the cause.
+        let wrapped = decided.more_context("peer 127.0.0.1:1");
+        assert_eq!(
+            decision(&wrapped).map(|d| d.code),
             Some(ErrorCode::UpstreamUnavailable)
         );
+        let timeout = GatewayError::from(Refused::DeadlinePassed).into_error("late");
+        assert_eq!(classify(&timeout), Some(ErrorCode::UpstreamTimeout));
     }
 }

@@ -290,6 +290,26 @@ mod edit_tests {
     use super::*;
 
     #[test]
+    fn gateway_headers_names_every_header_the_gateway_sets() {
+        let mut set = HeaderMap::new();
+        let ids = (HeaderValue::from_static("id"), new_traceparent());
+        let host = HeaderValue::from_static("t");
+        set_gateway_headers(
+            &mut set,
+            Some([10, 0, 0, 1].into()),
+            Some(&host),
+            false,
+            ids,
+        )
+        .unwrap();
+        let mut names: Vec<&str> = set.keys().map(HeaderName::as_str).collect();
+        let mut listed: Vec<&str> = GATEWAY_HEADERS.iter().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(names, listed);
+    }
+
+    #[test]
     fn addresses_are_written_as_to_string_writes_them() {
         for text in [
             "0.0.0.0",
@@ -334,4 +354,49 @@ pub fn asks_upgrade(req: &pingora_http::RequestHeader) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Every header `gateway_request_headers` sets. A composition call copies exactly these from
+/// the client's request as the gateway shaped it, so its parts tell their upstreams what a
+/// proxied request would (a test holds the two together).
+pub static GATEWAY_HEADERS: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REQUEST_ID,
+    TRACEPARENT,
+];
+
+/// The headers every request going upstream gets from the gateway: X-Forwarded-*, the
+/// request id and the trace context.
+pub fn gateway_request_headers(
+    headers: &mut HeaderMap,
+    session: &pingora_proxy::Session,
+    ctx: &super::RequestCtx,
+) -> pingora_error::Result<()> {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let host = session
+        .req_header()
+        .headers
+        .get(http::header::HOST)
+        .cloned();
+    let ids = (ctx.request_id.clone(), ctx.traceparent.clone());
+    set_gateway_headers(headers, peer, host.as_ref(), ctx.peer_trusted, ids)
+}
+
+/// `gateway_request_headers` on plain values: `ids` are the request id and traceparent.
+fn set_gateway_headers(
+    headers: &mut HeaderMap,
+    peer: Option<IpAddr>,
+    host: Option<&HeaderValue>,
+    peer_trusted: bool,
+    (request_id, traceparent): (HeaderValue, HeaderValue),
+) -> pingora_error::Result<()> {
+    set_forwarded(headers, peer, host, peer_trusted)?;
+    headers.insert(X_REQUEST_ID, request_id);
+    headers.insert(TRACEPARENT, traceparent);
+    Ok(())
 }

@@ -4,7 +4,10 @@
 pub mod balance;
 pub mod breaker;
 pub mod budget;
+pub mod exchange;
 pub mod health;
+pub mod pool;
+pub mod sweep;
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -24,6 +27,7 @@ use crate::config::{Balance, CircuitBreakerSpec, HealthCheckSpec, UpstreamSectio
 use balance::Balancer;
 use breaker::{Breaker, BreakerSettings, CircuitState, FailureSet, Outcome, Permit, Transition};
 use budget::RetryBudget;
+use pool::ConnectionPool;
 
 /// What consistent hashing hashes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +71,8 @@ pub struct Target {
     pub(crate) healthy: AtomicBool,
     /// Passive outlier detection, when the upstream configures `circuit_breaker`.
     pub breaker: Option<Breaker>,
+    /// Every connection open to this target, and the idle ones kept for reuse.
+    pub connections: ConnectionPool,
 }
 
 /// How requests to this upstream are retried.
@@ -158,6 +164,18 @@ impl UpstreamPool {
                 errors.push((key.into(), "must be greater than zero".into()));
             }
         }
+        if spec.max_connections == 0 {
+            errors.push(("max_connections".into(), "must be at least 1".into()));
+        }
+        let max_idle = spec
+            .max_idle
+            .unwrap_or(crate::config::file::DEFAULT_MAX_IDLE.min(spec.max_connections));
+        if max_idle > spec.max_connections {
+            errors.push((
+                "max_idle".into(),
+                format!("must be at most max_connections ({})", spec.max_connections),
+            ));
+        }
         if let Some(hc) = &spec.health_check {
             health_check_errors(hc, &mut errors);
         }
@@ -204,6 +222,7 @@ impl UpstreamPool {
                 in_flight: AtomicUsize::new(0),
                 healthy: AtomicBool::new(true),
                 breaker: breaker.map(|settings| Breaker::new(settings, Instant::now())),
+                connections: ConnectionPool::new(spec.max_connections as usize, max_idle as usize),
             });
         }
         if !errors.is_empty() {

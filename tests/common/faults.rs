@@ -24,6 +24,8 @@ pub enum Fault {
     Trickle,
     Garbage,
     Status503,
+    /// Answer 200, 300 ms after the request arrived.
+    Slow,
 }
 
 impl Fault {
@@ -37,6 +39,7 @@ impl Fault {
             Fault::Trickle,
             Fault::Garbage,
             Fault::Status503,
+            Fault::Slow,
         ]
         .get(v as usize)
         .copied()
@@ -53,6 +56,9 @@ pub struct FaultyUpstream {
     requests: Arc<AtomicUsize>,
     /// Connections the gateway closed while they waited for a request.
     hangups: Arc<AtomicUsize>,
+    /// Connections open now, and the most that were open at once.
+    open: Arc<AtomicUsize>,
+    peak_open: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -64,9 +70,13 @@ impl FaultyUpstream {
         let accepts = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let hangups = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let peak_open = Arc::new(AtomicUsize::new(0));
         let counts = Counts {
             requests: Arc::clone(&requests),
             hangups: Arc::clone(&hangups),
+            open: Arc::clone(&open),
+            peak_open: Arc::clone(&peak_open),
         };
         let (m, a, name) = (Arc::clone(&mode), Arc::clone(&accepts), name.to_string());
         let task = tokio::spawn(async move {
@@ -81,6 +91,8 @@ impl FaultyUpstream {
             accepts,
             requests,
             hangups,
+            open,
+            peak_open,
             task,
         }
     }
@@ -100,6 +112,16 @@ impl FaultyUpstream {
     pub fn hangups(&self) -> usize {
         self.hangups.load(Ordering::SeqCst)
     }
+
+    /// Connections open to this upstream now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// The most connections that were open to this upstream at once.
+    pub fn peak_open(&self) -> usize {
+        self.peak_open.load(Ordering::SeqCst)
+    }
 }
 
 /// What a connection's task counts.
@@ -107,6 +129,25 @@ impl FaultyUpstream {
 struct Counts {
     requests: Arc<AtomicUsize>,
     hangups: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    peak_open: Arc<AtomicUsize>,
+}
+
+/// Counts one connection open for as long as it lives.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(counts: &Counts) -> Self {
+        let now = counts.open.fetch_add(1, Ordering::SeqCst) + 1;
+        counts.peak_open.fetch_max(now, Ordering::SeqCst);
+        OpenConnection(Arc::clone(&counts.open))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for FaultyUpstream {
@@ -153,6 +194,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
 }
 
 async fn serve(mut stream: TcpStream, mode: Arc<AtomicU8>, counts: Counts, name: String) {
+    let _open = OpenConnection::new(&counts);
     if Fault::from_u8(mode.load(Ordering::SeqCst)) == Fault::ResetOnAccept {
         return reset(stream);
     }
@@ -166,6 +208,12 @@ async fn serve(mut stream: TcpStream, mode: Arc<AtomicU8>, counts: Counts, name:
         let ok = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-upstream: {name}\r\n\r\nok");
         match Fault::from_u8(mode.load(Ordering::SeqCst)) {
             Fault::Healthy => {
+                if stream.write_all(ok.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Fault::Slow => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 if stream.write_all(ok.as_bytes()).await.is_err() {
                     return;
                 }

@@ -1,0 +1,211 @@
+//! The first three phases: identify the request, route it, run the route's plugins. A request
+//! refused on the way is answered here with a problem.
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, Method};
+use pingora_error::Result;
+use pingora_proxy::Session;
+use portico_plugins::{ErrorCode, Flow, PluginCtx};
+
+use super::ctx::{RequestCtx, Routed};
+use super::forwarding::{
+    client_ip, is_trusted, new_request_id, new_traceparent, sane_request_id, trace_id_of,
+    TRACEPARENT, X_REQUEST_ID,
+};
+use super::phases::Phase;
+use super::{target, Portico};
+use crate::problem;
+use crate::router::RouteMatch;
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::exchange::Exchange;
+
+impl Portico {
+    /// Identify, route and filter the request. `Ok(true)`: it has been answered.
+    pub(super) async fn request_phases(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let snapshot = self.state.current();
+        let answered = self.identify_and_route(session, ctx, &snapshot).await;
+        ctx.snapshot = Some(snapshot);
+        answered
+    }
+
+    async fn identify_and_route(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snapshot: &Snapshot,
+    ) -> Result<bool> {
+        // Interim answers the client did not ask for (anything but a 100 to its own
+        // `Expect: 100-continue`) are not passed on.
+        session.downstream_session.set_ignore_info_resp(true);
+        identify(session, ctx, snapshot);
+
+        // From here on the request header's URI is the one target that is routed, shown to
+        // plugins, cached under, logged and forwarded (see `target`).
+        match target::check(session.req_header()) {
+            Ok(None) => {}
+            Ok(Some(uri)) => session.req_header_mut().set_uri(uri),
+            Err(rejection) => {
+                return self
+                    .reject(session, ctx, ErrorCode::BadRequest, rejection.detail(), &[])
+                    .await;
+            }
+        }
+        let req = session.req_header();
+        let declared_length = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared_length.is_some_and(|n| n > snapshot.server.max_request_body) {
+            let detail = format!(
+                "the request body is larger than {} bytes",
+                snapshot.server.max_request_body
+            );
+            return self
+                .reject(session, ctx, ErrorCode::PayloadTooLarge, &detail, &[])
+                .await;
+        }
+
+        let route = match match_route(snapshot, req, req.uri.path()) {
+            RouteMatch::Found(route) => Arc::clone(route),
+            RouteMatch::NotFound => {
+                let detail = "no route matches this request";
+                return self
+                    .reject(session, ctx, ErrorCode::NoRoute, detail, &[])
+                    .await;
+            }
+            RouteMatch::MethodNotAllowed(allowed) => {
+                let allow = allowed
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let extra: Vec<_> = HeaderValue::from_str(&allow)
+                    .map(|v| (http::header::ALLOW, v))
+                    .into_iter()
+                    .collect();
+                let detail = format!("this route accepts {allow}");
+                return self
+                    .reject(session, ctx, ErrorCode::MethodNotAllowed, &detail, &extra)
+                    .await;
+            }
+        };
+        ctx.phases.mark(Phase::Route);
+        let client_ip = ctx
+            .client_ip
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let exchange = route.upstream.as_ref().map(|pool| {
+            let deadline = route.timeout.map(|t| ctx.started + t);
+            Exchange::new(
+                Arc::clone(pool),
+                deadline,
+                &self.state.metrics.upstream_requests,
+            )
+        });
+        ctx.routed = Some(Routed {
+            plugin_cx: PluginCtx::new(Arc::clone(&route.name), client_ip, ctx.id().to_owned()),
+            route: Arc::clone(&route),
+            exchange,
+        });
+        self.plugins_phase(session, ctx, &route).await
+    }
+
+    /// The route's plugins in order, then a composition's answer. `Ok(true)`: answered.
+    async fn plugins_phase(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+    ) -> Result<bool> {
+        ctx.phases.mark(Phase::Plugins);
+        for (name, plugin) in &route.plugins {
+            let Some(routed) = ctx.routed.as_mut() else {
+                break;
+            };
+            match plugin.on_request(session, &mut routed.plugin_cx).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Reject(rejection)) => {
+                    return self
+                        .reject(
+                            session,
+                            ctx,
+                            rejection.code,
+                            &rejection.detail,
+                            &rejection.headers,
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    log::error!("plugin {name} failed on request {}: {e}", ctx.id());
+                    let detail = "the gateway failed to process the request";
+                    return self
+                        .reject(session, ctx, ErrorCode::Internal, detail, &[])
+                        .await;
+                }
+            }
+        }
+        match route.compose.clone() {
+            Some(composition) => {
+                self.answer_composition(session, ctx, route, &composition)
+                    .await
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Answer with a problem now; the request phases then return `Ok(true)`.
+    pub(super) async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        code: ErrorCode,
+        detail: &str,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<bool> {
+        problem::respond(session, code, detail, ctx.id(), extra).await?;
+        Ok(true)
+    }
+}
+
+/// Who is asking: the request id, the trace context, and the client's address (believing
+/// `X-Forwarded-For` only from a trusted proxy).
+fn identify(session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) {
+    let req = session.req_header();
+    ctx.request_id = match req.headers.get(X_REQUEST_ID) {
+        Some(v) if sane_request_id(v.as_bytes()) => v.clone(),
+        _ => new_request_id(),
+    };
+    ctx.traceparent = match req.headers.get(TRACEPARENT) {
+        Some(v) if trace_id_of(v.as_bytes()).is_some() => v.clone(),
+        _ => new_traceparent(),
+    };
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let trusted = &snapshot.server.trusted_proxies;
+    ctx.peer_trusted = is_trusted(peer, trusted);
+    ctx.client_ip = Some(client_ip(peer, &req.headers, trusted));
+    ctx.phases.mark(Phase::Identify);
+}
+
+/// The route `req` takes, matched on `path` (its target after `target::check`).
+pub(super) fn match_route<'s>(
+    snapshot: &'s Snapshot,
+    req: &pingora_http::RequestHeader,
+    path: &str,
+) -> RouteMatch<'s, Arc<Route>> {
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    snapshot
+        .routes
+        .match_request(host, &req.method, path, &req.headers)
+}

@@ -1,0 +1,82 @@
+//! The response phase: what the upstream (or the cache) answered, on its way to the client.
+
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use super::ctx::RequestCtx;
+use super::forwarding::{asks_upgrade, edit_response_headers, X_REQUEST_ID};
+use super::phases::Phase;
+use super::{cache, Portico};
+
+impl Portico {
+    /// An upstream that switches protocols on a request that did not ask it to has broken
+    /// the exchange: the client gets a 502, not a connection in a protocol it never chose.
+    pub(crate) fn check_upstream_head(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+    ) -> Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && !asks_upgrade(session.req_header())
+        {
+            let mut e = Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "101 Switching Protocols to a request without an upgrade",
+            );
+            e.esource = ErrorSource::Upstream;
+            e.set_retry(false);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Tell the client its request id (and how the cache took part), then the route's
+    /// plugins in reverse order.
+    pub(crate) async fn response_phase(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.phases.mark(Phase::Response);
+        let request_id = ctx.request_id.clone();
+        let cache_result = cache::result(session, ctx);
+        ctx.cache = cache_result.or(ctx.cache);
+        // Room for X-Request-Id, X-Cache and the plugins' headers (RateLimit-* are three).
+        edit_response_headers(resp, 6, |headers| {
+            headers.insert(X_REQUEST_ID, request_id);
+            if let Some(result) = cache_result {
+                headers.insert(cache::X_CACHE, HeaderValue::from_static(result.as_str()));
+            }
+        });
+        if let Some(routed) = ctx.routed.as_mut() {
+            for (name, plugin) in routed.route.plugins.iter().rev() {
+                if let Err(e) = plugin.on_response(resp, &mut routed.plugin_cx).await {
+                    log::error!(
+                        "plugin {name} failed on response {}: {e}",
+                        routed.plugin_cx.request_id
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The route's total deadline also covers a body that trickles in: each read may be
+    /// quick, but the whole answer may not outlast the deadline.
+    pub(crate) fn body_phase(&self, _body: &Option<Bytes>, ctx: &mut RequestCtx) -> Result<()> {
+        if ctx.exchange().is_some_and(|x| x.deadline_passed()) {
+            let mut e = Error::explain(
+                ErrorType::ReadTimedout,
+                "the route's timeout passed during the body",
+            );
+            e.esource = ErrorSource::Upstream;
+            e.set_retry(false);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
