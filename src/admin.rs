@@ -52,6 +52,14 @@ fn problem(code: ErrorCode, detail: &str, path: &str) -> Response<Vec<u8>> {
 
 impl AdminApi {
     /// The cache's figures are read from the store when scraped.
+    fn update_connection_gauges(&self) {
+        let metrics = &self.state.metrics;
+        let open = self.state.client_connections.load(Ordering::Relaxed);
+        metrics.client_connections.set(gauge(open));
+        let max = self.state.current().server.max_client_connections;
+        metrics.client_connections_max.set(gauge(max));
+    }
+
     fn update_cache_gauges(&self) {
         let stats = self.state.cache.stats();
         let metrics = &self.state.metrics;
@@ -300,6 +308,7 @@ impl ServeHttp for AdminApi {
             "/metrics" => {
                 self.update_circuit_gauges();
                 self.update_cache_gauges();
+                self.update_connection_gauges();
                 let snapshot = self.state.current();
                 let pools = crate::metrics::pool_families(snapshot.pools.values().map(|p| &**p));
                 response(

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub compose_calls: IntCounterVec,
     pub config_generation: IntGauge,
     pub access_log_dropped: IntCounter,
+    /// Client connections closed at once because `server.max_client_connections` were open.
+    pub client_connections_refused: IntCounter,
+    pub client_connections: IntGauge,
+    pub client_connections_max: IntGauge,
     pub cache_lookups: IntCounterVec,
     /// The response store's figures, read from it when scraped.
     pub cache_size_bytes: IntGauge,
@@ -107,6 +111,19 @@ impl Metrics {
             "The response cache's limit, [cache] max_size.",
         )?;
         let cache_entries = IntGauge::new("portico_cache_entries", "Responses the cache holds.")?;
+        let client_connections_refused = IntCounter::new(
+            "portico_client_connections_refused_total",
+            "Client connections closed at once because server.max_client_connections were open.",
+        )?;
+        let client_connections =
+            IntGauge::new("portico_client_connections", "Client connections open now.")?;
+        let client_connections_max = IntGauge::new(
+            "portico_client_connections_max",
+            "The cap on open client connections, server.max_client_connections.",
+        )?;
+        registry.register(Box::new(client_connections_refused.clone()))?;
+        registry.register(Box::new(client_connections.clone()))?;
+        registry.register(Box::new(client_connections_max.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(cache_lookups.clone()))?;
         registry.register(Box::new(cache_size_bytes.clone()))?;
@@ -133,6 +150,9 @@ impl Metrics {
             compose_calls,
             config_generation,
             access_log_dropped,
+            client_connections_refused,
+            client_connections,
+            client_connections_max,
             cache_lookups,
             cache_size_bytes,
             cache_max_size_bytes,

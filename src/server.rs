@@ -87,7 +87,7 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     let direct = Direct::new(portico, &server.configuration);
     let mut proxy = Service::new(
         "portico proxy".to_string(),
-        Connections::new(http_proxy, direct),
+        Connections::new(http_proxy, direct, Arc::clone(&state)),
     );
     for addr in &server_settings.listen {
         // No 64 KiB read buffer under the HTTP parser for each client connection: over plain

@@ -40,6 +40,10 @@ pub struct ServerSettings {
     pub pid_file: String,
     /// Whether plain requests take Portico's own driver (`proxy::direct`).
     pub fast_path: bool,
+    /// What a request head may be: its deadline and sizes (`connection::head`).
+    pub head: crate::connection::head::HeadLimits,
+    pub max_client_connections: usize,
+    pub underscore_headers: config::UnderscoreHeaders,
 }
 
 /// A compiled `[[routes]]` entry.
@@ -423,6 +427,23 @@ fn compile_server(s: &config::ServerSection, problems: &mut Problems) -> ServerS
     if s.max_request_body.0 == 0 {
         problems.at("server.max_request_body", "must be greater than zero");
     }
+    if s.header_timeout.0.is_zero() {
+        problems.at("server.header_timeout", "must be greater than zero");
+    }
+    if s.max_client_connections == 0 {
+        problems.at("server.max_client_connections", "must be at least 1");
+    }
+    // A head must hold at least a request line and a Host; Pingora reads at most 1 MiB.
+    let (size, line) = (s.max_header_size.0, s.max_header_line.0);
+    if !(1024..=1 << 20).contains(&size) {
+        problems.at("server.max_header_size", "must be between 1KiB and 1MiB");
+    }
+    if line < 256 || line > size {
+        problems.at(
+            "server.max_header_line",
+            "must be at least 256 bytes and at most max_header_size",
+        );
+    }
     let threads = if s.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -438,6 +459,13 @@ fn compile_server(s: &config::ServerSection, problems: &mut Problems) -> ServerS
         upgrade_sock: s.upgrade_sock.clone(),
         pid_file: s.pid_file.clone(),
         fast_path: s.fast_path,
+        head: crate::connection::head::HeadLimits {
+            timeout: s.header_timeout.0,
+            max_size: usize::try_from(s.max_header_size.0).unwrap_or(usize::MAX),
+            max_line: usize::try_from(s.max_header_line.0).unwrap_or(usize::MAX),
+        },
+        max_client_connections: s.max_client_connections as usize,
+        underscore_headers: s.underscore_headers,
     }
 }
 

@@ -33,6 +33,8 @@ pub struct GatewayState {
     last_content: Mutex<Vec<u8>>,
     /// Requests between their first hook and their last, for draining.
     pub active_requests: Arc<AtomicUsize>,
+    /// Client connections open now, against `server.max_client_connections`.
+    pub client_connections: Arc<AtomicUsize>,
     pub metrics: Metrics,
     pub access_log: AccessLog,
     /// Makes new upstream connections for the fast driver and composition calls (Pingora's
@@ -69,6 +71,7 @@ impl GatewayState {
             draining: AtomicBool::new(false),
             last_content: Mutex::new(last_content),
             active_requests: Arc::new(AtomicUsize::new(0)),
+            client_connections: Arc::new(AtomicUsize::new(0)),
             metrics,
             access_log,
             transport: pingora_core::connectors::TransportConnector::new(None),
@@ -85,6 +88,12 @@ impl GatewayState {
     /// before it looks for the request's route a second time).
     pub fn caches(&self) -> bool {
         self.snapshot.load().caches
+    }
+
+    /// What the next request head may be (`server.header_timeout`, `max_header_size`,
+    /// `max_header_line`).
+    pub fn current_limits(&self) -> crate::connection::head::HeadLimits {
+        self.snapshot.load().server.head
     }
 
     /// Whether plain requests may take Portico's own driver (`server.fast_path`).

@@ -15,6 +15,12 @@ pub enum ErrorCode {
     BadGateway,
     UpstreamTimeout,
     Internal,
+    /// The request head did not arrive within `server.header_timeout` (408).
+    RequestTimeout,
+    /// The request target is longer than `server.max_header_line` (414).
+    UriTooLong,
+    /// The request head, or one header line, is over its limit (431).
+    HeaderTooLarge,
 }
 
 impl ErrorCode {
@@ -31,6 +37,9 @@ impl ErrorCode {
             ErrorCode::BadGateway => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::UriTooLong => 414,
+            ErrorCode::HeaderTooLarge => 431,
         }
     }
 
@@ -47,6 +56,9 @@ impl ErrorCode {
             ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::UriTooLong => "uri_too_long",
+            ErrorCode::HeaderTooLarge => "header_too_large",
         }
     }
 
@@ -64,6 +76,9 @@ impl ErrorCode {
             ErrorCode::BadGateway => "Bad Gateway",
             ErrorCode::UpstreamTimeout => "Gateway Timeout",
             ErrorCode::Internal => "Internal Server Error",
+            ErrorCode::RequestTimeout => "Request Timeout",
+            ErrorCode::UriTooLong => "URI Too Long",
+            ErrorCode::HeaderTooLarge => "Request Header Fields Too Large",
         }
     }
 }
@@ -86,6 +101,9 @@ mod tests {
             (ErrorCode::BadGateway, 502, "bad_gateway"),
             (ErrorCode::UpstreamTimeout, 504, "upstream_timeout"),
             (ErrorCode::Internal, 500, "internal"),
+            (ErrorCode::RequestTimeout, 408, "request_timeout"),
+            (ErrorCode::UriTooLong, 414, "uri_too_long"),
+            (ErrorCode::HeaderTooLarge, 431, "header_too_large"),
         ];
         for (code, status, name) in table {
             assert_eq!(code.status(), status, "{name}");

@@ -40,6 +40,44 @@ pub struct ServerSection {
     /// driver: a troubleshooting switch.
     #[serde(default = "default_true")]
     pub fast_path: bool,
+    /// The whole request head must arrive within this (408 and close).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: ConfigDuration,
+    /// Open client connections per instance; past it new ones are closed at once.
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: u32,
+    /// The whole request head (431 past it).
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: ByteSize,
+    /// One header line (431), or the request line (414).
+    #[serde(default = "default_max_header_line")]
+    pub max_header_line: ByteSize,
+    /// Header names with "_": dropped, refused (400) or let through.
+    #[serde(default)]
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+/// `server.underscore_headers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    #[default]
+    Drop,
+    Reject,
+    Allow,
+}
+
+fn default_header_timeout() -> ConfigDuration {
+    secs(10)
+}
+fn default_max_client_connections() -> u32 {
+    10_000
+}
+fn default_max_header_size() -> ByteSize {
+    ByteSize(60 << 10)
+}
+fn default_max_header_line() -> ByteSize {
+    ByteSize(16 << 10)
 }
 
 fn default_true() -> bool {
@@ -78,6 +116,11 @@ impl Default for ServerSection {
             upgrade_sock: default_upgrade_sock(),
             pid_file: default_pid_file(),
             fast_path: true,
+            header_timeout: default_header_timeout(),
+            max_client_connections: default_max_client_connections(),
+            max_header_size: default_max_header_size(),
+            max_header_line: default_max_header_line(),
+            underscore_headers: UnderscoreHeaders::default(),
         }
     }
 }

@@ -10,11 +10,9 @@
 //!
 //! It runs the same phases as Pingora's proxy (`proxy::phases`), and its attempts go through
 //! the same exchange (`upstream::exchange`), so routing, plugins, retries, breakers, errors,
-//! logs and metrics are one code whichever driver serves a request. [`head::takes`] decides
-//! which requests come here; everything else goes through Pingora's proxy, and so does a
-//! request to a route that caches, handed over unread once its route is known.
-
-pub mod head;
+//! logs and metrics are one code whichever driver serves a request. `connection::head`
+//! decides which requests come here; everything else goes through Pingora's proxy, and so
+//! does a request to a route that caches, handed over unread once its route is known.
 
 use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -237,7 +235,7 @@ impl Direct {
         upstream.write_timeout = peer.options.write_timeout;
 
         let mut req = session.req_header().clone();
-        // The only hop-by-hop header `head::takes` lets through.
+        // The only hop-by-hop header `connection::head` lets through.
         req.remove_header(&CONNECTION);
         if let Err(e) = self
             .portico
@@ -293,7 +291,7 @@ impl Direct {
 }
 
 /// A new session on the same connection whose parser starts again at the request `session`
-/// has read. Nothing follows that request in the buffer: `head::takes` let through only a
+/// has read. Nothing follows that request in the buffer: `connection::head` let through only a
 /// head with no body and no bytes after it.
 fn unread(session: Session) -> Option<ServerSession> {
     let downstream = *session.downstream_session;

@@ -343,6 +343,29 @@ mod edit_tests {
     }
 }
 
+/// A `Content-Length` sent as a list of equal values, or more than once (which the head
+/// check let through only when every value is the same), goes upstream as one value: an
+/// upstream that reads only the first, or refuses a list, sees the length the gateway framed
+/// the body by.
+pub fn one_content_length(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let (Some(first), second) = (values.next(), values.next()) else {
+        return;
+    };
+    if second.is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let length = first
+        .as_bytes()
+        .split(|b| *b == b',')
+        .next()
+        .map(<[u8]>::trim_ascii)
+        .and_then(|n| HeaderValue::from_bytes(n).ok());
+    if let Some(length) = length {
+        headers.insert(http::header::CONTENT_LENGTH, length);
+    }
+}
+
 /// Whether `req` asks to switch protocols (`Upgrade`, named in `Connection`). Only then may
 /// an upstream's 101 reach the client; any other 101 is the upstream's error.
 pub fn asks_upgrade(req: &pingora_http::RequestHeader) -> bool {

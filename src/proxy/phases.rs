@@ -14,7 +14,7 @@
 //! `error_while_proxy` for Pingora's proxy; `Exchange::retry_after` directly for the fast
 //! driver), and a failed request becomes a problem in one place (`fail_to_proxy`).
 //!
-//! Which driver runs which request (`connection.rs`, `proxy::direct::head`):
+//! Which driver runs which request (`connection::head`):
 //! - the fast driver (Portico's own HTTP/1 loop, `proxy::direct`): plain HTTP/1.1 requests
 //!   whose head leaves nothing to interpret, to routes that do not cache. It is where the
 //!   speed comes from: no task channels, no cache state machine, Portico's own pool.

@@ -73,12 +73,24 @@ impl From<PathRejection> for TargetRejection {
 /// route and forward (the common case, which allocates nothing). `Ok(Some(uri))`: put `uri`
 /// in its place before anything reads it.
 pub fn check(req: &RequestHeader) -> Result<Option<Uri>, TargetRejection> {
-    let host = single_host(req)?;
-    let raw = req.raw_path();
+    if !req.raw_path_is_utf8() {
+        return Err(TargetRejection::BadCharacter);
+    }
+    let hosts = req.headers.get_all(HOST).iter().map(|v| v.as_bytes());
+    check_raw(req.version >= Version::HTTP_11, req.raw_path(), hosts)
+}
+
+/// `check` on the bytes of a request head: the request target as sent, and every `Host`
+/// value. `version_11`: HTTP/1.1, which must have a `Host`.
+pub fn check_raw<'h>(
+    version_11: bool,
+    raw: &[u8],
+    hosts: impl Iterator<Item = &'h [u8]>,
+) -> Result<Option<Uri>, TargetRejection> {
+    let host = single_host(version_11, hosts)?;
     if raw
         .iter()
         .any(|&b| !(0x21..=0x7e).contains(&b) || b == b'#')
-        || !req.raw_path_is_utf8()
     {
         return Err(TargetRejection::BadCharacter);
     }
@@ -113,12 +125,14 @@ pub fn check(req: &RequestHeader) -> Result<Option<Uri>, TargetRejection> {
 }
 
 /// The request's one `Host` value (`None` for HTTP/1.0 without one), checked.
-fn single_host(req: &RequestHeader) -> Result<Option<&[u8]>, TargetRejection> {
-    let mut hosts = req.headers.get_all(HOST).iter();
+fn single_host<'h>(
+    version_11: bool,
+    mut hosts: impl Iterator<Item = &'h [u8]>,
+) -> Result<Option<&'h [u8]>, TargetRejection> {
     let host = match (hosts.next(), hosts.next()) {
-        (None, _) if req.version >= Version::HTTP_11 => return Err(TargetRejection::MissingHost),
+        (None, _) if version_11 => return Err(TargetRejection::MissingHost),
         (None, _) => return Ok(None),
-        (Some(host), None) => host.as_bytes(),
+        (Some(host), None) => host,
         (Some(_), Some(_)) => return Err(TargetRejection::DuplicateHost),
     };
     if !valid_host(host) {
@@ -145,17 +159,16 @@ fn absolute_form<'t>(target: &'t [u8], host: Option<&[u8]>) -> Result<&'t [u8], 
         .position(|&b| b == b'/' || b == b'?')
         .unwrap_or(after.len());
     let (authority, path_and_query) = after.split_at(end);
+    // Byte for byte, as Pingora's parser compares them.
     match host {
-        Some(host) if !authority.is_empty() && authority.eq_ignore_ascii_case(host) => {
-            Ok(path_and_query)
-        }
+        Some(host) if !authority.is_empty() && authority == host => Ok(path_and_query),
         _ => Err(TargetRejection::AuthorityMismatch),
     }
 }
 
 /// Whether `value` is `uri-host [ ":" port ]` (RFC 3986 section 3.2.2; RFC 9110 section 7.2).
 /// Empty is valid: a client sends an empty `Host` for a target without an authority.
-fn valid_host(value: &[u8]) -> bool {
+pub fn valid_host(value: &[u8]) -> bool {
     let (host, port) = if value.first() == Some(&b'[') {
         let Some(close) = value.iter().position(|&b| b == b']') else {
             return false;
@@ -238,7 +251,7 @@ mod tests {
         let table = [
             ("/%61dmin?q=%2e", "/admin?q=%2e"),
             ("http://t/admin", "/admin"),
-            ("HTTP://T/admin/x?y=1", "/admin/x?y=1"),
+            ("HTTP://t/admin/x?y=1", "/admin/x?y=1"),
             ("https://t", "/"),
             ("http://t?q=1", "/?q=1"),
             ("http://t/%61dmin", "/admin"),
@@ -262,6 +275,7 @@ mod tests {
             ("http://user@t/admin", AuthorityMismatch),
             ("http:///admin", AuthorityMismatch),
             ("http://t:81/admin", AuthorityMismatch),
+            ("http://T/admin", AuthorityMismatch),
             ("http://t/../admin", Path(PathRejection::DotSegment)),
         ];
         for (target, want) in table {

@@ -10,7 +10,9 @@ use portico_plugins::ErrorCode;
 
 use super::ctx::RequestCtx;
 use super::failure::GatewayError;
-use super::forwarding::{drop_connection_headers, edit_request_headers, gateway_request_headers};
+use super::forwarding::{
+    drop_connection_headers, edit_request_headers, gateway_request_headers, one_content_length,
+};
 use super::phases::Phase;
 use super::Portico;
 use crate::snapshot::strip_segments;
@@ -70,6 +72,7 @@ impl Portico {
         // Room for the five headers the gateway sets, and a few for the route's plugins.
         edit_request_headers(upstream, 8, |headers| {
             drop_connection_headers(headers);
+            one_content_length(headers);
             gateway_request_headers(headers, session, ctx)
         })?;
 

@@ -163,8 +163,9 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// Read one request (head and Content-Length body); `None` at EOF.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+/// Read one request (head and Content-Length body); `None` at EOF, else whether the request
+/// asked to close the connection after its answer.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<bool> {
     let mut chunk = [0u8; 8192];
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -190,7 +191,10 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
         buf.extend_from_slice(&chunk[..n]);
     }
     buf.drain(..head_end + length);
-    Some(())
+    Some(
+        head.lines()
+            .any(|l| l.starts_with("connection:") && l.contains("close")),
+    )
 }
 
 async fn serve(mut stream: TcpStream, mode: Arc<AtomicU8>, counts: Counts, name: String) {
@@ -200,10 +204,10 @@ async fn serve(mut stream: TcpStream, mode: Arc<AtomicU8>, counts: Counts, name:
     }
     let mut buf = Vec::new();
     loop {
-        if read_request(&mut stream, &mut buf).await.is_none() {
+        let Some(close) = read_request(&mut stream, &mut buf).await else {
             counts.hangups.fetch_add(1, Ordering::SeqCst);
             return;
-        }
+        };
         counts.requests.fetch_add(1, Ordering::SeqCst);
         let ok = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-upstream: {name}\r\n\r\nok");
         match Fault::from_u8(mode.load(Ordering::SeqCst)) {
@@ -214,7 +218,8 @@ async fn serve(mut stream: TcpStream, mode: Arc<AtomicU8>, counts: Counts, name:
             }
             Fault::Slow => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                if stream.write_all(ok.as_bytes()).await.is_err() {
+                // As a real server does: a request that asked to close is the last.
+                if stream.write_all(ok.as_bytes()).await.is_err() || close {
                     return;
                 }
             }

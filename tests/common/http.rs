@@ -85,7 +85,7 @@ pub async fn read_one_response(stream: &mut TcpStream) -> String {
     }
 }
 
-fn parse(raw: &[u8]) -> RawResponse {
+pub fn parse(raw: &[u8]) -> RawResponse {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

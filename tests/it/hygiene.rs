@@ -178,6 +178,12 @@ async fn a_target_not_in_origin_form_cannot_skip_the_protected_route() {
         )
         .await;
         assert_eq!(resp.status, 400, "{target} should be refused");
+        assert_eq!(
+            resp.header("content-type"),
+            Some("application/problem+json"),
+            "{target}"
+        );
+        assert_eq!(resp.json()["code"], "bad_request", "{target}");
     }
     assert_eq!(
         up.hits(),
@@ -222,6 +228,7 @@ async fn a_request_without_one_valid_host_is_refused_before_routing() {
     for head in refused {
         let resp = raw_request(gw.addr, head, b"").await;
         assert_eq!(resp.status, 400, "{head:?} should be refused");
+        assert_eq!(resp.json()["code"], "bad_request", "{head:?}");
     }
     assert_eq!(up.hits(), 0, "{:?}", up.seen());
 

@@ -14,6 +14,7 @@ mod config_cli;
 mod connections;
 mod failures;
 mod headers;
+mod heads;
 mod health;
 mod hygiene;
 mod lifecycle;
