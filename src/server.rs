@@ -46,6 +46,8 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
         AccessLog::start(&server_settings.access_log).map_err(StartError::AccessLog)?;
     let admin_listen = snapshot.admin_listen;
     let state = GatewayState::new(snapshot, options.config_path, metrics, access_log);
+    // The config is valid and about to serve: what its plugins run in the background starts.
+    state.current().start();
 
     let conf = ServerConf {
         threads: server_settings.threads,

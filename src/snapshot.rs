@@ -77,6 +77,19 @@ pub struct Snapshot {
     pub caches: bool,
 }
 
+impl Snapshot {
+    /// Start what this config's plugins run in the background (a JWKS fetcher): called once
+    /// the config is valid and about to serve, never for one that is only validated.
+    /// Instances kept from the config before were started already and do nothing.
+    pub fn start(&self) {
+        for instance in self.reuse.plugins.values() {
+            if let config::PluginBody::Chain(plugin) = &instance.plugin {
+                plugin.start();
+            }
+        }
+    }
+}
+
 /// Read, validate and compile the config at `path`. `previous` is the snapshot now serving,
 /// whose unchanged upstream pools are kept (with their health state and connections).
 pub fn load(

@@ -30,6 +30,9 @@ pub struct GatewayState {
     last_load: Mutex<LoadReport>,
     draining: AtomicBool,
     /// The config file's bytes when it was last read, to tell a real change from a touch.
+    /// Held for the whole of a reload, so reloads happen one at a time: whatever triggers
+    /// them (the file watcher, SIGHUP, `POST /reload`), the last file read is the config
+    /// that serves, never an older compile swapped in after it.
     last_content: Mutex<Vec<u8>>,
     /// Requests between their first hook and their last, for draining.
     pub active_requests: Arc<AtomicUsize>,
@@ -119,29 +122,56 @@ impl GatewayState {
     /// Reload when the file's content differs from what was last read (the file watcher's
     /// entry point: an editor touching the file causes nothing).
     pub fn reload_if_changed(&self) -> Option<Result<u64, ConfigErrors>> {
-        let content = std::fs::read(&self.config_path).ok()?;
         let mut last = self.last_content.lock().unwrap_or_else(|p| p.into_inner());
+        let content = std::fs::read(&self.config_path).ok()?;
         if *last == content {
             return None;
         }
-        *last = content;
-        drop(last);
-        Some(self.reload())
+        Some(self.reload_locked(&mut last, content))
     }
 
     /// Read, validate and compile the config file again; swap it in only if it is wholly
     /// valid. Returns the new generation, or every problem (the old config keeps serving).
     pub fn reload(&self) -> Result<u64, ConfigErrors> {
-        if let Ok(content) = std::fs::read(&self.config_path) {
-            *self.last_content.lock().unwrap_or_else(|p| p.into_inner()) = content;
+        let mut last = self.last_content.lock().unwrap_or_else(|p| p.into_inner());
+        match std::fs::read(&self.config_path) {
+            Ok(content) => self.reload_locked(&mut last, content),
+            Err(e) => {
+                let origin = self.config_path.display().to_string();
+                let errors =
+                    ConfigErrors::single(&origin, format!("cannot read the config file: {e}"));
+                self.report(Err(errors))
+            }
         }
+    }
+
+    /// The reload of `content`, the file just read, while `last` (the reload lock) is held.
+    fn reload_locked(&self, last: &mut Vec<u8>, content: Vec<u8>) -> Result<u64, ConfigErrors> {
         let current = self.current();
         let ctx = self.metrics.build_context(current.reuse.clone());
-        let result = crate::snapshot::load(&self.config_path, Some(&current), &ctx);
+        let origin = self.config_path.display().to_string();
+        let result = std::str::from_utf8(&content)
+            .map_err(|_| ConfigErrors::single(&origin, "the config file is not UTF-8"))
+            .and_then(|text| {
+                let parsed =
+                    crate::config::parse_str(text, &origin, |n| std::env::var(n).ok(), &ctx)?;
+                crate::snapshot::compile(parsed, Some(&current))
+            });
+        *last = content;
+        self.report(result)
+    }
+
+    /// Swap in a config that compiled, or keep the old one; either way, say so in the
+    /// metrics, the log and `/status`.
+    fn report(
+        &self,
+        result: Result<crate::snapshot::Snapshot, ConfigErrors>,
+    ) -> Result<u64, ConfigErrors> {
         let now = SystemTime::now();
         let mut last = self.last_load.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(snapshot) => {
+                snapshot.start();
                 self.cache
                     .set_max_size(usize::try_from(snapshot.cache_max_size).unwrap_or(usize::MAX));
                 self.snapshot.store(Arc::new(snapshot));

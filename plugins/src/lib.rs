@@ -102,4 +102,11 @@ pub trait Plugin: Send + Sync + 'static {
     ) -> Result<(), PluginError> {
         Ok(())
     }
+
+    /// Runs once the config this instance belongs to is valid and about to serve, before it
+    /// takes its first request; it may be called again (for an instance a reload kept) and
+    /// must then do nothing. Building an instance only checks its config: a config that is
+    /// validated (`portico -t`) or rejected on reload never starts anything, so background
+    /// work (a JWKS fetcher, say) starts here. Default: nothing to start.
+    fn start(&self) {}
 }

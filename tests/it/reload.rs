@@ -364,3 +364,86 @@ async fn an_unchanged_rate_limit_keeps_its_counts_across_a_reload() {
         "the count survived the reload"
     );
 }
+
+/// Each version of the config answers from its own route, named after the version, with a
+/// headers plugin that tells which version served; `extra_routes` more routes make it slow
+/// to compile.
+fn versioned(app: &Upstream, version: usize, extra_routes: usize) -> String {
+    let mut text = format!(
+        "[plugins.version]\nkind = \"headers\"\nresponse_set = {{ \"x-config-version\" = \"{version}\" }}\n\n[upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"v{version}\"\npath = \"/\"\nupstream = \"app\"\nplugins = [\"version\"]\n",
+        app.addr
+    );
+    for i in 0..extra_routes {
+        text.push_str(&format!(
+            "\n[[routes]]\nname = \"extra-{i}\"\npath = \"/extra/{i}\"\nupstream = \"app\"\n"
+        ));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reloads_triggered_together_end_on_the_newest_file() {
+    let app = spawn_ok("app").await;
+    let gw = Gateway::start(&versioned(&app, 0, 0)).await;
+    // A SIGHUP starts reading a config that takes a while to compile; while it compiles,
+    // the file is rewritten and POST /reload asked for. The older compile must not be
+    // swapped in after the newer one, and the watcher, which sees the same content as the
+    // last reload read, must not have to put it right.
+    std::fs::write(&gw.config_path, with_server(&versioned(&app, 1, 3000))).unwrap();
+    gw.signal("HUP");
+    // Not a wait for readiness: the window in which the first reload is compiling.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    std::fs::write(&gw.config_path, with_server(&versioned(&app, 2, 0))).unwrap();
+    assert_eq!(gw.reload().await.status(), 200);
+    // Whatever the order the triggers ran in, the file as last written serves, and keeps
+    // serving once every trigger (the watcher's too) has had its say.
+    eventually(
+        "the newest config to serve",
+        Duration::from_secs(15),
+        async || gw.admin_json("/status").await["routes"][0]["name"] == "v2",
+    )
+    .await;
+    let settled = generation(&gw).await;
+    for _ in 0..40 {
+        let resp = gw.get("/").await;
+        assert_eq!(resp.headers()["x-config-version"], "2");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let status = gw.admin_json("/status").await;
+    assert_eq!(
+        status["routes"][0]["name"], "v2",
+        "{}",
+        status["generation"]
+    );
+    assert!(generation(&gw).await >= settled);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_reload_starts_nothing_and_fetches_nothing() {
+    let app = spawn_ok("app").await;
+    let jwks = spawn_upstream("jwks", |_| Reply::Status(200, r#"{"keys":[]}"#)).await;
+    let gw = Gateway::start(&crate::common::one_route("app", app.addr, "", "/")).await;
+    // A new JWT plugin with a JWKS, in a config with a mistake elsewhere: the whole reload is
+    // refused, and the JWKS the refused config names is never fetched.
+    let broken = format!(
+        "[plugins.auth]\nkind = \"jwt\"\nalgorithms = [\"RS256\"]\njwks_url = \"http://{}/jwks\"\n\n[upstreams.app]\ntargets = [\"{}\"]\nbalance = \"nonsense\"\n\n[[routes]]\nname = \"app\"\npath = \"/\"\nupstream = \"app\"\nplugins = [\"auth\"]\n",
+        jwks.addr, app.addr
+    );
+    std::fs::write(&gw.config_path, with_server(&broken)).unwrap();
+    assert_eq!(gw.reload().await.status(), 422);
+    // `portico -t` on the same file, too.
+    let (code, _) = crate::common::gateway::validate(&gw.config_path);
+    assert_eq!(code, 1);
+    // The same JWT plugin in a valid config is fetched as soon as that config serves; by
+    // then the refused one would have had every chance to fetch.
+    let valid = broken.replace("balance = \"nonsense\"\n", "");
+    std::fs::write(&gw.config_path, with_server(&valid)).unwrap();
+    assert_eq!(gw.reload().await.status(), 200);
+    eventually(
+        "the serving config fetches its JWKS",
+        Duration::from_secs(10),
+        async || jwks.hits() > 0,
+    )
+    .await;
+    assert_eq!(jwks.hits(), 1, "only the config that serves fetched");
+}

@@ -6,7 +6,8 @@
 //!
 //! The fetcher is a small thread with its own runtime, so it works the same whether the
 //! plugin is built at start-up, during a reload, or in a test; it ends when the plugin is
-//! dropped.
+//! dropped. It starts only when the config the plugin belongs to is about to serve
+//! (`Jwks::start`): building the plugin, which validating a config does, fetches nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -33,6 +34,8 @@ pub struct Jwks {
     last_forced: Mutex<Option<Instant>>,
     min_refresh: Duration,
     timeout: Duration,
+    refresh: Duration,
+    started: std::sync::Once,
 }
 
 pub struct JwksSettings {
@@ -43,9 +46,10 @@ pub struct JwksSettings {
 }
 
 impl Jwks {
-    pub fn start(settings: JwksSettings) -> Result<Arc<Jwks>, String> {
+    /// A key set with nothing fetched yet; `start` begins fetching.
+    pub fn new(settings: JwksSettings) -> Arc<Jwks> {
         let (attempts, _) = watch::channel(0);
-        let jwks = Arc::new(Jwks {
+        Arc::new(Jwks {
             url: settings.url,
             keys: ArcSwap::from_pointee(KeyMap::default()),
             attempts,
@@ -55,14 +59,23 @@ impl Jwks {
             last_forced: Mutex::new(None),
             min_refresh: settings.min_refresh,
             timeout: settings.timeout,
+            refresh: settings.refresh,
+            started: std::sync::Once::new(),
+        })
+    }
+
+    /// Start the fetcher, once: the first fetch now, then every `refresh`.
+    pub fn start(self: &Arc<Self>) {
+        self.started.call_once(|| {
+            let weak = Arc::downgrade(self);
+            let refresh = self.refresh;
+            let spawned = std::thread::Builder::new()
+                .name("jwks-refresh".into())
+                .spawn(move || fetch_loop(weak, refresh));
+            if let Err(e) = spawned {
+                log::error!("cannot start the JWKS fetcher for {}: {e}", self.url);
+            }
         });
-        let weak = Arc::downgrade(&jwks);
-        let refresh = settings.refresh;
-        std::thread::Builder::new()
-            .name("jwks-refresh".into())
-            .spawn(move || fetch_loop(weak, refresh))
-            .map_err(|e| format!("cannot start the JWKS fetcher: {e}"))?;
-        Ok(jwks)
     }
 
     pub fn current(&self) -> Arc<KeyMap> {

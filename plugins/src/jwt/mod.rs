@@ -205,12 +205,12 @@ impl JwtPlugin {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
                     return Err("`jwks_url` must be an http(s) URL".into());
                 }
-                KeySource::Jwks(Jwks::start(JwksSettings {
+                KeySource::Jwks(Jwks::new(JwksSettings {
                     url: url.clone(),
                     refresh: cfg.jwks_refresh.0,
                     min_refresh: cfg.jwks_min_refresh.0,
                     timeout: cfg.jwks_timeout.0,
-                })?)
+                }))
             }
             _ => return Err("set exactly one of `secret`, `public_key` or `jwks_url`".into()),
         };
@@ -452,6 +452,13 @@ fn unauthorized(token_present: bool) -> Flow {
 
 #[async_trait]
 impl Plugin for JwtPlugin {
+    /// A JWKS starts being fetched once its config serves.
+    fn start(&self) {
+        if let KeySource::Jwks(jwks) = &self.keys {
+            jwks.start();
+        }
+    }
+
     async fn on_request(
         &self,
         session: &mut Session,
