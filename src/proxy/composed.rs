@@ -46,7 +46,7 @@ impl Portico {
         // Every part carries the headers a proxied request would: X-Forwarded-*, the request
         // id and the trace context, set once here.
         let mut base = req.clone();
-        edit_request_headers(&mut base, 5, |headers| {
+        edit_request_headers(&mut base, 7, |headers| {
             gateway_request_headers(headers, session, ctx)
         })?;
         let inputs = compose::Inputs {

@@ -15,6 +15,8 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub const FORWARDED: HeaderName = http::header::FORWARDED;
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -294,14 +296,13 @@ mod edit_tests {
         let mut set = HeaderMap::new();
         let ids = (HeaderValue::from_static("id"), new_traceparent());
         let host = HeaderValue::from_static("t");
-        set_gateway_headers(
-            &mut set,
-            Some([10, 0, 0, 1].into()),
-            Some(&host),
-            false,
-            ids,
-        )
-        .unwrap();
+        let ip = Some([10, 0, 0, 1].into());
+        let who = Who {
+            peer: ip,
+            client: ip,
+            peer_trusted: false,
+        };
+        set_gateway_headers(&mut set, who, Some(&host), ids).unwrap();
         let mut names: Vec<&str> = set.keys().map(HeaderName::as_str).collect();
         let mut listed: Vec<&str> = GATEWAY_HEADERS.iter().map(HeaderName::as_str).collect();
         names.sort_unstable();
@@ -382,10 +383,12 @@ pub fn asks_upgrade(req: &pingora_http::RequestHeader) -> bool {
 /// Every header `gateway_request_headers` sets. A composition call copies exactly these from
 /// the client's request as the gateway shaped it, so its parts tell their upstreams what a
 /// proxied request would (a test holds the two together).
-pub static GATEWAY_HEADERS: [HeaderName; 5] = [
+pub static GATEWAY_HEADERS: [HeaderName; 7] = [
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
+    X_REAL_IP,
+    FORWARDED,
     X_REQUEST_ID,
     TRACEPARENT,
 ];
@@ -407,19 +410,222 @@ pub fn gateway_request_headers(
         .get(http::header::HOST)
         .cloned();
     let ids = (ctx.request_id.clone(), ctx.traceparent.clone());
-    set_gateway_headers(headers, peer, host.as_ref(), ctx.peer_trusted, ids)
+    let who = Who {
+        peer,
+        client: ctx.client_ip,
+        peer_trusted: ctx.peer_trusted,
+    };
+    set_gateway_headers(headers, who, host.as_ref(), ids)
+}
+
+/// Who sent a request: the TCP peer, the client as Portico determined it (through trusted
+/// proxies' `X-Forwarded-For`), and whether the peer is a trusted proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct Who {
+    pub peer: Option<IpAddr>,
+    pub client: Option<IpAddr>,
+    pub peer_trusted: bool,
 }
 
 /// `gateway_request_headers` on plain values: `ids` are the request id and traceparent.
 fn set_gateway_headers(
     headers: &mut HeaderMap,
-    peer: Option<IpAddr>,
+    who: Who,
     host: Option<&HeaderValue>,
-    peer_trusted: bool,
     (request_id, traceparent): (HeaderValue, HeaderValue),
 ) -> pingora_error::Result<()> {
-    set_forwarded(headers, peer, host, peer_trusted)?;
+    if !who.peer_trusted {
+        drop_override_headers(headers);
+    }
+    set_forwarded(headers, who.peer, host, who.peer_trusted)?;
+    set_rfc7239_forwarded(headers, who.peer, host, who.peer_trusted);
+    match who.client.map(ip_value) {
+        Some(Ok(ip)) => {
+            headers.insert(X_REAL_IP, ip);
+        }
+        _ => {
+            headers.remove(&X_REAL_IP);
+        }
+    }
     headers.insert(X_REQUEST_ID, request_id);
     headers.insert(TRACEPARENT, traceparent);
     Ok(())
+}
+
+/// Headers a proxy in front may set to tell a backend the original URL, scheme, port or
+/// client, and that some frameworks believe: from anyone but a trusted proxy they are the
+/// client's say-so, and an upstream (or an answer cached by what they say) could be fooled.
+/// The ones Portico sets itself (`X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP`,
+/// `Forwarded`) are replaced rather than dropped.
+fn is_override_header(name: &str) -> bool {
+    matches!(
+        name,
+        "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-forwarded-scheme"
+            | "x-forwarded-server"
+            | "x-forwarded-ssl"
+            | "x-forwarded-uri"
+            | "x-forwarded-path"
+            | "x-forwarded-by"
+            | "x-forwarded-protocol"
+            | "x-original-url"
+            | "x-original-uri"
+            | "x-original-host"
+            | "x-original-forwarded-for"
+            | "x-rewrite-url"
+            | "x-url-scheme"
+            | "x-host"
+            | "x-client-ip"
+            | "x-cluster-client-ip"
+            | "true-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "front-end-https"
+    )
+}
+
+fn drop_override_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| is_override_header(name.as_str())) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_override_header(name.as_str()))
+        .cloned()
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
+}
+
+/// `Forwarded` (RFC 7239), kept in step with `X-Forwarded-*`: one element for the hop into
+/// Portico (`for` the TCP peer, `host` the request's `Host`, `proto=http`), appended to a
+/// trusted proxy's elements, and replacing anyone else's.
+fn set_rfc7239_forwarded(
+    headers: &mut HeaderMap,
+    peer: Option<IpAddr>,
+    host: Option<&HeaderValue>,
+    peer_trusted: bool,
+) {
+    let mut element = String::with_capacity(64);
+    match peer {
+        Some(IpAddr::V4(v4)) => {
+            let (text, len) = ipv4_text(v4);
+            element.push_str("for=");
+            element.push_str(std::str::from_utf8(&text[..len]).unwrap_or("unknown"));
+        }
+        Some(IpAddr::V6(v6)) => {
+            element.push_str("for=\"[");
+            element.push_str(&v6.to_string());
+            element.push_str("]\"");
+        }
+        None => element.push_str("for=unknown"),
+    }
+    // A checked Host holds no quote or backslash, so it needs no escaping inside quotes.
+    if let Some(host) = host.and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()) {
+        element.push_str(";host=\"");
+        element.push_str(host);
+        element.push('"');
+    }
+    element.push_str(";proto=http");
+    let existing: Vec<&[u8]> = if peer_trusted {
+        headers
+            .get_all(&FORWARDED)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let value = if existing.is_empty() {
+        HeaderValue::try_from(element)
+    } else {
+        let mut joined = existing.join(&b", "[..]);
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(element.as_bytes());
+        HeaderValue::from_bytes(&joined)
+    };
+    match value {
+        Ok(value) => {
+            headers.insert(FORWARDED, value);
+        }
+        Err(_) => {
+            headers.remove(&FORWARDED);
+        }
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    fn spoofed() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6;host=evil;proto=https"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-other", "kept"),
+        ] {
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        h
+    }
+
+    fn shaped(peer: &str, client: &str, trusted: bool) -> HeaderMap {
+        let mut h = spoofed();
+        let who = Who {
+            peer: peer.parse().ok(),
+            client: client.parse().ok(),
+            peer_trusted: trusted,
+        };
+        let ids = (HeaderValue::from_static("id"), new_traceparent());
+        let host = HeaderValue::from_static("api.example.com:8080");
+        set_gateway_headers(&mut h, who, Some(&host), ids).unwrap();
+        h
+    }
+
+    #[test]
+    fn an_untrusted_clients_identity_and_url_headers_are_replaced_or_dropped() {
+        let h = shaped("203.0.113.7", "203.0.113.7", false);
+        assert_eq!(h["x-real-ip"], "203.0.113.7");
+        assert_eq!(
+            h["forwarded"],
+            "for=203.0.113.7;host=\"api.example.com:8080\";proto=http"
+        );
+        for dropped in [
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-original-url",
+            "x-rewrite-url",
+            "true-client-ip",
+        ] {
+            assert!(!h.contains_key(dropped), "{dropped}");
+        }
+        assert_eq!(h["x-other"], "kept");
+        let v6 = shaped("2001:db8::7", "2001:db8::7", false);
+        assert_eq!(
+            v6["forwarded"],
+            "for=\"[2001:db8::7]\";host=\"api.example.com:8080\";proto=http"
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxys_headers_are_kept_and_extended() {
+        let h = shaped("10.0.0.1", "198.51.100.4", true);
+        assert_eq!(h["x-real-ip"], "198.51.100.4");
+        assert_eq!(
+            h["forwarded"],
+            "for=6.6.6.6;host=evil;proto=https, for=10.0.0.1;host=\"api.example.com:8080\";proto=http"
+        );
+        assert_eq!(h["x-forwarded-prefix"], "/admin");
+    }
 }

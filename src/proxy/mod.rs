@@ -13,6 +13,7 @@ pub mod forwarding;
 pub mod phases;
 mod record;
 mod request;
+pub mod request_headers;
 mod response;
 pub mod target;
 mod upstream;

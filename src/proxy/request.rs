@@ -14,7 +14,7 @@ use super::forwarding::{
     TRACEPARENT, X_REQUEST_ID,
 };
 use super::phases::Phase;
-use super::{target, Portico};
+use super::{request_headers, target, Portico};
 use crate::problem;
 use crate::router::RouteMatch;
 use crate::snapshot::{Route, Snapshot};
@@ -54,6 +54,12 @@ impl Portico {
                     .reject(session, ctx, ErrorCode::BadRequest, rejection.detail(), &[])
                     .await;
             }
+        }
+        let underscores = snapshot.server.underscore_headers;
+        if let Err(rejection) = request_headers::check(session.req_header_mut(), underscores) {
+            return self
+                .reject(session, ctx, ErrorCode::BadRequest, rejection.detail(), &[])
+                .await;
         }
         let req = session.req_header();
         let declared_length = req

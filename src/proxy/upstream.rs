@@ -69,8 +69,8 @@ impl Portico {
             upstream.set_uri(routed.clone());
         }
 
-        // Room for the five headers the gateway sets, and a few for the route's plugins.
-        edit_request_headers(upstream, 8, |headers| {
+        // Room for the seven headers the gateway sets, and a few for the route's plugins.
+        edit_request_headers(upstream, 10, |headers| {
             drop_connection_headers(headers);
             one_content_length(headers);
             gateway_request_headers(headers, session, ctx)

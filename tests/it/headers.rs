@@ -112,3 +112,126 @@ async fn a_trace_is_propagated_or_started() {
         "{started}"
     );
 }
+
+/// A gateway in front of an upstream that logs the exact bytes it gets; `server` is added to
+/// its `[server]` table.
+async fn wire_gateway(server: &str) -> (Gateway, crate::common::wire::WireUpstream) {
+    let up = crate::common::wire::WireUpstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"off\"\n{server}\n\n\
+         [upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"app\"\n",
+        up.addr
+    ))
+    .await;
+    (gw, up)
+}
+
+const SPOOFED: &str = "X-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6;proto=https\r\n\
+    X-Forwarded-Port: 443\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Scheme: https\r\n\
+    X-Forwarded-Server: internal\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n\
+    True-Client-IP: 6.6.6.6";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_and_url_override_headers_from_an_untrusted_client_never_reach_the_upstream() {
+    let (gw, up) = wire_gateway("").await;
+    // A plain GET (the fast driver) and a POST with a body (Pingora's proxy).
+    for (head, body) in [
+        (
+            format!("GET /a HTTP/1.1\r\nHost: api.test\r\n{SPOOFED}"),
+            &b""[..],
+        ),
+        (
+            format!("POST /a HTTP/1.1\r\nHost: api.test\r\nContent-Length: 2\r\n{SPOOFED}"),
+            &b"hi"[..],
+        ),
+    ] {
+        assert_eq!(raw_request(gw.addr, &head, body).await.status, 200);
+    }
+    for seen in up.seen() {
+        assert_eq!(seen.header_values("x-real-ip"), ["127.0.0.1"]);
+        assert_eq!(
+            seen.header_values("forwarded"),
+            ["for=127.0.0.1;host=\"api.test\";proto=http"]
+        );
+        for dropped in [
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-forwarded-scheme",
+            "x-forwarded-server",
+            "x-original-url",
+            "x-rewrite-url",
+            "true-client-ip",
+        ] {
+            assert!(
+                seen.header_values(dropped).is_empty(),
+                "{dropped}: {}",
+                seen.head
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_proxys_forwarding_headers_are_kept() {
+    let (gw, up) = wire_gateway("trusted_proxies = [\"127.0.0.1\"]").await;
+    let head =
+        format!("GET /a HTTP/1.1\r\nHost: api.test\r\nX-Forwarded-For: 198.51.100.4\r\n{SPOOFED}");
+    assert_eq!(raw_request(gw.addr, &head, b"").await.status, 200);
+    let seen = &up.seen()[0];
+    assert_eq!(seen.header_values("x-real-ip"), ["198.51.100.4"]);
+    assert_eq!(
+        seen.header_values("forwarded"),
+        ["for=6.6.6.6;proto=https, for=127.0.0.1;host=\"api.test\";proto=http"]
+    );
+    assert_eq!(seen.header_values("x-forwarded-prefix"), ["/admin"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_names_with_underscores_are_dropped_by_default() {
+    let (gw, up) = wire_gateway("").await;
+    let head = "POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nTransfer_Encoding: chunked\r\nContent_Length: 100\r\nX_Api_Key: stolen";
+    assert_eq!(raw_request(gw.addr, head, b"hi").await.status, 200);
+    let plain = "GET /b HTTP/1.1\r\nHost: t\r\nX_Forwarded_For: 6.6.6.6";
+    assert_eq!(raw_request(gw.addr, plain, b"").await.status, 200);
+    for seen in up.seen() {
+        assert!(
+            seen.header_names().iter().all(|n| !n.contains('_')),
+            "{}",
+            seen.head
+        );
+    }
+    assert_eq!(up.seen()[0].body, b"hi");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_names_with_underscores_can_be_refused_or_allowed() {
+    let (gw, up) = wire_gateway("underscore_headers = \"reject\"").await;
+    let resp = raw_request(
+        gw.addr,
+        "GET /a HTTP/1.1\r\nHost: t\r\nContent_Length: 5",
+        b"",
+    )
+    .await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.json()["code"], "bad_request");
+    assert_eq!(up.hits(), 0);
+
+    let (gw, up) = wire_gateway("underscore_headers = \"allow\"").await;
+    let resp = raw_request(gw.addr, "GET /a HTTP/1.1\r\nHost: t\r\nX_Legacy: 1", b"").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(up.seen()[0].header_values("x_legacy"), ["1"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_authorization_headers_are_refused() {
+    let (gw, up) = wire_gateway("").await;
+    for head in [
+        "GET /a HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b",
+        "POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nAuthorization: Bearer a\r\nauthorization: Basic b",
+    ] {
+        let resp = raw_request(gw.addr, head, b"").await;
+        assert_eq!(resp.status, 400, "{head}");
+        assert_eq!(resp.json()["code"], "bad_request");
+    }
+    assert_eq!(up.hits(), 0);
+}
