@@ -44,6 +44,12 @@ pub struct ServerSettings {
     pub head: crate::connection::head::HeadLimits,
     pub max_client_connections: usize,
     pub underscore_headers: config::UnderscoreHeaders,
+    /// The whole request body must arrive within this.
+    pub body_timeout: Duration,
+    /// Toward clients: how long one write may take, and the least rate it must go at
+    /// (0: none; then `send_timeout` bounds each write).
+    pub send_timeout: Duration,
+    pub min_send_rate: usize,
 }
 
 /// A compiled `[[routes]]` entry.
@@ -440,8 +446,14 @@ fn compile_server(s: &config::ServerSection, problems: &mut Problems) -> ServerS
     if s.max_request_body.0 == 0 {
         problems.at("server.max_request_body", "must be greater than zero");
     }
-    if s.header_timeout.0.is_zero() {
-        problems.at("server.header_timeout", "must be greater than zero");
+    for (key, d) in [
+        ("server.header_timeout", s.header_timeout),
+        ("server.body_timeout", s.body_timeout),
+        ("server.send_timeout", s.send_timeout),
+    ] {
+        if d.0.is_zero() {
+            problems.at(key, "must be greater than zero");
+        }
     }
     if s.max_client_connections == 0 {
         problems.at("server.max_client_connections", "must be at least 1");
@@ -479,6 +491,9 @@ fn compile_server(s: &config::ServerSection, problems: &mut Problems) -> ServerS
         },
         max_client_connections: s.max_client_connections as usize,
         underscore_headers: s.underscore_headers,
+        body_timeout: s.body_timeout.0,
+        send_timeout: s.send_timeout.0,
+        min_send_rate: usize::try_from(s.min_send_rate.0).unwrap_or(usize::MAX),
     }
 }
 

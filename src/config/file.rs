@@ -55,6 +55,26 @@ pub struct ServerSection {
     /// Header names with "_": dropped, refused (400) or let through.
     #[serde(default)]
     pub underscore_headers: UnderscoreHeaders,
+    /// A request body must arrive whole within this, counted from the end of its head (408).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: ConfigDuration,
+    /// The longest one write of the answer to a client may take (when `min_send_rate` is 0).
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: ConfigDuration,
+    /// Bytes per second a client must read an answer at, at least: each write may take as
+    /// long as its size at this rate (and at least 1 s). "0" turns it off.
+    #[serde(default = "default_min_send_rate")]
+    pub min_send_rate: ByteSize,
+}
+
+fn default_body_timeout() -> ConfigDuration {
+    secs(60)
+}
+fn default_send_timeout() -> ConfigDuration {
+    secs(60)
+}
+fn default_min_send_rate() -> ByteSize {
+    ByteSize(1024)
 }
 
 /// `server.underscore_headers`.
@@ -121,6 +141,9 @@ impl Default for ServerSection {
             max_header_size: default_max_header_size(),
             max_header_line: default_max_header_line(),
             underscore_headers: UnderscoreHeaders::default(),
+            body_timeout: default_body_timeout(),
+            send_timeout: default_send_timeout(),
+            min_send_rate: default_min_send_rate(),
         }
     }
 }

@@ -9,11 +9,11 @@
 //! cannot trust, an authority that contradicts `Host`) is refused here with a problem+json
 //! answer instead, so every error Portico makes is one of its problems.
 //!
-//! Only a head that leaves nothing to interpret goes to the fast driver: HTTP/1.1, an
-//! origin-form target, one `Host`, no body, nothing hop-by-hop but `Connection: keep-alive`
-//! or `close`, and no bytes after the head. Anything else (a body, an upgrade, `Expect`, an
-//! absolute-form target, a `Connection` header naming other headers, a pipelined request)
-//! goes through Pingora's full proxy, which reconciles and sanitises such requests.
+//! The fast driver takes an HTTP/1.1 request with an origin-form target and one valid
+//! `Host`, with or without a body (framed by one `Content-Length` or chunked, checked
+//! below): the common requests of an API. Anything else (an upgrade, `Expect`, `TE` or
+//! `Trailer`, HTTP/1.0, an absolute-form target, bytes after a bodiless head, which would be
+//! a pipelined request) goes through Pingora's full proxy, which reconciles such requests.
 
 use std::time::Duration;
 
@@ -35,16 +35,13 @@ pub struct HeadLimits {
 /// The most header fields in one head, as Envoy allows by default.
 const MAX_HEADERS: usize = 100;
 
-/// Headers whose presence sends a request to the full proxy: a body or its framing, an
-/// upgrade, an expectation, or hop-by-hop headers the full proxy knows how to strip.
-const FULL_PROXY_HEADERS: [&str; 10] = [
-    "transfer-encoding",
+/// Headers whose presence sends a request to the full proxy: an upgrade, an expectation,
+/// trailers, or hop-by-hop headers the full proxy knows how to handle.
+const FULL_PROXY_HEADERS: [&str; 7] = [
     "te",
     "trailer",
     "upgrade",
     "expect",
-    "keep-alive",
-    "proxy-connection",
     "proxy-authorization",
     "proxy-authenticate",
     "http2-settings",
@@ -68,12 +65,25 @@ impl Refusal {
 pub enum Head {
     /// Not the whole head yet, and nothing wrong so far.
     Partial,
-    /// A whole head of `len` bytes; `plain`: the fast driver may serve it.
+    /// A whole head of `len` bytes, and which driver may serve it.
     Complete {
         len: usize,
-        plain: bool,
+        driver: Fit,
     },
     Refused(Refusal),
+}
+
+/// Which driver a whole head may go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// The fast driver: no body.
+    Fast,
+    /// The fast driver, with a body (which a route that caches must leave to Pingora's
+    /// proxy, where the cache is: the fast driver cannot hand a request over once its body
+    /// has started to be read).
+    FastWithBody,
+    /// Pingora's proxy.
+    Full,
 }
 
 /// Check `buf`, the bytes a client has sent of its next request so far.
@@ -117,11 +127,14 @@ pub fn check(buf: &[u8], limits: &HeadLimits) -> Head {
             "CONNECT is not served: Portico is not a forward proxy",
         ));
     }
-    if is_plain(&req, len == buf.len()) {
-        return Head::Complete { len, plain: true };
+    if let Some(driver) = fast(&req, len == buf.len()) {
+        return Head::Complete { len, driver };
     }
     match framing_and_authority(&req) {
-        Ok(()) => Head::Complete { len, plain: false },
+        Ok(()) => Head::Complete {
+            len,
+            driver: Fit::Full,
+        },
         Err(refusal) => Head::Refused(refusal),
     }
 }
@@ -169,49 +182,53 @@ fn overlong_line(buf: &[u8], max: usize) -> Option<Refusal> {
     (buf.len() - start > max).then(|| refusal(first)).flatten()
 }
 
-/// Whether the fast driver may serve this head: nothing in it to interpret.
-fn is_plain(req: &httparse::Request<'_, '_>, nothing_after: bool) -> bool {
-    if !nothing_after || req.version != Some(1) {
-        return false;
-    }
-    if !req.path.is_some_and(|p| p.starts_with('/')) {
-        return false;
+/// Whether the fast driver may serve this head, and with a body or not. `nothing_after`:
+/// the read ended with the head.
+fn fast(req: &httparse::Request<'_, '_>, nothing_after: bool) -> Option<Fit> {
+    if req.version != Some(1) || !req.path.is_some_and(|p| p.starts_with('/')) {
+        return None;
     }
     let mut hosts = 0;
+    // A body is framed by exactly one plain Content-Length or one `chunked`, never both.
+    let mut framings = 0;
+    let mut has_body = false;
     for header in req.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
             // One Pingora's parser would refuse (userinfo, say) is refused here instead.
             if !target::valid_host(header.value) {
-                return false;
+                return None;
             }
             hosts += 1;
         } else if name.eq_ignore_ascii_case("content-length") {
-            if header.value != b"0" {
-                return false;
+            let value = header.value;
+            if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+                return None;
             }
-        } else if name.eq_ignore_ascii_case("connection") {
-            if !only_persistence(header.value) {
-                return false;
+            framings += 1;
+            has_body |= value.iter().any(|&d| d != b'0');
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return None;
             }
+            framings += 1;
+            has_body = true;
         } else if FULL_PROXY_HEADERS
             .iter()
             .any(|full| name.eq_ignore_ascii_case(full))
         {
-            return false;
+            return None;
         }
     }
-    hosts == 1
-}
-
-/// A `Connection` value that only says whether to keep the connection open.
-fn only_persistence(value: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .map(<[u8]>::trim_ascii)
-        .all(|token| {
-            token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close")
-        })
+    if hosts != 1 || framings > 1 {
+        return None;
+    }
+    match (has_body, nothing_after) {
+        (false, true) => Some(Fit::Fast),
+        // Bytes after a bodiless head are a pipelined request: the full proxy's.
+        (false, false) => None,
+        (true, _) => Some(Fit::FastWithBody),
+    }
 }
 
 /// What Pingora's parser would refuse on its own (with a bare 400): body framing that two
@@ -294,54 +311,67 @@ mod tests {
         }
     }
 
+    fn driver_of(request: &str) -> Fit {
+        let bytes = head(request);
+        match check(&bytes, &LIMITS) {
+            Head::Complete { len, driver } if len == bytes.len() => driver,
+            other => panic!("{request:?} was {other:?}"),
+        }
+    }
+
     #[test]
-    fn plain_requests_without_a_body_go_to_the_fast_driver() {
+    fn common_requests_go_to_the_fast_driver() {
         for request in [
             "GET / HTTP/1.1\nHost: a",
             "GET /users/7?x=1 HTTP/1.1\nHost: api.example.com\nAccept: */*",
             "HEAD /x HTTP/1.1\nhost: a\nConnection: keep-alive",
             "DELETE /x HTTP/1.1\nHost: a\nContent-Length: 0\nConnection: Close",
             "GET / HTTP/1.1\nHost: a\nAuthorization: Bearer t\nX-Request-Id: abc",
+            "GET / HTTP/1.1\nHost: a\nConnection: keep-alive, X-Secret\nX-Secret: 1",
+            "GET / HTTP/1.1\nHost: a\nKeep-Alive: timeout=5",
         ] {
-            let bytes = head(request);
-            let want = Head::Complete {
-                len: bytes.len(),
-                plain: true,
-            };
-            assert_eq!(check(&bytes, &LIMITS), want, "{request:?}");
+            assert_eq!(driver_of(request), Fit::Fast, "{request:?}");
         }
-    }
-
-    #[test]
-    fn anything_to_interpret_goes_to_the_full_proxy() {
         for request in [
             "POST /x HTTP/1.1\nHost: a\nContent-Length: 5",
             "POST /x HTTP/1.1\nHost: a\nTransfer-Encoding: chunked",
+            "PUT /x HTTP/1.1\nHost: a\nTransfer-Encoding: Chunked\nConnection: close",
+        ] {
+            assert_eq!(driver_of(request), Fit::FastWithBody, "{request:?}");
+        }
+        // The body's first bytes may come with the head.
+        let mut with_body = head("POST /x HTTP/1.1\nHost: a\nContent-Length: 5");
+        let len = with_body.len();
+        with_body.extend_from_slice(b"hel");
+        let want = Head::Complete {
+            len,
+            driver: Fit::FastWithBody,
+        };
+        assert_eq!(check(&with_body, &LIMITS), want);
+    }
+
+    #[test]
+    fn anything_else_goes_to_the_full_proxy() {
+        for request in [
             "GET /chat HTTP/1.1\nHost: a\nUpgrade: websocket\nConnection: Upgrade",
-            "PUT /x HTTP/1.1\nHost: a\nContent-Length: 0\nExpect: 100-continue",
-            "GET / HTTP/1.1\nHost: a\nConnection: keep-alive, X-Secret",
-            "GET / HTTP/1.1\nHost: a\nKeep-Alive: timeout=5",
+            "PUT /x HTTP/1.1\nHost: a\nContent-Length: 5\nExpect: 100-continue",
             "GET / HTTP/1.1\nHost: a\nProxy-Authorization: Basic x",
+            "GET / HTTP/1.1\nHost: a\nTE: trailers",
             "GET / HTTP/1.0\nHost: a",
             "GET http://a/ HTTP/1.1\nHost: a",
+            "POST /x HTTP/1.1\nHost: a\nContent-Length: 5\nContent-Length: 5",
+            "POST /x HTTP/1.1\nHost: a\nContent-Length: 5, 5",
         ] {
-            let bytes = head(request);
-            let want = Head::Complete {
-                len: bytes.len(),
-                plain: false,
-            };
-            assert_eq!(check(&bytes, &LIMITS), want, "{request:?}");
+            assert_eq!(driver_of(request), Fit::Full, "{request:?}");
         }
         let mut pipelined = head("GET /a HTTP/1.1\nHost: a");
         let first = pipelined.len();
         pipelined.extend_from_slice(&head("GET /b HTTP/1.1\nHost: a"));
-        assert_eq!(
-            check(&pipelined, &LIMITS),
-            Head::Complete {
-                len: first,
-                plain: false
-            }
-        );
+        let want = Head::Complete {
+            len: first,
+            driver: Fit::Full,
+        };
+        assert_eq!(check(&pipelined, &LIMITS), want);
     }
 
     #[test]
@@ -412,7 +442,10 @@ mod tests {
         let same = head("POST / HTTP/1.1\nHost: a\nContent-Length: 5\nContent-Length: 5");
         assert!(matches!(
             check(&same, &LIMITS),
-            Head::Complete { plain: false, .. }
+            Head::Complete {
+                driver: Fit::Full,
+                ..
+            }
         ));
         assert_eq!(
             refused(&head("CONNECT a:443 HTTP/1.1\nHost: a:443")),

@@ -12,7 +12,7 @@
 //! read twice.
 //!
 //! With the whole head in hand it also chooses the request's driver: the fast driver
-//! (`proxy::direct`) for a plain request without a body, Pingora's proxy for anything else.
+//! (`proxy::direct`) for the common requests of an API, Pingora's proxy for anything else.
 //!
 //! Portico's listeners speak plain HTTP/1.1. Anything else (TLS, h2c, a negotiated protocol)
 //! is left to Pingora's own loop.
@@ -43,7 +43,7 @@ use crate::metrics::method_label;
 use crate::proxy::direct::{Direct, Handled};
 use crate::proxy::forwarding::new_request_id;
 use crate::state::GatewayState;
-use head::{Head, HeadLimits, Refusal};
+use head::{Fit, Head, HeadLimits, Refusal};
 
 /// How long a connection may sit idle before its next request: Pingora's own keep-alive
 /// timeout, which its loop sets on every new connection.
@@ -140,7 +140,7 @@ where
                 Instant::now() + limits.timeout
             };
             first_request = false;
-            let (bytes, plain) = match read_head(&mut stream, first, &limits, deadline).await {
+            let (bytes, fit) = match read_head(&mut stream, first, &limits, deadline).await {
                 Ok(head) => head,
                 Err(Unread::Closed) => return None,
                 Err(Unread::Refused(refusal)) => {
@@ -148,7 +148,13 @@ where
                     return None;
                 }
             };
-            let direct = plain && self.direct.enabled();
+            let direct = match fit {
+                Fit::Fast => self.direct.enabled(),
+                // The cache lives in Pingora's proxy; the flag spares configs without a
+                // caching route the question of which route this is.
+                Fit::FastWithBody => self.direct.enabled() && !self.state.caches(),
+                Fit::Full => false,
+            };
             let settle = |session: &mut ServerSession, carried: Option<HttpPersistentSettings>| {
                 match carried {
                     Some(settings) => settings.apply_to_session(session),
@@ -268,17 +274,17 @@ impl<A> Connections<A> {
 }
 
 /// Read the rest of a request head whose first bytes are `buf`, until `head::check` says it
-/// is whole (the bytes read, and whether the fast driver may serve it) or refuses it. The
-/// whole head must be in by `deadline`.
+/// is whole (the bytes read, and which driver may serve it) or refuses it. The whole head
+/// must be in by `deadline`.
 async fn read_head(
     stream: &mut Stream,
     mut buf: BytesMut,
     limits: &HeadLimits,
     deadline: Instant,
-) -> Result<(BytesMut, bool), Unread> {
+) -> Result<(BytesMut, Fit), Unread> {
     loop {
         match head::check(&buf, limits) {
-            Head::Complete { plain, .. } => return Ok((buf, plain)),
+            Head::Complete { driver, .. } => return Ok((buf, driver)),
             Head::Refused(refusal) => return Err(Unread::Refused(refusal)),
             Head::Partial => {}
         }

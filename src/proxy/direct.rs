@@ -1,5 +1,6 @@
-//! The fast driver: a plain request without a body, on a route that does not cache, forwarded
-//! by Portico itself over Pingora's HTTP/1 sessions and the upstream exchange's pool.
+//! The fast driver: the common requests of an API (HTTP/1.1, with or without a body), on a
+//! route that does not cache, forwarded by Portico itself over Pingora's HTTP/1 sessions and
+//! the upstream exchange's pool.
 //!
 //! Pingora's proxy runs every request through machinery built for the general case: two
 //! futures joined over a pair of task channels (so a body can stream both ways at once), the
@@ -13,6 +14,8 @@
 //! logs and metrics are one code whichever driver serves a request. `connection::head`
 //! decides which requests come here; everything else goes through Pingora's proxy, and so
 //! does a request to a route that caches, handed over unread once its route is known.
+
+use std::time::Duration;
 
 use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -209,10 +212,11 @@ impl Direct {
         }
         if let Some(e) = attempt.error.take() {
             let mut e = e.more_context(format!("peer {}", peer._address));
-            // The direct path's requests have no body: any of them can be sent again while
-            // nothing of an answer reached the client.
-            let replayable =
-                session.response_written().is_none() && session.req_header().method.is_idempotent();
+            // An idempotent request can be sent again while nothing of an answer reached the
+            // client, and its body (if any) is still at hand whole.
+            let replayable = session.response_written().is_none()
+                && session.req_header().method.is_idempotent()
+                && !session.retry_buffer_truncated();
             let retry = ctx
                 .exchange()
                 .is_some_and(|exchange| exchange.retry_after(&e, Stage::Sent, replayable));
@@ -235,8 +239,6 @@ impl Direct {
         upstream.write_timeout = peer.options.write_timeout;
 
         let mut req = session.req_header().clone();
-        // The only hop-by-hop header `connection::head` lets through.
-        req.remove_header(&CONNECTION);
         if let Err(e) = self
             .portico
             .shape_upstream_request(session, &mut req, ctx)
@@ -244,14 +246,27 @@ impl Direct {
         {
             return Attempt::failed(true, e);
         }
+        // Shaping dropped what the client's `Connection` named; the upstream connection's
+        // own persistence is this driver's to manage.
+        req.remove_header(&CONNECTION);
         if let Err(e) = upstream.write_request_header(Box::new(req)).await {
             return Attempt::failed(false, e.into_up());
         }
-        if let Err(e) = upstream.finish_body().await {
-            return Attempt::failed(false, e.into_up());
+        if let Err(e) = self.send_body(session, upstream, ctx).await {
+            return Attempt::failed(false, e);
         }
 
-        let (mut resp, mut done) = match read_final_head(upstream).await {
+        // Each read has its timeout; the route's deadline bounds the whole head, so an
+        // upstream that trickles it a byte at a time is cut off too.
+        let time_left = ctx.exchange().map_or(Duration::MAX, |x| x.time_left());
+        let head = match tokio::time::timeout(time_left, read_final_head(upstream)).await {
+            Ok(head) => head,
+            Err(_) => Error::e_explain(
+                ErrorType::ReadTimedout,
+                "the route's timeout passed before the answer's head",
+            ),
+        };
+        let (mut resp, mut done) = match head {
             Ok(head) => head,
             Err(e) => return Attempt::failed(false, e.into_up()),
         };
@@ -290,9 +305,51 @@ impl Direct {
     }
 }
 
+impl Direct {
+    /// Send the request's body upstream as it arrives, through the request body phase (its
+    /// size and deadline). What an earlier attempt read of it is sent first: the session
+    /// keeps the first 64 KiB for a retry, and a body longer than that is not retried
+    /// (`replayable` in `attempt`).
+    async fn send_body(
+        &self,
+        session: &mut Session,
+        upstream: &mut UpstreamH1,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if session.is_body_empty() {
+            upstream.finish_body().await.map_err(|e| e.into_up())?;
+            return Ok(());
+        }
+        session.enable_retry_buffering();
+        if let Some(read_before) = session.get_retry_buffer().filter(|b| !b.is_empty()) {
+            upstream
+                .write_body(&read_before)
+                .await
+                .map_err(|e| e.into_up())?;
+        }
+        while !session.is_body_done() {
+            let chunk = session
+                .downstream_session
+                .read_request_body()
+                .await
+                .map_err(|e| e.into_down())?;
+            self.portico
+                .request_body_phase(session, chunk.as_ref(), ctx)?;
+            match chunk {
+                Some(chunk) => {
+                    upstream.write_body(&chunk).await.map_err(|e| e.into_up())?;
+                }
+                None => break,
+            }
+        }
+        upstream.finish_body().await.map_err(|e| e.into_up())?;
+        Ok(())
+    }
+}
+
 /// A new session on the same connection whose parser starts again at the request `session`
-/// has read. Nothing follows that request in the buffer: `connection::head` let through only a
-/// head with no body and no bytes after it.
+/// has read. Nothing follows that request in the buffer: a head with a body comes here only
+/// when no route caches, and a bodiless head only with nothing after it (`connection::head`).
 fn unread(session: Session) -> Option<ServerSession> {
     let downstream = *session.downstream_session;
     let keepalive = downstream.get_keepalive();

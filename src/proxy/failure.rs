@@ -82,6 +82,9 @@ pub fn classify(e: &Error) -> Option<ErrorCode> {
     }
     use ErrorType::*;
     let code = match e.etype() {
+        // A client too slow to send its body gets a 408; one too slow to read its answer
+        // cannot be told anything.
+        ReadTimedout if e.esource() == &ErrorSource::Downstream => ErrorCode::RequestTimeout,
         ConnectTimedout | ReadTimedout | WriteTimedout => match e.esource() {
             ErrorSource::Downstream => return None,
             _ => ErrorCode::UpstreamTimeout,
@@ -111,6 +114,7 @@ pub fn detail(code: ErrorCode) -> &'static str {
         ErrorCode::UpstreamUnavailable => "no upstream target can take the request now",
         ErrorCode::PayloadTooLarge => "the request body is larger than the gateway accepts",
         ErrorCode::BadRequest => "the request is malformed",
+        ErrorCode::RequestTimeout => "the request body did not arrive in time",
         _ => "the gateway failed to process the request",
     }
 }
@@ -163,7 +167,11 @@ mod tests {
             ),
             (err(ConnectionClosed, Upstream), Some(ErrorCode::BadGateway)),
             (err(ReadError, Downstream), None),
-            (err(ReadTimedout, Downstream), None),
+            (
+                err(ReadTimedout, Downstream),
+                Some(ErrorCode::RequestTimeout),
+            ),
+            (err(WriteTimedout, Downstream), None),
             (
                 err(InvalidHTTPHeader, Downstream),
                 Some(ErrorCode::BadRequest),

@@ -37,6 +37,7 @@ use portico_plugins::ErrorCode;
 use crate::problem;
 use crate::router::RouteMatch;
 use crate::state::GatewayState;
+use crate::upstream::deadline::DeadlineConnect;
 use crate::upstream::exchange::Stage;
 pub use ctx::RequestCtx;
 use failure::GatewayError;
@@ -86,7 +87,17 @@ impl Portico {
         e: &Error,
         ctx: &RequestCtx,
     ) -> Option<ErrorCode> {
-        let code = failure::classify(e)?;
+        let mut code = failure::classify(e)?;
+        // An upstream failure once the route's deadline has passed is the deadline's doing
+        // (a connection `upstream::deadline` cut, say): the client is told it timed out.
+        let late = ctx
+            .routed
+            .as_ref()
+            .and_then(|r| r.exchange.as_ref())
+            .is_some_and(|x| x.deadline_passed());
+        if late && code == ErrorCode::BadGateway {
+            code = ErrorCode::UpstreamTimeout;
+        }
         if session.response_written().is_none() {
             let extra: Vec<(HeaderName, HeaderValue)> = if code == ErrorCode::UpstreamUnavailable {
                 let secs = failure::decision(e)
@@ -126,26 +137,15 @@ impl ProxyHttp for Portico {
         self.request_phases(session, ctx).await
     }
 
-    /// Enforce `max_request_body` on bodies without a declared length as they stream.
+    /// The request body's size and deadline, as it streams.
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(chunk) = body {
-            ctx.body_bytes += chunk.len() as u64;
-            let limit = ctx
-                .snapshot
-                .as_ref()
-                .map_or(u64::MAX, |s| s.server.max_request_body);
-            if ctx.body_bytes > limit {
-                return Err(GatewayError::new(ErrorCode::PayloadTooLarge)
-                    .into_error("request body over max_request_body"));
-            }
-        }
-        Ok(())
+        self.request_body_phase(session, body.as_ref(), ctx)
     }
 
     /// Turn the cache on when the route caches and the method is GET or HEAD. Runs after
@@ -226,11 +226,20 @@ impl ProxyHttp for Portico {
     /// for the connection Pingora is about to make (Pingora's proxy keeps no idle upstream
     /// connections: the one pool is the exchange's). Runs again on each retry.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let peer = self.choose_target(session, ctx).await?;
+        let mut peer = self.choose_target(session, ctx).await?;
         if let Some(exchange) = ctx.exchange() {
             exchange.admit_connection().await.map_err(|refused| {
                 GatewayError::from(refused).into_error("the target is at max_connections")
             })?;
+            // Pingora times each read, not the answer: the connection itself stops at the
+            // route's deadline (`upstream::deadline`).
+            if let Some(deadline) = exchange.deadline() {
+                let connect_timeout = exchange.pool().spec.connect_timeout.0;
+                peer.options.custom_l4 = Some(Arc::new(DeadlineConnect {
+                    deadline: tokio::time::Instant::from_std(deadline),
+                    connect_timeout,
+                }));
+            }
         }
         Ok(peer)
     }

@@ -42,6 +42,7 @@ impl Portico {
         // Interim answers the client did not ask for (anything but a 100 to its own
         // `Expect: 100-continue`) are not passed on.
         session.downstream_session.set_ignore_info_resp(true);
+        client_timeouts(session, &snapshot.server);
         identify(session, ctx, snapshot);
 
         // From here on the request header's URI is the one target that is routed, shown to
@@ -178,6 +179,20 @@ impl Portico {
     }
 }
 
+/// What a slow client may hold: the answer goes out at `min_send_rate` at least (or each
+/// write within `send_timeout`), and a body must arrive within `body_timeout`. A client that
+/// sends its whole request and then closes its side (HTTP/1.0 tools do) still gets its
+/// answer: a half-closed connection is not an aborted request (RFC 9112 section 9.6).
+fn client_timeouts(session: &mut Session, server: &crate::snapshot::ServerSettings) {
+    let downstream = &mut session.downstream_session;
+    downstream.set_write_timeout(Some(server.send_timeout));
+    downstream.set_min_send_rate((server.min_send_rate > 0).then_some(server.min_send_rate));
+    downstream.set_abort_on_close(false);
+    if !downstream.is_body_empty() {
+        downstream.set_read_timeout(Some(server.body_timeout));
+    }
+}
+
 /// Who is asking: the request id, the trace context, and the client's address (believing
 /// `X-Forwarded-For` only from a trusted proxy).
 fn identify(session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) {
@@ -214,4 +229,40 @@ pub(super) fn match_route<'s>(
     snapshot
         .routes
         .match_request(host, &req.method, path, &req.headers)
+}
+
+impl Portico {
+    /// A piece of the request body has been read (`None`: it ended): hold the body to
+    /// `max_request_body` (413) and to `body_timeout` from the end of the head (408), and
+    /// give the next read only the time that is left, so a body that trickles in is cut off
+    /// at its deadline however quick each read is. Both drivers call this after every read.
+    pub(crate) fn request_body_phase(
+        &self,
+        session: &mut Session,
+        chunk: Option<&bytes::Bytes>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(server) = ctx.snapshot.as_ref().map(|s| &s.server) else {
+            return Ok(());
+        };
+        if let Some(chunk) = chunk {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > server.max_request_body {
+                return Err(
+                    crate::proxy::failure::GatewayError::new(ErrorCode::PayloadTooLarge)
+                        .into_error("request body over max_request_body"),
+                );
+            }
+        }
+        let left = (ctx.started + server.body_timeout)
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(
+                crate::proxy::failure::GatewayError::new(ErrorCode::RequestTimeout)
+                    .into_error("the request body did not arrive within body_timeout"),
+            );
+        }
+        session.downstream_session.set_read_timeout(Some(left));
+        Ok(())
+    }
 }

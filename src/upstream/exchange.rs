@@ -148,6 +148,11 @@ impl Exchange {
         })
     }
 
+    /// The route's deadline over every attempt, if it has one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     pub fn deadline_passed(&self) -> bool {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
@@ -308,7 +313,12 @@ impl Exchange {
             self.tried.pop();
             return true;
         }
-        self.record(classify(error));
+        // A failure once the deadline has passed is the deadline's doing.
+        let outcome = match classify(error) {
+            Some(Outcome::Reset) if self.deadline_passed() => Some(Outcome::Timeout),
+            other => other,
+        };
+        self.record(outcome);
         let may_resend = match stage {
             Stage::Connect => true,
             Stage::Sent => replayable && error.esource() == &ErrorSource::Upstream,

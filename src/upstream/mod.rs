@@ -4,6 +4,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod budget;
+pub mod deadline;
 pub mod exchange;
 pub mod health;
 pub mod pool;

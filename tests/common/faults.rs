@@ -26,6 +26,10 @@ pub enum Fault {
     Status503,
     /// Answer 200, 300 ms after the request arrived.
     Slow,
+    /// The answer's head one byte every 200 ms, for ever.
+    TrickleHead,
+    /// A 64 MiB answer, as fast as the gateway takes it; a write that fails is counted.
+    Huge,
 }
 
 impl Fault {
@@ -40,6 +44,8 @@ impl Fault {
             Fault::Garbage,
             Fault::Status503,
             Fault::Slow,
+            Fault::TrickleHead,
+            Fault::Huge,
         ]
         .get(v as usize)
         .copied()
@@ -59,6 +65,8 @@ pub struct FaultyUpstream {
     /// Connections open now, and the most that were open at once.
     open: Arc<AtomicUsize>,
     peak_open: Arc<AtomicUsize>,
+    /// Answers the gateway stopped taking before they were all written.
+    cut_off: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -72,7 +80,9 @@ impl FaultyUpstream {
         let hangups = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let peak_open = Arc::new(AtomicUsize::new(0));
+        let cut_off = Arc::new(AtomicUsize::new(0));
         let counts = Counts {
+            cut_off: Arc::clone(&cut_off),
             requests: Arc::clone(&requests),
             hangups: Arc::clone(&hangups),
             open: Arc::clone(&open),
@@ -93,6 +103,7 @@ impl FaultyUpstream {
             hangups,
             open,
             peak_open,
+            cut_off,
             task,
         }
     }
@@ -118,6 +129,11 @@ impl FaultyUpstream {
         self.open.load(Ordering::SeqCst)
     }
 
+    /// Answers the gateway stopped taking before they were whole.
+    pub fn cut_off(&self) -> usize {
+        self.cut_off.load(Ordering::SeqCst)
+    }
+
     /// The most connections that were open to this upstream at once.
     pub fn peak_open(&self) -> usize {
         self.peak_open.load(Ordering::SeqCst)
@@ -127,6 +143,7 @@ impl FaultyUpstream {
 /// What a connection's task counts.
 #[derive(Clone)]
 struct Counts {
+    cut_off: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     hangups: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
@@ -213,6 +230,37 @@ async fn serve(mut stream: TcpStream, mode: Arc<AtomicU8>, counts: Counts, name:
         match Fault::from_u8(mode.load(Ordering::SeqCst)) {
             Fault::Healthy => {
                 if stream.write_all(ok.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Fault::TrickleHead => {
+                for byte in format!(
+                    "HTTP/1.1 200 OK\r\nx-upstream: {name}\r\nx-pad: {}",
+                    "p".repeat(1000)
+                )
+                .bytes()
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if stream.write_all(&[byte]).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            Fault::Huge => {
+                const SIZE: usize = 64 << 20;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\nx-upstream: {name}\r\n\r\n"
+                );
+                let chunk = vec![b'h'; 64 << 10];
+                let mut written = 0;
+                let mut failed = stream.write_all(head.as_bytes()).await.is_err();
+                while !failed && written < SIZE {
+                    failed = stream.write_all(&chunk).await.is_err();
+                    written += chunk.len();
+                }
+                if failed {
+                    counts.cut_off.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
             }

@@ -22,4 +22,5 @@ mod rate_limit;
 mod reload;
 mod resilience;
 mod routing;
+mod slow;
 mod upstream_pool;
