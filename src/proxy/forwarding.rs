@@ -151,15 +151,10 @@ pub fn ipv4_text(v4: std::net::Ipv4Addr) -> ([u8; 15], usize) {
 /// else's are replaced. `peer`: the direct peer's address; `host`: the client's Host.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: Option<IpAddr>,
+    peer_ip: HeaderValue,
     host: Option<&HeaderValue>,
     peer_trusted: bool,
 ) -> pingora_error::Result<()> {
-    let peer_ip = match peer {
-        Some(ip) => ip_value(ip),
-        None => Ok(HeaderValue::from_static("")),
-    }
-    .or_err(InvalidHTTPHeader, "X-Forwarded-For")?;
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
         Some(existing) if peer_trusted => {
             let mut joined = Vec::with_capacity(existing.len() + 2 + peer_ip.len());
@@ -333,13 +328,13 @@ mod edit_tests {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil"));
-        set_forwarded(&mut h, Some(peer), Some(&host), false).unwrap();
+        set_forwarded(&mut h, ip_value(peer).unwrap(), Some(&host), false).unwrap();
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
         assert_eq!(h[X_FORWARDED_HOST], "api.example.com");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
-        set_forwarded(&mut h, Some(peer), Some(&host), true).unwrap();
+        set_forwarded(&mut h, ip_value(peer).unwrap(), Some(&host), true).unwrap();
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.1");
     }
 }
@@ -437,16 +432,26 @@ fn set_gateway_headers(
     if !who.peer_trusted {
         drop_override_headers(headers);
     }
-    set_forwarded(headers, who.peer, host, who.peer_trusted)?;
-    set_rfc7239_forwarded(headers, who.peer, host, who.peer_trusted);
-    match who.client.map(ip_value) {
-        Some(Ok(ip)) => {
+    // The peer's address is written once, for all three headers that carry it.
+    let peer_ip = match who.peer {
+        Some(ip) => ip_value(ip).or_err(InvalidHTTPHeader, "X-Forwarded-For")?,
+        None => HeaderValue::from_static(""),
+    };
+    set_rfc7239_forwarded(headers, who.peer, &peer_ip, host, who.peer_trusted);
+    let real_ip = match who.client {
+        Some(client) if Some(client) == who.peer => Some(peer_ip.clone()),
+        Some(client) => ip_value(client).ok(),
+        None => None,
+    };
+    match real_ip {
+        Some(ip) => {
             headers.insert(X_REAL_IP, ip);
         }
-        _ => {
+        None => {
             headers.remove(&X_REAL_IP);
         }
     }
+    set_forwarded(headers, peer_ip, host, who.peer_trusted)?;
     headers.insert(X_REQUEST_ID, request_id);
     headers.insert(TRACEPARENT, traceparent);
     Ok(())
@@ -505,47 +510,39 @@ fn drop_override_headers(headers: &mut HeaderMap) {
 fn set_rfc7239_forwarded(
     headers: &mut HeaderMap,
     peer: Option<IpAddr>,
+    peer_ip: &HeaderValue,
     host: Option<&HeaderValue>,
     peer_trusted: bool,
 ) {
-    let mut element = String::with_capacity(64);
+    let host = host.map_or(&b""[..], HeaderValue::as_bytes);
+    let mut value = Vec::with_capacity(48 + host.len());
+    if peer_trusted {
+        for existing in headers.get_all(&FORWARDED) {
+            value.extend_from_slice(existing.as_bytes());
+            value.extend_from_slice(b", ");
+        }
+    }
     match peer {
-        Some(IpAddr::V4(v4)) => {
-            let (text, len) = ipv4_text(v4);
-            element.push_str("for=");
-            element.push_str(std::str::from_utf8(&text[..len]).unwrap_or("unknown"));
+        Some(IpAddr::V4(_)) => {
+            value.extend_from_slice(b"for=");
+            value.extend_from_slice(peer_ip.as_bytes());
         }
-        Some(IpAddr::V6(v6)) => {
-            element.push_str("for=\"[");
-            element.push_str(&v6.to_string());
-            element.push_str("]\"");
+        // An IPv6 node is quoted and bracketed (RFC 7239 section 6).
+        Some(IpAddr::V6(_)) => {
+            value.extend_from_slice(b"for=\"[");
+            value.extend_from_slice(peer_ip.as_bytes());
+            value.extend_from_slice(b"]\"");
         }
-        None => element.push_str("for=unknown"),
+        None => value.extend_from_slice(b"for=unknown"),
     }
     // A checked Host holds no quote or backslash, so it needs no escaping inside quotes.
-    if let Some(host) = host.and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()) {
-        element.push_str(";host=\"");
-        element.push_str(host);
-        element.push('"');
+    if !host.is_empty() {
+        value.extend_from_slice(b";host=\"");
+        value.extend_from_slice(host);
+        value.push(b'"');
     }
-    element.push_str(";proto=http");
-    let existing: Vec<&[u8]> = if peer_trusted {
-        headers
-            .get_all(&FORWARDED)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let value = if existing.is_empty() {
-        HeaderValue::try_from(element)
-    } else {
-        let mut joined = existing.join(&b", "[..]);
-        joined.extend_from_slice(b", ");
-        joined.extend_from_slice(element.as_bytes());
-        HeaderValue::from_bytes(&joined)
-    };
+    value.extend_from_slice(b";proto=http");
+    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(value));
     match value {
         Ok(value) => {
             headers.insert(FORWARDED, value);

@@ -106,22 +106,27 @@ fn decode_unreserved(bytes: &[u8]) -> Result<String, PathRejection> {
     Ok(out)
 }
 
+/// One pass over a path that starts with `/`: no control character, `\\` or `;`, no `.` or
+/// `..` segment, and no empty segment but a trailing one.
 fn check_segments(path: &str) -> Result<(), PathRejection> {
-    for b in path.bytes() {
+    let bytes = path.as_bytes();
+    let mut segment_start = 1;
+    for i in 1..=bytes.len() {
+        // The end of the path closes the last segment, as a `/` would.
+        let b = bytes.get(i).copied().unwrap_or(b'/');
         match b {
             0x00..=0x1f | 0x7f => return Err(PathRejection::ControlCharacter),
             b'\\' => return Err(PathRejection::EncodedSeparator),
             b';' => return Err(PathRejection::PathParameter),
-            _ => {}
-        }
-    }
-    let segments = path[1..].split('/');
-    let count = path[1..].split('/').count();
-    for (i, segment) in segments.enumerate() {
-        match segment {
-            "." | ".." => return Err(PathRejection::DotSegment),
-            // A trailing slash is an empty last segment, and that is fine.
-            "" if i + 1 < count => return Err(PathRejection::EmptySegment),
+            b'/' => {
+                match &bytes[segment_start..i] {
+                    b"." | b".." => return Err(PathRejection::DotSegment),
+                    // A trailing slash is an empty last segment, and that is fine.
+                    b"" if i < bytes.len() => return Err(PathRejection::EmptySegment),
+                    _ => {}
+                }
+                segment_start = i + 1;
+            }
             _ => {}
         }
     }
