@@ -183,11 +183,13 @@ pub fn set_forwarded(
 }
 
 /// Drop the headers the client listed in `Connection` (hop-by-hop, RFC 9110 7.6.1) and the
-/// hop-by-hop headers that never cross a proxy. `Connection` and `Upgrade` themselves are
-/// left to Pingora, which manages the upstream connection.
-pub fn drop_connection_headers(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
+/// hop-by-hop headers that never cross a proxy. `client` is the client's request headers:
+/// what it named is read there, since Pingora's proxy takes `Connection` itself off the
+/// upstream copy before shaping sees it. `Connection` and `Upgrade` themselves are left to
+/// the driver, which manages the upstream connection.
+pub fn drop_connection_headers(headers: &mut HeaderMap, client: &HeaderMap) {
+    if client.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = client
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -275,7 +277,8 @@ mod tests {
         req.insert_header("x-secret", "1").unwrap();
         req.insert_header("keep-alive", "timeout=5").unwrap();
         req.insert_header("x-other", "2").unwrap();
-        edit_request_headers(&mut req, 0, drop_connection_headers);
+        let client = req.headers.clone();
+        edit_request_headers(&mut req, 0, |h| drop_connection_headers(h, &client));
         assert!(req.headers.get("x-secret").is_none());
         assert!(req.headers.get("keep-alive").is_none());
         assert!(req.headers.get("x-other").is_some());

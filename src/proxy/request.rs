@@ -174,6 +174,11 @@ impl Portico {
         detail: &str,
         extra: &[(HeaderName, HeaderValue)],
     ) -> Result<bool> {
+        // After a malformed request, what follows on the connection cannot be trusted to be
+        // the next request: answer, then close (as nginx does).
+        if code == ErrorCode::BadRequest {
+            session.set_keepalive(None);
+        }
         problem::respond(session, code, detail, ctx.id(), extra).await?;
         Ok(true)
     }

@@ -7,8 +7,13 @@
 //!   refuses the request (400), or lets them through.
 //! - Two `Authorization` fields: the gateway would verify one and the upstream might read the
 //!   other. Refused (400).
+//! - A `Connection` option that is not a token, or that names a field meant for every
+//!   recipient and that the gateway frames or routes by (`Host`, `Content-Length`,
+//!   `Transfer-Encoding`), which RFC 9110 section 7.6.1 forbids a sender to list. Refused
+//!   (400). Any other field a client names is hop-by-hop, and shaping drops it before the
+//!   gateway sets its own headers (`forwarding::drop_connection_headers`).
 
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, CONNECTION};
 use http::HeaderName;
 use pingora_http::RequestHeader;
 
@@ -19,6 +24,7 @@ use crate::config::UnderscoreHeaders;
 pub enum HeaderRejection {
     Underscore,
     DuplicateAuthorization,
+    ConnectionOption,
 }
 
 impl HeaderRejection {
@@ -27,6 +33,9 @@ impl HeaderRejection {
             HeaderRejection::Underscore => "header names with \"_\" are not accepted",
             HeaderRejection::DuplicateAuthorization => {
                 "the request has more than one Authorization header"
+            }
+            HeaderRejection::ConnectionOption => {
+                "the Connection header lists something that cannot be hop-by-hop"
             }
         }
     }
@@ -41,6 +50,15 @@ pub fn check(
     let mut values = req.headers.get_all(AUTHORIZATION).iter();
     if values.next().is_some() && values.next().is_some() {
         return Err(HeaderRejection::DuplicateAuthorization);
+    }
+    for value in req.headers.get_all(CONNECTION) {
+        if !value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .all(acceptable_option)
+        {
+            return Err(HeaderRejection::ConnectionOption);
+        }
     }
     if underscores == UnderscoreHeaders::Allow {
         return Ok(());
@@ -62,6 +80,17 @@ pub fn check(
         req.remove_header(&name);
     }
     Ok(())
+}
+
+/// One `Connection` option: a token (RFC 9110 section 5.6.2), and not a field every
+/// recipient needs. Empty list elements are allowed, as in any list.
+fn acceptable_option(option: &[u8]) -> bool {
+    let option = option.trim_ascii();
+    let is_tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    option.iter().all(is_tchar)
+        && !["host", "content-length", "transfer-encoding"]
+            .iter()
+            .any(|field| option.eq_ignore_ascii_case(field.as_bytes()))
 }
 
 #[cfg(test)]
@@ -109,5 +138,32 @@ mod tests {
         );
         let mut one = request(&[("authorization", "Bearer a")]);
         assert_eq!(check(&mut one, UnderscoreHeaders::Drop), Ok(()));
+    }
+
+    #[test]
+    fn connection_options_must_be_tokens_and_never_a_field_every_recipient_needs() {
+        for ok in [
+            "close",
+            "keep-alive, X-Private",
+            "Authorization, X-Forwarded-For",
+            "a,,b",
+        ] {
+            let mut req = request(&[("connection", ok)]);
+            assert_eq!(check(&mut req, UnderscoreHeaders::Drop), Ok(()), "{ok}");
+        }
+        for bad in [
+            "Host",
+            "close, content-length",
+            "Transfer-Encoding",
+            "\"quoted\"",
+            "a b",
+        ] {
+            let mut req = request(&[("connection", bad)]);
+            assert_eq!(
+                check(&mut req, UnderscoreHeaders::Drop),
+                Err(HeaderRejection::ConnectionOption),
+                "{bad}"
+            );
+        }
     }
 }

@@ -71,7 +71,7 @@ impl Portico {
 
         // Room for the seven headers the gateway sets, and a few for the route's plugins.
         edit_request_headers(upstream, 10, |headers| {
-            drop_connection_headers(headers);
+            drop_connection_headers(headers, &session.req_header().headers);
             one_content_length(headers);
             gateway_request_headers(headers, session, ctx)
         })?;

@@ -518,6 +518,12 @@ fn peer_for(backend: &Backend, spec: &UpstreamSection) -> HttpPeer {
     peer.options.read_timeout = Some(read);
     peer.options.write_timeout = Some(spec.write_timeout.map_or(read, |w| w.0));
     peer.options.idle_timeout = Some(spec.idle_timeout.0);
+    // Pingora's proxy would refuse a request whose `Connection` names a forwarding field
+    // (400, before any hook runs); Portico drops what a client names itself, before it sets
+    // its own forwarding headers, the same on both drivers (`proxy::request_headers`).
+    peer.options
+        .http_upstream_request_policy
+        .strip_connection_nominated = false;
     peer
 }
 

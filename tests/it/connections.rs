@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::http::read_one_response;
@@ -128,4 +128,28 @@ async fn clients_that_leave_without_a_request_disturb_no_one() {
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.text().await.unwrap(), "GET /after 0");
     assert!(up.seen().iter().all(|s| s.uri != "/half"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_closes_its_side_after_the_request_still_gets_the_answer() {
+    let (gw, up) = gateway().await;
+    // HTTP/1.0 tools send the request, shut down their write side, and read: on either driver
+    // that is a finished request, not an abandoned one (RFC 9112 section 9.6).
+    for request in [
+        "GET /half/1 HTTP/1.0\r\nHost: t\r\n\r\n",
+        "GET /half/2 HTTP/1.1\r\nHost: t\r\n\r\n",
+        "POST /half/3 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
+    ] {
+        let mut client = connect(&gw).await;
+        client.write_all(request.as_bytes()).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200"), "{request:?}: {text}");
+    }
+    assert_eq!(up.hits(), 3);
 }

@@ -235,3 +235,56 @@ async fn two_authorization_headers_are_refused() {
     }
     assert_eq!(up.hits(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_a_client_names_in_connection_are_dropped_and_the_gateways_own_still_set() {
+    let (gw, up) = wire_gateway("").await;
+    // A client may name any header hop-by-hop, even ones the gateway sets itself. They are
+    // removed before the request goes on, and then the gateway sets its own.
+    let named = "Connection: close, Authorization, X-Forwarded-For, X-Request-Id, X-Private\r\n\
+                 Authorization: Bearer t\r\nX-Forwarded-For: 6.6.6.6\r\nX-Private: 1\r\nX-Request-Id: req-1";
+    for head in [
+        format!("GET /a HTTP/1.1\r\nHost: t\r\n{named}"),
+        format!("POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n{named}"),
+    ] {
+        let body = if head.starts_with("POST") {
+            &b"hi"[..]
+        } else {
+            &b""[..]
+        };
+        let resp = raw_request(gw.addr, &head, body).await;
+        assert_eq!(resp.status, 200, "{head}");
+    }
+    for seen in up.seen() {
+        assert!(
+            seen.header_values("authorization").is_empty(),
+            "{}",
+            seen.head
+        );
+        assert!(seen.header_values("x-private").is_empty(), "{}", seen.head);
+        assert_eq!(seen.header_values("x-forwarded-for"), ["127.0.0.1"]);
+        let ids = seen.header_values("x-request-id");
+        assert_eq!(ids.len(), 1, "{}", seen.head);
+        assert!(seen
+            .header_values("connection")
+            .iter()
+            .all(|v| !v.contains("Authorization")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_header_listing_what_cannot_be_hop_by_hop_is_refused() {
+    let (gw, up) = wire_gateway("").await;
+    for connection in [
+        "Host",
+        "close, Content-Length",
+        "Transfer-Encoding",
+        "\"quoted\"",
+    ] {
+        let head = format!("GET /a HTTP/1.1\r\nHost: t\r\nConnection: {connection}");
+        let resp = raw_request(gw.addr, &head, b"").await;
+        assert_eq!(resp.status, 400, "{connection}");
+        assert_eq!(resp.json()["code"], "bad_request");
+    }
+    assert_eq!(up.hits(), 0);
+}
