@@ -1,4 +1,5 @@
-//! Routing on the request path: path hygiene and choosing among a realistic route table.
+//! Routing on the request path: the request target's checks and path hygiene, and choosing
+//! among a realistic route table.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark may fail loudly on bad setup
 
@@ -63,6 +64,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             normalize_path(std::hint::black_box("/api/v1/%6Frders/12345/h%69story")).expect("clean")
         })
+    });
+    let mut req = pingora_http::RequestHeader::build("GET", b"/api/v1/orders/12345/history", None)
+        .expect("request");
+    req.insert_header("host", "api.example.com").expect("host");
+    req.insert_header("user-agent", "bench/1.0").expect("ua");
+    group.bench_function("check_target_and_host", |b| {
+        b.iter(|| portico::proxy::target::check(std::hint::black_box(&req)).expect("clean"))
     });
     group.bench_function("match_25_routes", |b| {
         b.iter(|| {
