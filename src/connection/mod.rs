@@ -134,11 +134,9 @@ where
             // down: as in Pingora's loop, the connection just ends.
             let first =
                 next_request(&mut stream, &mut shutdown_watch, idle.as_mut(), wait_until).await?;
-            let deadline = if first_request {
-                wait_until
-            } else {
-                Instant::now() + limits.timeout
-            };
+            // The first request's deadline counts from the accept; a later one's from its
+            // first byte (now), and is only looked up should the head need another read.
+            let deadline = first_request.then_some(wait_until);
             first_request = false;
             let (bytes, fit) = match read_head(&mut stream, first, &limits, deadline).await {
                 Ok(head) => head,
@@ -275,13 +273,14 @@ impl<A> Connections<A> {
 
 /// Read the rest of a request head whose first bytes are `buf`, until `head::check` says it
 /// is whole (the bytes read, and which driver may serve it) or refuses it. The whole head
-/// must be in by `deadline`.
+/// must be in by `deadline` (by default `limits.timeout` from now).
 async fn read_head(
     stream: &mut Stream,
     mut buf: BytesMut,
     limits: &HeadLimits,
-    deadline: Instant,
+    deadline: Option<Instant>,
 ) -> Result<(BytesMut, Fit), Unread> {
+    let mut deadline = deadline;
     loop {
         match head::check(&buf, limits) {
             Head::Complete { driver, .. } => return Ok((buf, driver)),
@@ -289,6 +288,7 @@ async fn read_head(
             Head::Partial => {}
         }
         buf.reserve(FIRST_READ);
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.timeout);
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
             Err(_) => {
                 return Err(Unread::Refused(Refusal {

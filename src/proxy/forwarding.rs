@@ -16,7 +16,6 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-pub const FORWARDED: HeaderName = http::header::FORWARDED;
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -381,12 +380,11 @@ pub fn asks_upgrade(req: &pingora_http::RequestHeader) -> bool {
 /// Every header `gateway_request_headers` sets. A composition call copies exactly these from
 /// the client's request as the gateway shaped it, so its parts tell their upstreams what a
 /// proxied request would (a test holds the two together).
-pub static GATEWAY_HEADERS: [HeaderName; 7] = [
+pub static GATEWAY_HEADERS: [HeaderName; 6] = [
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
     X_REAL_IP,
-    FORWARDED,
     X_REQUEST_ID,
     TRACEPARENT,
 ];
@@ -435,12 +433,11 @@ fn set_gateway_headers(
     if !who.peer_trusted {
         drop_override_headers(headers);
     }
-    // The peer's address is written once, for all three headers that carry it.
+    // The peer's address is written once, for both headers that carry it.
     let peer_ip = match who.peer {
         Some(ip) => ip_value(ip).or_err(InvalidHTTPHeader, "X-Forwarded-For")?,
         None => HeaderValue::from_static(""),
     };
-    set_rfc7239_forwarded(headers, who.peer, &peer_ip, host, who.peer_trusted);
     let real_ip = match who.client {
         Some(client) if Some(client) == who.peer => Some(peer_ip.clone()),
         Some(client) => ip_value(client).ok(),
@@ -463,12 +460,15 @@ fn set_gateway_headers(
 /// Headers a proxy in front may set to tell a backend the original URL, scheme, port or
 /// client, and that some frameworks believe: from anyone but a trusted proxy they are the
 /// client's say-so, and an upstream (or an answer cached by what they say) could be fooled.
-/// The ones Portico sets itself (`X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP`,
-/// `Forwarded`) are replaced rather than dropped.
+/// The ones Portico sets itself (`X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP`) are
+/// replaced rather than dropped. `Forwarded` (RFC 7239) is dropped, not built: it says what
+/// `X-Forwarded-*` says, and a trusted proxy's copy passes as it was sent (its `for` is the
+/// client), while building one per request cost more than the rest of the identity headers.
 fn is_override_header(name: &str) -> bool {
     matches!(
         name,
-        "x-forwarded-port"
+        "forwarded"
+            | "x-forwarded-port"
             | "x-forwarded-prefix"
             | "x-forwarded-scheme"
             | "x-forwarded-server"
@@ -504,55 +504,6 @@ fn drop_override_headers(headers: &mut HeaderMap) {
         .collect();
     for name in named {
         headers.remove(&name);
-    }
-}
-
-/// `Forwarded` (RFC 7239), kept in step with `X-Forwarded-*`: one element for the hop into
-/// Portico (`for` the TCP peer, `host` the request's `Host`, `proto=http`), appended to a
-/// trusted proxy's elements, and replacing anyone else's.
-fn set_rfc7239_forwarded(
-    headers: &mut HeaderMap,
-    peer: Option<IpAddr>,
-    peer_ip: &HeaderValue,
-    host: Option<&HeaderValue>,
-    peer_trusted: bool,
-) {
-    let host = host.map_or(&b""[..], HeaderValue::as_bytes);
-    let mut value = Vec::with_capacity(48 + host.len());
-    if peer_trusted {
-        for existing in headers.get_all(&FORWARDED) {
-            value.extend_from_slice(existing.as_bytes());
-            value.extend_from_slice(b", ");
-        }
-    }
-    match peer {
-        Some(IpAddr::V4(_)) => {
-            value.extend_from_slice(b"for=");
-            value.extend_from_slice(peer_ip.as_bytes());
-        }
-        // An IPv6 node is quoted and bracketed (RFC 7239 section 6).
-        Some(IpAddr::V6(_)) => {
-            value.extend_from_slice(b"for=\"[");
-            value.extend_from_slice(peer_ip.as_bytes());
-            value.extend_from_slice(b"]\"");
-        }
-        None => value.extend_from_slice(b"for=unknown"),
-    }
-    // A checked Host holds no quote or backslash, so it needs no escaping inside quotes.
-    if !host.is_empty() {
-        value.extend_from_slice(b";host=\"");
-        value.extend_from_slice(host);
-        value.push(b'"');
-    }
-    value.extend_from_slice(b";proto=http");
-    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(value));
-    match value {
-        Ok(value) => {
-            headers.insert(FORWARDED, value);
-        }
-        Err(_) => {
-            headers.remove(&FORWARDED);
-        }
     }
 }
 
@@ -597,11 +548,8 @@ mod identity_tests {
     fn an_untrusted_clients_identity_and_url_headers_are_replaced_or_dropped() {
         let h = shaped("203.0.113.7", "203.0.113.7", false);
         assert_eq!(h["x-real-ip"], "203.0.113.7");
-        assert_eq!(
-            h["forwarded"],
-            "for=203.0.113.7;host=\"api.example.com:8080\";proto=http"
-        );
         for dropped in [
+            "forwarded",
             "x-forwarded-port",
             "x-forwarded-prefix",
             "x-original-url",
@@ -612,20 +560,14 @@ mod identity_tests {
         }
         assert_eq!(h["x-other"], "kept");
         let v6 = shaped("2001:db8::7", "2001:db8::7", false);
-        assert_eq!(
-            v6["forwarded"],
-            "for=\"[2001:db8::7]\";host=\"api.example.com:8080\";proto=http"
-        );
+        assert_eq!(v6["x-real-ip"], "2001:db8::7");
     }
 
     #[test]
     fn a_trusted_proxys_headers_are_kept_and_extended() {
         let h = shaped("10.0.0.1", "198.51.100.4", true);
         assert_eq!(h["x-real-ip"], "198.51.100.4");
-        assert_eq!(
-            h["forwarded"],
-            "for=6.6.6.6;host=evil;proto=https, for=10.0.0.1;host=\"api.example.com:8080\";proto=http"
-        );
+        assert_eq!(h["forwarded"], "for=6.6.6.6;host=evil;proto=https");
         assert_eq!(h["x-forwarded-prefix"], "/admin");
     }
 }

@@ -198,26 +198,52 @@ pub fn valid_host(value: &[u8]) -> bool {
     port_ok && reg_name(host)
 }
 
+/// The bytes a `reg-name` holds as they are: unreserved and sub-delims (RFC 3986).
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
+
 /// RFC 3986 `reg-name` (which an IPv4 address also is): unreserved, sub-delims and
 /// percent-escapes; no `@` (userinfo), `/`, `:` or whitespace.
 fn reg_name(host: &[u8]) -> bool {
     let mut i = 0;
     while i < host.len() {
-        match host[i] {
-            b'%' => {
-                let escape = host.get(i + 1..i + 3);
-                if !escape.is_some_and(|e| e.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                i += 3;
-                continue;
-            }
-            b if b.is_ascii_alphanumeric() => {}
-            b'-' | b'.' | b'_' | b'~' => {}
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
-            _ => return false,
+        let b = host[i];
+        if REG_NAME[b as usize] {
+            i += 1;
+        } else if b == b'%'
+            && host
+                .get(i + 1..i + 3)
+                .is_some_and(|e| e.iter().all(u8::is_ascii_hexdigit))
+        {
+            i += 3;
+        } else {
+            return false;
         }
-        i += 1;
     }
     true
 }

@@ -51,8 +51,10 @@ pub struct ConnectionPool {
     max_idle: usize,
     /// One permit per open connection, busy or idle: `max_connections` of them.
     slots: Arc<Semaphore>,
-    /// Rung when a connection is parked, for requests waiting on a full pool.
+    /// Rung when a connection is parked, for requests waiting on a full pool, and how many
+    /// wait (so parking rings only when someone listens).
     parked: Notify,
+    waiting: AtomicUsize,
     counters: Arc<Counters>,
 }
 
@@ -129,6 +131,7 @@ impl ConnectionPool {
             max_idle,
             slots: Arc::new(Semaphore::new(max_connections)),
             parked: Notify::new(),
+            waiting: AtomicUsize::new(0),
             counters: Arc::default(),
         }
     }
@@ -141,6 +144,7 @@ impl ConnectionPool {
             return Ok(checkout);
         }
         let deadline = tokio::time::Instant::now() + wait;
+        let _waiting = Waiting::new(&self.waiting);
         loop {
             // Registered before looking again, so a connection parked in between still wakes
             // this request.
@@ -177,6 +181,7 @@ impl ConnectionPool {
     /// or the first to come free within `wait`.
     pub async fn slot_for_new(&self, wait: Duration) -> Result<Slot, PoolFull> {
         let deadline = tokio::time::Instant::now() + wait;
+        let _waiting = Waiting::new(&self.waiting);
         loop {
             if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
                 return Ok(Slot::new(permit, &self.counters, false));
@@ -242,7 +247,8 @@ impl ConnectionPool {
                 self.counters.closed.fetch_add(1, Ordering::Relaxed);
                 drop(parked);
             }
-            None => self.parked.notify_one(),
+            None if self.waiting.load(Ordering::Acquire) > 0 => self.parked.notify_one(),
+            None => {}
         }
     }
 
@@ -282,6 +288,22 @@ impl ConnectionPool {
     fn lock(&self) -> MutexGuard<'_, Vec<Parked>> {
         // The stack is consistent after every statement, so a panic elsewhere leaves it usable.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Counts a request waiting for a connection for as long as it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

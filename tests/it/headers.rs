@@ -149,11 +149,8 @@ async fn identity_and_url_override_headers_from_an_untrusted_client_never_reach_
     }
     for seen in up.seen() {
         assert_eq!(seen.header_values("x-real-ip"), ["127.0.0.1"]);
-        assert_eq!(
-            seen.header_values("forwarded"),
-            ["for=127.0.0.1;host=\"api.test\";proto=http"]
-        );
         for dropped in [
+            "forwarded",
             "x-forwarded-port",
             "x-forwarded-prefix",
             "x-forwarded-scheme",
@@ -179,10 +176,7 @@ async fn a_trusted_proxys_forwarding_headers_are_kept() {
     assert_eq!(raw_request(gw.addr, &head, b"").await.status, 200);
     let seen = &up.seen()[0];
     assert_eq!(seen.header_values("x-real-ip"), ["198.51.100.4"]);
-    assert_eq!(
-        seen.header_values("forwarded"),
-        ["for=6.6.6.6;proto=https, for=127.0.0.1;host=\"api.test\";proto=http"]
-    );
+    assert_eq!(seen.header_values("forwarded"), ["for=6.6.6.6;proto=https"]);
     assert_eq!(seen.header_values("x-forwarded-prefix"), ["/admin"]);
 }
 
