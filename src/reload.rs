@@ -2,9 +2,15 @@
 //! default action would terminate the process), and the config file changing on disk.
 //!
 //! The watcher watches the file's directory, not the file, so an editor's atomic rename and a
-//! delete-then-recreate are both seen. Events are debounced (`DEBOUNCE` of quiet) so a file
-//! written in two steps is read once, complete; a file that is missing after the quiet period
-//! is waited for rather than reported; content that did not change causes no reload.
+//! delete-then-recreate are both seen. A change is read only once its writer is done with it:
+//! after the file is closed from writing, or renamed into place, and then `SETTLE` passes
+//! with nothing more written. A writer that pauses in the middle of the file, or truncates and
+//! writes it in two steps, never has its first part read, though that part may be a valid
+//! config of its own (a new route, its auth plugin not yet there). Writing the new file
+//! elsewhere and renaming it into place is the safe way; it is one event. A file that is
+//! missing when read is waited for rather than reported; content that did not change causes
+//! no reload. Where the platform reports no close (some network filesystems), `QUIET_READ`
+//! without any event reads the file anyway.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,8 +54,36 @@ impl BackgroundService for SighupReload {
     }
 }
 
-/// Quiet time after the last change before the file is read.
-const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Quiet time after the writer closed the file (or renamed it into place) before it is read.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Quiet time after a change with no close seen, before the file is read anyway.
+const QUIET_READ: Duration = Duration::from_secs(2);
+
+/// What an event says about the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// A writer closed it, or it was renamed into place: a write is complete.
+    Complete,
+    /// It is being written, created or removed.
+    Changing,
+}
+
+fn change_of(kind: &notify::EventKind) -> Option<Change> {
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    use notify::EventKind;
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => {
+            Some(Change::Complete)
+        }
+        // Reading the file (Portico's own reads included) changes nothing.
+        EventKind::Access(_) => None,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => {
+            Some(Change::Changing)
+        }
+        _ => None,
+    }
+}
 
 pub struct ConfigWatcher {
     pub state: Arc<GatewayState>,
@@ -70,14 +104,13 @@ impl BackgroundService for ConfigWatcher {
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let handler = move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                if event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name() == Some(name.as_os_str()))
-                {
-                    let _ = tx.send(());
-                }
+            let Ok(event) = event else { return };
+            let ours = event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()));
+            if let (true, Some(change)) = (ours, change_of(&event.kind)) {
+                let _ = tx.send(change);
             }
         };
         let mut watcher = match notify::recommended_watcher(handler) {
@@ -100,12 +133,25 @@ impl BackgroundService for ConfigWatcher {
             return;
         }
         loop {
-            tokio::select! {
+            let mut change = tokio::select! {
                 _ = shutdown.changed() => return,
-                event = rx.recv() => if event.is_none() { return },
+                event = rx.recv() => match event {
+                    Some(change) => change,
+                    None => return,
+                },
+            };
+            // Until the writer is done: a close (or rename) followed by SETTLE of quiet.
+            loop {
+                let wait = match change {
+                    Change::Complete => SETTLE,
+                    Change::Changing => QUIET_READ,
+                };
+                match tokio::time::timeout(wait, rx.recv()).await {
+                    Ok(Some(next)) => change = next,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
             }
-            // Wait for the writes to stop.
-            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
             if !path.exists() {
                 log::info!("{} is gone; waiting for it to come back", path.display());
                 continue;

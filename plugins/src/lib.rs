@@ -19,7 +19,7 @@ pub mod units;
 
 pub use context::{Identity, PluginCtx};
 pub use error_code::ErrorCode;
-pub use registry::{build_plugin, known_kinds, PluginEnv};
+pub use registry::{build_plugin, file_keys, known_kinds, PluginEnv};
 
 use async_trait::async_trait;
 use pingora_http::{RequestHeader, ResponseHeader};

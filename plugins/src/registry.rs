@@ -26,6 +26,16 @@ pub fn known_kinds() -> &'static [&'static str] {
     &["api_key", "cache", "headers", "jwt", "rate_limit"]
 }
 
+/// The keys of a kind's config that name files it reads when it is built. A reload compares
+/// their contents too, so an instance whose key file was rewritten is built again even though
+/// its config text did not change.
+pub fn file_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "jwt" => &["public_key"],
+        _ => &[],
+    }
+}
+
 /// Build plugin instance `name` of `kind` from its config table (the table without `kind`).
 /// Each kind deserializes its own typed config, with unknown keys rejected. Errors are the
 /// deserializer's own type, so a problem inside a plugin's table keeps its place in the file.

@@ -338,7 +338,10 @@ fn build_plugins(
                 continue;
             }
         };
-        let fingerprint = format!("{kind}\n{config}\n{depends_on}");
+        let fingerprint = format!(
+            "{kind}\n{config}\n{depends_on}\n{}",
+            files_fingerprint(&kind, &config)
+        );
         if let Some(kept) = reuse
             .plugins
             .get(name)
@@ -364,6 +367,26 @@ fn build_plugins(
                 broken.push(name.to_string());
             }
         }
+    }
+    out
+}
+
+/// What the files a plugin's config names hold now (a hash of each, in key order), so a
+/// reload rebuilds an instance whose key file changed though its config text did not. A file
+/// that cannot be read hashes as missing; building the instance then reports why.
+fn files_fingerprint(kind: &str, config: &toml_edit::InlineTable) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut out = String::new();
+    for key in portico_plugins::file_keys(kind) {
+        let Some(path) = config.get(key).and_then(Value::as_str) else {
+            continue;
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        match std::fs::read(path) {
+            Ok(bytes) => bytes.hash(&mut hasher),
+            Err(_) => "missing".hash(&mut hasher),
+        }
+        out.push_str(&format!("{key}={:016x};", hasher.finish()));
     }
     out
 }

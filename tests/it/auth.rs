@@ -576,3 +576,44 @@ async fn api_keys_identify_consumers_and_their_tier_reaches_the_next_plugin() {
         "no API key in the access log:\n{lines}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_file_rewritten_in_place_is_read_again_on_reload() {
+    let app = spawn_ok("app").await;
+    // The plugin names a key file of its own, which the operator rotates in place.
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("auth.pem");
+    std::fs::copy(key_path("rsa1.pub.pem"), &key_file).unwrap();
+    let gw = gateway(
+        &format!(
+            "kind = \"jwt\"\nalgorithms = [\"RS256\"]\npublic_key = \"{}\"",
+            key_file.display()
+        ),
+        &app,
+    )
+    .await;
+    let old = mint(
+        Algorithm::RS256,
+        &private_key("rsa1.pem", Algorithm::RS256),
+        None,
+        &claims(),
+    );
+    let new = mint(
+        Algorithm::RS256,
+        &private_key("rsa2.pem", Algorithm::RS256),
+        None,
+        &claims(),
+    );
+    assert_eq!(call(&gw, Some(&old)).await.status(), 200);
+    assert_rejected(&gw, &new, "the new key is not in use yet").await;
+
+    std::fs::copy(key_path("rsa2.pub.pem"), &key_file).unwrap();
+    // The config file itself did not change; the reload still reads the key file again.
+    assert_eq!(gw.reload().await.status(), 200);
+    assert_eq!(
+        call(&gw, Some(&new)).await.status(),
+        200,
+        "the new key verifies"
+    );
+    assert_rejected(&gw, &old, "the old key no longer does").await;
+}

@@ -153,3 +153,68 @@ async fn a_client_that_closes_its_side_after_the_request_still_gets_the_answer()
     }
     assert_eq!(up.hits(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_max_client_connections_a_new_connection_is_closed_at_once() {
+    let up = spawn_upstream("app", |_| Reply::Status(200, "ok")).await;
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"off\"\nmax_client_connections = 3\n\n\
+         [upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"all\"\npath = \"/\"\nupstream = \"app\"\n",
+        up.addr
+    ))
+    .await;
+    // Three keep-alive clients hold every place.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut client = connect(&gw).await;
+        let head = format!("GET /held/{i} HTTP/1.1\r\nHost: t\r\n\r\n");
+        client.write_all(head.as_bytes()).await.unwrap();
+        assert!(read_one_response(&mut client)
+            .await
+            .starts_with("HTTP/1.1 200"));
+        held.push(client);
+    }
+    // A fourth is closed before anything is read.
+    let mut fourth = connect(&gw).await;
+    let _ = fourth
+        .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let metrics = gw
+        .metrics_showing(&["portico_client_connections_refused_total 1"])
+        .await;
+    assert!(
+        metrics.contains("portico_client_connections_max 3"),
+        "{metrics}"
+    );
+    // The held connections still work, and once one closes there is room again.
+    let mut first = held.remove(0);
+    first
+        .write_all(b"GET /again HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_one_response(&mut first)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    drop(first);
+    crate::common::eventually("a place to come free", Duration::from_secs(5), async || {
+        let Ok(mut client) = TcpStream::connect(gw.addr).await else {
+            return false;
+        };
+        if client
+            .write_all(b"GET /later HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer).await;
+        answer.starts_with(b"HTTP/1.1 200")
+    })
+    .await;
+}

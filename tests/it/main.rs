@@ -23,4 +23,5 @@ mod reload;
 mod resilience;
 mod routing;
 mod slow;
+mod soak;
 mod upstream_pool;

@@ -447,3 +447,90 @@ async fn a_rejected_reload_starts_nothing_and_fetches_nothing() {
     .await;
     assert_eq!(jwks.hits(), 1, "only the config that serves fetched");
 }
+
+/// A config whose `/secret` route is public in its first part and protected by an API key in
+/// the whole: the prefix alone is a valid config, and must never serve.
+fn secret_config(app: &Upstream) -> (String, String) {
+    let whole = format!(
+        "[consumers.ops]\napi_keys = [\"ops-key-0123456789\"]\n\n[plugins.keys]\nkind = \"api_key\"\n\n\
+         [upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"public\"\npath = \"/public\"\nupstream = \"app\"\n\n\
+         [[routes]]\nname = \"secret\"\npath = \"/secret\"\nupstream = \"app\"\nplugins = [\"keys\"]\n",
+        app.addr
+    );
+    let cut = whole.find("plugins = [\"keys\"]").unwrap();
+    (with_server(&whole[..cut]), whole[cut..].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_written_in_two_steps_is_applied_only_once_complete() {
+    use std::io::Write;
+    let app = spawn_ok("app").await;
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"public\"\npath = \"/public\"\nupstream = \"app\"\n",
+        app.addr
+    ))
+    .await;
+    let (prefix, rest) = secret_config(&app);
+    // Watch /secret the whole time: it must never answer without the key.
+    let stop = Arc::new(AtomicBool::new(false));
+    let leaked = Arc::new(AtomicUsize::new(0));
+    let watcher = tokio::spawn({
+        let (client, url) = (reqwest::Client::new(), gw.url("/secret"));
+        let (stop, leaked) = (Arc::clone(&stop), Arc::clone(&leaked));
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                if client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+                {
+                    leaked.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+
+    // A writer that truncates the file, writes the first part, pauses, then the rest, in
+    // one open: nothing is read until it closes the file.
+    let before = generation(&gw).await;
+    {
+        let mut file = std::fs::File::create(&gw.config_path).unwrap();
+        file.write_all(prefix.as_bytes()).unwrap();
+        file.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        file.write_all(rest.as_bytes()).unwrap();
+    }
+    eventually(
+        "the whole config to serve",
+        Duration::from_secs(10),
+        async || generation(&gw).await > before,
+    )
+    .await;
+    assert_eq!(generation(&gw).await, before + 1, "read once, complete");
+    assert_eq!(gw.get("/secret").await.status(), 401);
+
+    // A writer that truncates and writes the first part, closes, and appends the rest: the
+    // content is left to settle after a close before it is read.
+    let (prefix2, rest2) = secret_config(&app);
+    let prefix2 = prefix2.replace("name = \"secret\"", "name = \"secret2\"");
+    let before = generation(&gw).await;
+    std::fs::write(&gw.config_path, &prefix2).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&gw.config_path)
+        .unwrap()
+        .write_all(rest2.as_bytes())
+        .unwrap();
+    eventually(
+        "the appended config to serve",
+        Duration::from_secs(10),
+        async || gw.admin_json("/status").await["routes"][1]["name"] == "secret2",
+    )
+    .await;
+    assert_eq!(generation(&gw).await, before + 1, "read once, complete");
+    stop.store(true, Ordering::SeqCst);
+    watcher.await.unwrap();
+    assert_eq!(leaked.load(Ordering::SeqCst), 0, "the prefix never served");
+}
