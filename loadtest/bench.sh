@@ -15,6 +15,10 @@
 #   newconn   a new connection per request (Connection: close) at 64 connections
 #   idle      1,000 idle keep-alive connections: RSS before and after (idle_conns.py)
 #   cache     cache hits: nginx proxy_cache vs Portico's cache plugin (when this build has one)
+#   scale     threads = 1 and 2: Portico (server.threads) and nginx (worker_processes) with one
+#             and with two workers, on both CPUs, loaded by wrk -t2 -c128 sharing them: how
+#             requests/s grow from one worker to two (on a 2-CPU machine the load generator
+#             takes its share of the same CPUs, so the figure is a floor, not a ceiling)
 #   pairs     same window: Portico and one other proxy serve at once on the proxy core, 32
 #             connections each, and each one's CPU per request is compared: bare Pingora, and
 #             Portico with a local and a Redis rate limit (limits so high nothing is refused)
@@ -68,6 +72,8 @@ declare -A SC_ROUNDS=([c64]=3 [rate10k]=3 [c1]=2 [c256]=2 [bytes16k]=2 [newconn]
 PAIRS=(bare local redis full)
 PAIR_SECS=4
 PAIR_ROUNDS=3
+SCALE_SECS=4
+SCALE_ROUNDS=3
 RATE=10000
 IDLE_CONNS=1000
 WARMUP=1
@@ -75,6 +81,8 @@ if [ "$QUICK" -eq 1 ]; then
     for sc in "${SCENARIOS[@]}"; do SC_DURATION[$sc]=1; SC_ROUNDS[$sc]=1; done
     PAIR_SECS=1
     PAIR_ROUNDS=1
+    SCALE_SECS=1
+    SCALE_ROUNDS=1
     WARMUP=0
 fi
 # The rate limit every limited scenario uses: nothing is ever refused.
@@ -526,6 +534,58 @@ if [ -n "${URL[portico]:-}" ]; then
                 "$b_rps" "$b_req" "$b_us" >>"$WORK/pairs.tsv"
             [ "$a_err" -eq 0 ] || warn "portico: pairs with $t, round $round: $a_err of $a_req requests failed or were not 2xx"
             [ "$b_err" -eq 0 ] || warn "$t: pairs, round $round: $b_err of $b_req requests failed or were not 2xx"
+            all_alive
+        done
+    done
+fi
+
+# --- scale: one worker against two ---------------------------------------------------------------
+# The other proxies are idle meanwhile. Each worker count runs as its own process on both CPUs
+# (taskset -c 0,1), started here and stopped by stop_all, with the same wrk for each.
+: >"$WORK/scale.tsv"
+if [ "$CPUS" -ge 2 ] && [ -z "$GATEWAY_WHY" ] && [ -z "${WHY[nginx]:-}" ]; then
+    PIN_BOTH=()
+    ! command -v taskset >/dev/null || PIN_BOTH=(taskset -c 0,1)
+    read -r -a SCALE_PORTS < <(free_ports 6) || true
+    declare -A SCALE_URL=() SCALE_PID=()
+    for threads in 1 2; do
+        i=$(((threads - 1) * 3))
+        port="${SCALE_PORTS[$i]}" admin_port="${SCALE_PORTS[$((i + 1))]}" ngx_port="${SCALE_PORTS[$((i + 2))]}"
+        conf="$WORK/portico-scale$threads.toml"
+        render "$PEERS/portico.toml" "$conf" NAME="scale$threads" WORK="$WORK" PORT="$port" \
+            ADMIN_PORT="$admin_port" BACKEND="$BACKEND_ADDR" ACCESS_LOG=off PLUGINS=""
+        sed -i "s/^threads = 1$/threads = $threads/" "$conf"
+        start_bg "$WORK/portico-scale$threads.log" "${PIN_BOTH[@]}" "$PORTICO_BIN" -c "$conf"
+        SCALE_PID[portico$threads]=$STARTED_PID
+        SCALE_URL[portico$threads]="http://127.0.0.1:$port/"
+        wait_until "portico (threads = $threads)" "$STARTED_PID" "$WORK/portico-scale$threads.log" \
+            curl -fsS "http://127.0.0.1:$admin_port/readyz" || die "portico with threads = $threads did not start"
+        ngx_conf="$WORK/nginx-scale$threads.conf"
+        mkdir -p "$WORK/nginx-scale$threads"
+        render "$PEERS/nginx.conf" "$ngx_conf" NAME="scale$threads" WORK="$WORK" PORT="$ngx_port" BACKEND="$BACKEND_ADDR"
+        sed -i "s/^worker_processes 1;/worker_processes $threads;/" "$ngx_conf"
+        start_bg "$WORK/nginx-scale$threads.log" "${PIN_BOTH[@]}" "$(command -v nginx)" -p "$WORK/" -c "$ngx_conf"
+        SCALE_PID[nginx$threads]=$STARTED_PID
+        SCALE_URL[nginx$threads]="http://127.0.0.1:$ngx_port/"
+        wait_until "nginx (worker_processes $threads)" "$STARTED_PID" "$WORK/nginx-scale$threads.log" \
+            curl -sS "http://127.0.0.1:$ngx_port/" || die "nginx with $threads workers did not start"
+    done
+    command_used proxy "scale: ${PIN_BOTH[*]} portico -c FILE (loadtest/peers/portico.toml, threads = 1 or 2); ${PIN_BOTH[*]} nginx (loadtest/peers/nginx.conf, worker_processes 1 or 2)"
+    command_used load "scale: $(quoted "${PIN_BOTH[@]}" wrk -t2 -c128 -d"${SCALE_SECS}s" --latency) URL"
+    scale_targets=(portico1 portico2 nginx1 nginx2)
+    for round in $(seq 1 "$SCALE_ROUNDS"); do
+        for i in 0 1 2 3; do
+            t="${scale_targets[$(((i + round - 1) % 4))]}"
+            log "scale round $round/$SCALE_ROUNDS: $t (${SCALE_SECS}s)"
+            before="$(cpu_ticks "${SCALE_PID[$t]}")"
+            out="$(timeout $((SCALE_SECS + 60)) "${PIN_BOTH[@]}" wrk -t2 -c128 -d"${SCALE_SECS}s" --latency "${SCALE_URL[$t]}" 2>&1)" ||
+                { all_alive; die "wrk against $t failed"; }
+            after="$(cpu_ticks "${SCALE_PID[$t]}")"
+            printf '%s\n' "$out" >>"$WORK/load.log"
+            read -r rps p50 p99 _ requests errors < <(parse_wrk <<<"$out")
+            cpu_us=$(((after - before) * 1000000 / CLK_TCK))
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$round" "$rps" "$p99" "$requests" "$errors" "$cpu_us" >>"$WORK/scale.tsv"
+            [ "$errors" -eq 0 ] || warn "$t: scale, round $round: $errors of $requests requests failed or were not 2xx"
             all_alive
         done
     done

@@ -10,6 +10,7 @@ Standard library only. WORK holds (tab-separated, written by bench.sh):
     unmeasured.tsv  scenario (or *), target, why it was not measured
     idle.tsv        target, "opened=N still_open=N rss_before_kib=N rss_after_kib=N"
     rss.tsv         target, pid, VmHWM KiB
+    scale.tsv       proxy+workers (portico1, nginx2, ...), round, req/s, p99 us, requests, errors, CPU us
     meta.tsv        key, value;  commands.tsv  kind (proxy | load), command
     checks.txt, warnings.txt
 """
@@ -73,6 +74,7 @@ class Run:
     """Everything bench.sh measured, with medians per scenario and target."""
 
     def __init__(self, work):
+        self.work = work
         self.meta = dict(read_tsv(work, "meta.tsv"))
         self.quick = self.meta.get("quick") == "1"
         self.plan = {}
@@ -479,10 +481,36 @@ def labelled(line):
 # --- output --------------------------------------------------------------------------------------
 
 
+def scale_table(run):
+    """Requests/s with one worker and with two, per proxy, from scale.tsv (medians)."""
+    rows = read_tsv(run.work, "scale.tsv")
+    t = Table("Scaling from one worker to two (scale)",
+              ["proxy", "1 worker req/s", "2 workers req/s", "scaling", "1 worker CPU/req", "2 workers CPU/req"],
+              note="both CPUs, shared with the load generator (wrk -t2 -c128): on a 2-CPU machine a floor "
+                   "for what a second worker adds, not a ceiling")
+    if not rows:
+        t.gap("all", "this run had fewer than 2 CPUs, no gateway build, or no nginx")
+        return t
+
+    def med(name, col):
+        vals = [num(r[col]) for r in rows if r[0] == name and num(r[col]) is not None]
+        return statistics.median(vals) if vals else None
+
+    for proxy, label in (("portico", "Portico"), ("nginx", "nginx")):
+        one, two = med(proxy + "1", 2), med(proxy + "2", 2)
+        cpu = []
+        for n in ("1", "2"):
+            us = [num(r[6]) / num(r[4]) for r in rows if r[0] == proxy + n and num(r[4])]
+            cpu.append(fmt_cpu(statistics.median(us)) if us else "-")
+        t.row(label, fmt_int(one), fmt_int(two), fmt_ratio(ratio(two, one)), cpu[0], cpu[1])
+    return t
+
+
 def text_report(run):
     out = []
     for t in scenario_tables(run):
         out += ["", t.text()]
+    out += ["", scale_table(run).text()]
     out += ["", targets_table(run).text(), "", rate_limit_table(run).text()]
     if run.checks:
         out += ["", "Checks:"] + ["  " + labelled(c) for c in run.checks]
@@ -520,6 +548,7 @@ def markdown_report(run, chart_name):
     out += ["", "## Results", ""]
     for t in scenario_tables(run):
         out += [t.markdown(), ""]
+    out += [scale_table(run).markdown(), ""]
     out += ["## Commands", "", "```"]
     out += [cmd for kind, cmd in run.commands if kind == "proxy"]
     out += [""] + [cmd for kind, cmd in run.commands if kind == "load"]
