@@ -160,3 +160,17 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
         }
     }
 }
+
+/// The real gateway with `server` added to its `[server]` table, and one catch-all route to
+/// an upstream that logs the bytes it gets: the setup of every test that sends exact bytes
+/// and checks what crosses.
+pub async fn gateway_to_wire(server: &str) -> (super::Gateway, WireUpstream) {
+    let up = WireUpstream::start().await;
+    let gw = super::Gateway::start(&format!(
+        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"off\"\n{server}\n\n\
+         [upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"all\"\npath = \"/\"\nupstream = \"app\"\n",
+        up.addr
+    ))
+    .await;
+    (gw, up)
+}

@@ -1,5 +1,6 @@
 //! What the upstream and the client learn from the headers the gateway sets.
 
+use crate::common::wire::gateway_to_wire;
 use crate::common::{raw_request, upstream::spawn_ok, Gateway, Upstream};
 
 async fn echo_gateway(trusted: &str) -> (Gateway, Upstream) {
@@ -113,19 +114,6 @@ async fn a_trace_is_propagated_or_started() {
     );
 }
 
-/// A gateway in front of an upstream that logs the exact bytes it gets; `server` is added to
-/// its `[server]` table.
-async fn wire_gateway(server: &str) -> (Gateway, crate::common::wire::WireUpstream) {
-    let up = crate::common::wire::WireUpstream::start().await;
-    let gw = Gateway::start(&format!(
-        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"off\"\n{server}\n\n\
-         [upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"app\"\n",
-        up.addr
-    ))
-    .await;
-    (gw, up)
-}
-
 const SPOOFED: &str = "X-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6;proto=https\r\n\
     X-Forwarded-Port: 443\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Scheme: https\r\n\
     X-Forwarded-Server: internal\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n\
@@ -133,7 +121,7 @@ const SPOOFED: &str = "X-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6;proto=https\
 
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_and_url_override_headers_from_an_untrusted_client_never_reach_the_upstream() {
-    let (gw, up) = wire_gateway("").await;
+    let (gw, up) = gateway_to_wire("").await;
     // A plain GET (the fast driver) and a POST with a body (Pingora's proxy).
     for (head, body) in [
         (
@@ -170,7 +158,7 @@ async fn identity_and_url_override_headers_from_an_untrusted_client_never_reach_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trusted_proxys_forwarding_headers_are_kept() {
-    let (gw, up) = wire_gateway("trusted_proxies = [\"127.0.0.1\"]").await;
+    let (gw, up) = gateway_to_wire("trusted_proxies = [\"127.0.0.1\"]").await;
     let head =
         format!("GET /a HTTP/1.1\r\nHost: api.test\r\nX-Forwarded-For: 198.51.100.4\r\n{SPOOFED}");
     assert_eq!(raw_request(gw.addr, &head, b"").await.status, 200);
@@ -182,7 +170,7 @@ async fn a_trusted_proxys_forwarding_headers_are_kept() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn header_names_with_underscores_are_dropped_by_default() {
-    let (gw, up) = wire_gateway("").await;
+    let (gw, up) = gateway_to_wire("").await;
     let head = "POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nTransfer_Encoding: chunked\r\nContent_Length: 100\r\nX_Api_Key: stolen";
     assert_eq!(raw_request(gw.addr, head, b"hi").await.status, 200);
     let plain = "GET /b HTTP/1.1\r\nHost: t\r\nX_Forwarded_For: 6.6.6.6";
@@ -199,7 +187,7 @@ async fn header_names_with_underscores_are_dropped_by_default() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn header_names_with_underscores_can_be_refused_or_allowed() {
-    let (gw, up) = wire_gateway("underscore_headers = \"reject\"").await;
+    let (gw, up) = gateway_to_wire("underscore_headers = \"reject\"").await;
     let resp = raw_request(
         gw.addr,
         "GET /a HTTP/1.1\r\nHost: t\r\nContent_Length: 5",
@@ -210,7 +198,7 @@ async fn header_names_with_underscores_can_be_refused_or_allowed() {
     assert_eq!(resp.json()["code"], "bad_request");
     assert_eq!(up.hits(), 0);
 
-    let (gw, up) = wire_gateway("underscore_headers = \"allow\"").await;
+    let (gw, up) = gateway_to_wire("underscore_headers = \"allow\"").await;
     let resp = raw_request(gw.addr, "GET /a HTTP/1.1\r\nHost: t\r\nX_Legacy: 1", b"").await;
     assert_eq!(resp.status, 200);
     assert_eq!(up.seen()[0].header_values("x_legacy"), ["1"]);
@@ -218,7 +206,7 @@ async fn header_names_with_underscores_can_be_refused_or_allowed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_authorization_headers_are_refused() {
-    let (gw, up) = wire_gateway("").await;
+    let (gw, up) = gateway_to_wire("").await;
     for head in [
         "GET /a HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b",
         "POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nAuthorization: Bearer a\r\nauthorization: Basic b",
@@ -232,7 +220,7 @@ async fn two_authorization_headers_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn headers_a_client_names_in_connection_are_dropped_and_the_gateways_own_still_set() {
-    let (gw, up) = wire_gateway("").await;
+    let (gw, up) = gateway_to_wire("").await;
     // A client may name any header hop-by-hop, even ones the gateway sets itself. They are
     // removed before the request goes on, and then the gateway sets its own.
     let named = "Connection: close, Authorization, X-Forwarded-For, X-Request-Id, X-Private\r\n\
@@ -268,7 +256,7 @@ async fn headers_a_client_names_in_connection_are_dropped_and_the_gateways_own_s
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_header_listing_what_cannot_be_hop_by_hop_is_refused() {
-    let (gw, up) = wire_gateway("").await;
+    let (gw, up) = gateway_to_wire("").await;
     for connection in [
         "Host",
         "close, Content-Length",

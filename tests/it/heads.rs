@@ -9,18 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::http::RawResponse;
-use crate::common::wire::WireUpstream;
-use crate::common::{raw_request, Gateway};
-
-async fn gateway(server: &str) -> (Gateway, WireUpstream) {
-    let up = WireUpstream::start().await;
-    let gw = Gateway::start(&format!(
-        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"off\"\n{server}\n\n[upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"all\"\npath = \"/\"\nupstream = \"app\"\n",
-        up.addr
-    ))
-    .await;
-    (gw, up)
-}
+use crate::common::raw_request;
+use crate::common::wire::gateway_to_wire;
 
 /// Read until the gateway closes the connection, and parse what it sent.
 async fn answer(stream: &mut TcpStream) -> RawResponse {
@@ -45,7 +35,7 @@ fn assert_problem(resp: &RawResponse, status: u16, code: &str, what: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_head_that_trickles_in_is_cut_off_by_the_header_timeout() {
-    let (gw, up) = gateway("header_timeout = \"1s\"").await;
+    let (gw, up) = gateway_to_wire("header_timeout = \"1s\"").await;
     let mut slow = TcpStream::connect(gw.addr).await.unwrap();
     let started = Instant::now();
     // A byte every 200 ms: every read is quick, the head never completes in time.
@@ -75,7 +65,7 @@ async fn a_head_that_trickles_in_is_cut_off_by_the_header_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn heads_and_lines_past_their_limits_are_refused() {
-    let (gw, up) = gateway("max_header_size = \"8KiB\"\nmax_header_line = \"2KiB\"").await;
+    let (gw, up) = gateway_to_wire("max_header_size = \"8KiB\"\nmax_header_line = \"2KiB\"").await;
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: t", "a".repeat(3000));
     assert_problem(
         &raw_request(gw.addr, &long_target, b"").await,
@@ -114,7 +104,7 @@ async fn heads_and_lines_past_their_limits_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_head_that_is_not_http_gets_a_problem() {
-    let (gw, up) = gateway("").await;
+    let (gw, up) = gateway_to_wire("").await;
     for head in [
         "GET / HTTP/1.1\r\nHost : t",
         "GET / HTTP/1.1\r\nHost: t\r\n folded: on",
@@ -136,7 +126,7 @@ async fn a_head_that_is_not_http_gets_a_problem() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_is_refused_with_a_problem() {
-    let (gw, up) = gateway("").await;
+    let (gw, up) = gateway_to_wire("").await;
     let resp = raw_request(
         gw.addr,
         "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443",
@@ -150,7 +140,7 @@ async fn connect_is_refused_with_a_problem() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn framing_the_upstream_could_read_another_way_is_refused() {
-    let (gw, up) = gateway("").await;
+    let (gw, up) = gateway_to_wire("").await;
     let refused = [
         ("Content-Length: 3\r\nContent-Length: 4", "abcd"),
         ("Content-Length: 3, 4", "abcd"),
