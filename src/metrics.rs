@@ -24,6 +24,8 @@ pub struct Metrics {
     pub client_connections_refused: IntCounter,
     pub client_connections: IntGauge,
     pub client_connections_max: IntGauge,
+    pub tls_certificate_expiry: IntGaugeVec,
+    pub tls_handshakes: IntCounterVec,
     pub cache_lookups: IntCounterVec,
     /// The response store's figures, read from it when scraped.
     pub cache_size_bytes: IntGauge,
@@ -121,6 +123,22 @@ impl Metrics {
             "portico_client_connections_max",
             "The cap on open client connections, server.max_client_connections.",
         )?;
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "portico_tls_certificate_expiry_timestamp_seconds",
+                "When each TLS certificate of the config now serving expires (Unix time), by its first name.",
+            ),
+            &["name"],
+        )?;
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "portico_tls_handshakes_total",
+                "TLS handshakes on the TLS listeners, by result: ok, or refused (a client without TLS 1.3 where min_version is 1.3).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(tls_certificate_expiry.clone()))?;
+        registry.register(Box::new(tls_handshakes.clone()))?;
         registry.register(Box::new(client_connections_refused.clone()))?;
         registry.register(Box::new(client_connections.clone()))?;
         registry.register(Box::new(client_connections_max.clone()))?;
@@ -153,6 +171,8 @@ impl Metrics {
             client_connections_refused,
             client_connections,
             client_connections_max,
+            tls_certificate_expiry,
+            tls_handshakes,
             cache_lookups,
             cache_size_bytes,
             cache_max_size_bytes,

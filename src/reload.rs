@@ -89,28 +89,29 @@ pub struct ConfigWatcher {
     pub state: Arc<GatewayState>,
 }
 
+/// Which watched file an event was about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    Config,
+    /// A certificate, key or CA file of `[tls]`: its content is not the config's, so the
+    /// config is reloaded whether or not its own file changed.
+    TlsFile,
+}
+
 #[async_trait]
 impl BackgroundService for ConfigWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let path = self.state.config_path.clone();
-        let (Some(dir), Some(name)) =
-            (watch_dir(&path), path.file_name().map(|n| n.to_os_string()))
-        else {
-            log::warn!(
-                "cannot watch {}: reload with SIGHUP or POST /reload",
-                path.display()
-            );
+        let Ok(path) = std::path::absolute(&self.state.config_path) else {
+            log::warn!("cannot watch the config file: reload with SIGHUP or POST /reload");
             return;
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let handler = move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
-            let ours = event
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(name.as_os_str()));
-            if let (true, Some(change)) = (ours, change_of(&event.kind)) {
-                let _ = tx.send(change);
+            if let Some(change) = change_of(&event.kind) {
+                for p in event.paths {
+                    let _ = tx.send((p, change));
+                }
             }
         };
         let mut watcher = match notify::recommended_watcher(handler) {
@@ -123,31 +124,59 @@ impl BackgroundService for ConfigWatcher {
                 return;
             }
         };
-        if let Err(e) =
-            notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive)
-        {
-            log::warn!(
-                "cannot watch {}: {e}; reload with SIGHUP or POST /reload",
-                dir.display()
-            );
-            return;
-        }
+        let mut dirs = std::collections::BTreeSet::new();
         loop {
-            let mut change = tokio::select! {
-                _ = shutdown.changed() => return,
-                event = rx.recv() => match event {
-                    Some(change) => change,
-                    None => return,
-                },
+            // The folders of the config file and of every file its `[tls]` names, as the
+            // config now serving has them.
+            let files = self.watched_files(&path);
+            for dir in files.iter().filter_map(|f| f.parent()) {
+                if !dirs.contains(dir) {
+                    match notify::Watcher::watch(
+                        &mut watcher,
+                        dir,
+                        notify::RecursiveMode::NonRecursive,
+                    ) {
+                        Ok(()) => {
+                            dirs.insert(dir.to_path_buf());
+                        }
+                        Err(e) => log::warn!("cannot watch {}: {e}", dir.display()),
+                    }
+                }
+            }
+            let which = |p: &PathBuf| {
+                if *p == path {
+                    Some(Watched::Config)
+                } else if files.contains(p) {
+                    Some(Watched::TlsFile)
+                } else {
+                    None
+                }
             };
-            // Until the writer is done: a close (or rename) followed by SETTLE of quiet.
+            let (mut change, mut tls_changed) = loop {
+                let (p, change) = tokio::select! {
+                    _ = shutdown.changed() => return,
+                    event = rx.recv() => match event {
+                        Some(event) => event,
+                        None => return,
+                    },
+                };
+                if let Some(w) = which(&p) {
+                    break (change, w == Watched::TlsFile);
+                }
+            };
+            // Until the writers are done: a close (or rename) followed by SETTLE of quiet.
             loop {
                 let wait = match change {
                     Change::Complete => SETTLE,
                     Change::Changing => QUIET_READ,
                 };
                 match tokio::time::timeout(wait, rx.recv()).await {
-                    Ok(Some(next)) => change = next,
+                    Ok(Some((p, next))) => {
+                        if let Some(w) = which(&p) {
+                            change = next;
+                            tls_changed |= w == Watched::TlsFile;
+                        }
+                    }
                     Ok(None) => return,
                     Err(_) => break,
                 }
@@ -157,12 +186,26 @@ impl BackgroundService for ConfigWatcher {
                 continue;
             }
             let state = Arc::clone(&self.state);
-            let _ = tokio::task::spawn_blocking(move || state.reload_if_changed()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                if tls_changed {
+                    log::info!("a TLS file changed: reloading");
+                    Some(state.reload())
+                } else {
+                    state.reload_if_changed()
+                }
+            })
+            .await;
         }
     }
 }
 
-fn watch_dir(path: &std::path::Path) -> Option<PathBuf> {
-    let absolute = std::path::absolute(path).ok()?;
-    absolute.parent().map(PathBuf::from)
+impl ConfigWatcher {
+    /// The config file (absolute) and the files the serving config's `[tls]` names.
+    fn watched_files(&self, config: &std::path::Path) -> std::collections::BTreeSet<PathBuf> {
+        let mut files = std::collections::BTreeSet::from([config.to_path_buf()]);
+        if let Some(tls) = &self.state.current().tls {
+            files.extend(tls.files.iter().filter_map(|f| std::path::absolute(f).ok()));
+        }
+        files
+    }
 }

@@ -36,6 +36,8 @@ pub struct StartOptions {
 pub enum StartError {
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 /// Build the server for a compiled snapshot and run it until it is told to stop. `metrics`
@@ -98,6 +100,19 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
         let unbuffered_reads = L4BufferSettings::default().read(0);
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(unbuffered_reads));
     }
+    if let (Some(runtime), Some(tls)) = (&state.tls, &state.current().tls) {
+        for addr in &tls.listen {
+            let settings = runtime
+                .listener_settings(state.metrics.tls_handshakes.clone())
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            let unbuffered_reads = L4BufferSettings::default().read(0);
+            proxy.add_listener(
+                ListenerConfig::tcp(addr.to_string())
+                    .tls(settings)
+                    .l4_buffer(unbuffered_reads),
+            );
+        }
+    }
     proxy.threads = Some(server_settings.threads);
 
     let mut admin = Service::new(
@@ -145,8 +160,14 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
             state: Arc::clone(&state),
         },
     ));
+    let tls_listen = state
+        .current()
+        .tls
+        .as_ref()
+        .map(|t| format!(", TLS on {:?}", t.listen))
+        .unwrap_or_default();
     log::info!(
-        "portico {} serving {} on {:?}, admin on {admin_listen}",
+        "portico {} serving {} on {:?}{tls_listen}, admin on {admin_listen}",
         env!("CARGO_PKG_VERSION"),
         state.config_path.display(),
         server_settings.listen,

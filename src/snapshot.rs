@@ -81,6 +81,8 @@ pub struct Snapshot {
     /// Whether any route caches. The cache lives in Pingora's proxy, so the direct path
     /// (`proxy::direct`) looks up the route of each request it takes while one does.
     pub caches: bool,
+    /// `[tls]`, with its certificates read.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Snapshot {
@@ -154,6 +156,41 @@ pub fn compile(
 
     if file.cache.as_ref().is_some_and(|c| c.max_size.0 == 0) {
         problems.at("cache.max_size", "must be more than 0");
+    }
+    // Paths in the config are relative to the config file's folder (SPEC.md).
+    let config_dir = Path::new(&origin)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let tls =
+        file.tls
+            .as_ref()
+            .and_then(|section| match crate::tls::compile(section, &config_dir) {
+                Ok(tls) => {
+                    for addr in &tls.listen {
+                        if server.listen.contains(addr) || admin_listen == Some(*addr) {
+                            problems.at(
+                                "tls.listen",
+                                format!("{addr} is also a plain or admin listener"),
+                            );
+                        }
+                    }
+                    Some(tls)
+                }
+                Err(errors) => {
+                    for (key, message) in errors {
+                        problems.at(format!("tls.{key}"), message);
+                    }
+                    None
+                }
+            });
+    if let Some(previous) = previous {
+        tls_fixed_at_start(
+            previous.tls.as_ref(),
+            tls.as_ref(),
+            file.tls.is_some(),
+            &mut problems,
+        );
     }
 
     let mut pools = BTreeMap::new();
@@ -338,6 +375,7 @@ pub fn compile(
             pools,
             cache_max_size: file.cache.as_ref().map_or(0, |c| c.max_size.0),
             caches,
+            tls,
         }),
         _ => Err(ConfigErrors::single(
             &origin,
@@ -378,6 +416,34 @@ fn fixed_at_start(
         if differs {
             problems.at(key, HOW);
         }
+    }
+}
+
+/// TLS listeners are opened once, and whether clients must present certificates is built into
+/// them: a reload that changes either is refused like `server.listen`. Certificates, keys,
+/// the client CA's content and `min_version` reload in place.
+fn tls_fixed_at_start(
+    old: Option<&crate::tls::TlsConfig>,
+    new: Option<&crate::tls::TlsConfig>,
+    new_has_section: bool,
+    problems: &mut Problems,
+) {
+    const HOW: &str = "cannot change while running; restart, or start the new config with `portico -u` for a zero-downtime upgrade";
+    match (old, new_has_section) {
+        (None, true) | (Some(_), false) => problems.at("tls", HOW),
+        (Some(old), true) => {
+            let Some(new) = new else { return };
+            if old.listen != new.listen {
+                problems.at("tls.listen", HOW);
+            }
+            if old.client_ca.is_some() != new.client_ca.is_some() {
+                problems.at(
+                    "tls.client_ca",
+                    "cannot be added or removed while running; restart, or use `portico -u`",
+                );
+            }
+        }
+        (None, false) => {}
     }
 }
 

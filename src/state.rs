@@ -45,6 +45,8 @@ pub struct GatewayState {
     pub transport: pingora_core::connectors::TransportConnector,
     /// The response cache's store: one for the process, its limit set by each config.
     pub cache: &'static CacheStore,
+    /// What the TLS listeners serve from, when the config has `[tls]`.
+    pub tls: Option<crate::tls::TlsRuntime>,
 }
 
 impl GatewayState {
@@ -60,8 +62,13 @@ impl GatewayState {
         metrics.config_reloads.with_label_values(&["ok"]).inc();
         let cache =
             CacheStore::leak(usize::try_from(snapshot.cache_max_size).unwrap_or(usize::MAX));
+        let tls = snapshot
+            .tls
+            .as_ref()
+            .map(|tls| crate::tls::TlsRuntime::new(tls, metrics.tls_certificate_expiry.clone()));
         Arc::new(GatewayState {
             cache,
+            tls,
             snapshot: ArcSwap::from_pointee(snapshot),
             config_path,
             generation: AtomicU64::new(1),
@@ -172,6 +179,9 @@ impl GatewayState {
         match result {
             Ok(snapshot) => {
                 snapshot.start();
+                if let (Some(runtime), Some(tls)) = (&self.tls, &snapshot.tls) {
+                    runtime.apply(tls);
+                }
                 self.cache
                     .set_max_size(usize::try_from(snapshot.cache_max_size).unwrap_or(usize::MAX));
                 self.snapshot.store(Arc::new(snapshot));

@@ -20,6 +20,8 @@ pub struct PluginCtx {
     pub identity: Option<Arc<Identity>>,
     /// Per-request state a plugin keeps between its phases, by type.
     pub extensions: http::Extensions,
+    /// The subject of the client certificate the TLS handshake verified (mTLS), if any.
+    pub client_cert: Option<Arc<str>>,
 }
 
 impl PluginCtx {
@@ -30,6 +32,7 @@ impl PluginCtx {
             request_id,
             identity: None,
             extensions: http::Extensions::new(),
+            client_cert: None,
         }
     }
 

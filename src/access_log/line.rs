@@ -56,6 +56,10 @@ pub fn encode(out: &mut Vec<u8>, record: &AccessRecord) {
         out.extend_from_slice(b",\"failed_parts\":");
         push_str(out, parts);
     }
+    if let Some(subject) = &record.client_cert {
+        out.extend_from_slice(b",\"client_cert\":");
+        push_str(out, subject);
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -168,6 +172,7 @@ mod tests {
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             ),
             failed_parts: None,
+            client_cert: None,
         }
     }
 

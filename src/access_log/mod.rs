@@ -43,6 +43,8 @@ pub struct AccessRecord {
     pub traceparent: HeaderValue,
     /// For a composition: the keys of the parts that failed.
     pub failed_parts: Option<String>,
+    /// Over mTLS: the subject of the client certificate the handshake verified.
+    pub client_cert: Option<std::sync::Arc<str>>,
 }
 
 /// Records waiting for the writer. Requests only push here; they never wake the writer, which

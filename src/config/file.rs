@@ -458,6 +458,34 @@ fn default_max_fan_out() -> usize {
     10
 }
 
+/// `[tls]`: TLS listeners and their certificates (SPEC.md "Listeners, TLS and protocols").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub listen: Vec<String>,
+    /// Chosen by SNI from each certificate's names; the first is the default.
+    pub certificates: Vec<CertificateSpec>,
+    #[serde(default = "default_min_version")]
+    pub min_version: String,
+    /// Require client certificates signed by this CA (mTLS).
+    pub client_ca: Option<String>,
+    /// Plain listeners answer 308 to the https:// URL.
+    #[serde(default)]
+    pub redirect_http: bool,
+}
+
+/// One `{ cert = "...", key = "..." }`: a PEM chain (leaf first) and its PEM private key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSpec {
+    pub cert: String,
+    pub key: String,
+}
+
+fn default_min_version() -> String {
+    "1.2".into()
+}
+
 /// The whole file, each part already deserialized on its own (see `load`), so one bad
 /// route does not hide the problems of the next.
 #[derive(Debug, Default)]
@@ -466,6 +494,7 @@ pub struct FileConfig {
     pub admin: AdminSection,
     pub redis: Option<RedisSection>,
     pub cache: Option<CacheSection>,
+    pub tls: Option<TlsSection>,
     pub upstreams: BTreeMap<String, UpstreamSection>,
     pub consumers: BTreeMap<String, ConsumerSection>,
     /// Built plugin instances by name, with their kind.

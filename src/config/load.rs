@@ -236,6 +236,7 @@ fn deserialize_sections(
             }
             "redis" => file.redis = deserialize(item, key, problems),
             "cache" => file.cache = deserialize(item, key, problems),
+            "tls" => file.tls = deserialize(item, key, problems),
             "upstreams" => {
                 file.upstreams =
                     deserialize_named(item, key, problems, &mut file.broken_upstreams);
@@ -258,7 +259,7 @@ fn deserialize_sections(
             }
             other => problems.at(
                 other,
-                "unknown section (expected server, admin, redis, cache, upstreams, consumers, plugins or routes)",
+                "unknown section (expected server, admin, tls, redis, cache, upstreams, consumers, plugins or routes)",
             ),
         }
     }

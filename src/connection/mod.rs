@@ -14,8 +14,8 @@
 //! With the whole head in hand it also chooses the request's driver: the fast driver
 //! (`proxy::direct`) for the common requests of an API, Pingora's proxy for anything else.
 //!
-//! Portico's listeners speak plain HTTP/1.1. Anything else (TLS, h2c, a negotiated protocol)
-//! is left to Pingora's own loop.
+//! HTTP/1.1 comes here, plain or over TLS; HTTP/2 (h2 by ALPN, h2c) is left to Pingora's own
+//! loop.
 
 pub mod head;
 
@@ -32,7 +32,7 @@ use bytes::BytesMut;
 use http::{HeaderValue, Method};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::Session;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
@@ -103,9 +103,25 @@ where
     ) -> Option<Stream> {
         let accepted = Instant::now();
         let _open = self.admit()?;
+        // HTTP/1.1 over TLS takes this loop as plain HTTP does: the handshake is done by
+        // now, so TLS costs only the TLS. HTTP/2 (by ALPN, or h2c) is Pingora's.
         let h2c = self.app.server_options().is_some_and(|o| o.h2c);
-        if h2c || stream.get_ssl_digest().is_some() || stream.selected_alpn_proto().is_some() {
+        let alpn_h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2 | ALPN::H2H1));
+        if h2c || alpn_h2 {
             return self.app.process_new(stream, shutdown).await;
+        }
+        if let Some(digest) = stream.get_ssl_digest() {
+            // `min_version = "1.3"` is enforced when the certificate is chosen; a connection
+            // that still got 1.2 is not served.
+            let tls13_only = self.state.tls.as_ref().is_some_and(|t| t.tls13_only());
+            if tls13_only && digest.version != "TLSv1_3" {
+                self.state
+                    .metrics
+                    .tls_handshakes
+                    .with_label_values(&["refused"])
+                    .inc();
+                return None;
+            }
         }
         let reuse_limit = self
             .app
@@ -263,6 +279,7 @@ impl<A> Connections<A> {
                 consumer: None,
                 traceparent: HeaderValue::from_static(""),
                 failed_parts: None,
+                client_cert: None,
             };
             if !self.state.access_log.log(record) {
                 metrics.access_log_dropped.inc();

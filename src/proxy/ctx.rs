@@ -25,6 +25,10 @@ pub struct RequestCtx {
     pub client_ip: Option<IpAddr>,
     /// Whether the direct peer is a trusted proxy (its X-Forwarded-* are believed).
     pub peer_trusted: bool,
+    /// The request came over TLS.
+    pub tls: bool,
+    /// The subject of the client certificate the TLS handshake verified (mTLS).
+    pub client_cert: Option<Arc<str>>,
     /// A valid W3C traceparent once identified (the client's, checked, or a new one); empty
     /// before. The access log takes its trace id from it without checking again.
     pub traceparent: HeaderValue,
@@ -89,6 +93,8 @@ impl RequestCtx {
             request_id: HeaderValue::from_static(""),
             client_ip: None,
             peer_trusted: false,
+            tls: false,
+            client_cert: None,
             traceparent: HeaderValue::from_static(""),
             routed: None,
             body_bytes: 0,

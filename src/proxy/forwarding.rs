@@ -153,6 +153,7 @@ pub fn set_forwarded(
     peer_ip: HeaderValue,
     host: Option<&HeaderValue>,
     peer_trusted: bool,
+    tls: bool,
 ) -> pingora_error::Result<()> {
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
         Some(existing) if peer_trusted => {
@@ -166,7 +167,8 @@ pub fn set_forwarded(
     };
     headers.insert(X_FORWARDED_FOR, forwarded_for);
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = if tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         match host {
@@ -298,6 +300,7 @@ mod edit_tests {
             peer: ip,
             client: ip,
             peer_trusted: false,
+            tls: false,
         };
         set_gateway_headers(&mut set, who, Some(&host), ids).unwrap();
         let mut names: Vec<&str> = set.keys().map(HeaderName::as_str).collect();
@@ -330,13 +333,13 @@ mod edit_tests {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil"));
-        set_forwarded(&mut h, ip_value(peer).unwrap(), Some(&host), false).unwrap();
+        set_forwarded(&mut h, ip_value(peer).unwrap(), Some(&host), false, false).unwrap();
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
         assert_eq!(h[X_FORWARDED_HOST], "api.example.com");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
-        set_forwarded(&mut h, ip_value(peer).unwrap(), Some(&host), true).unwrap();
+        set_forwarded(&mut h, ip_value(peer).unwrap(), Some(&host), true, false).unwrap();
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.1");
     }
 }
@@ -410,6 +413,7 @@ pub fn gateway_request_headers(
         peer,
         client: ctx.client_ip,
         peer_trusted: ctx.peer_trusted,
+        tls: ctx.tls,
     };
     set_gateway_headers(headers, who, host.as_ref(), ids)
 }
@@ -421,6 +425,8 @@ pub struct Who {
     pub peer: Option<IpAddr>,
     pub client: Option<IpAddr>,
     pub peer_trusted: bool,
+    /// The request came over TLS: `X-Forwarded-Proto: https`.
+    pub tls: bool,
 }
 
 /// `gateway_request_headers` on plain values: `ids` are the request id and traceparent.
@@ -451,7 +457,7 @@ fn set_gateway_headers(
             headers.remove(&X_REAL_IP);
         }
     }
-    set_forwarded(headers, peer_ip, host, who.peer_trusted)?;
+    set_forwarded(headers, peer_ip, host, who.peer_trusted, who.tls)?;
     headers.insert(X_REQUEST_ID, request_id);
     headers.insert(TRACEPARENT, traceparent);
     Ok(())
@@ -537,6 +543,7 @@ mod identity_tests {
             peer: peer.parse().ok(),
             client: client.parse().ok(),
             peer_trusted: trusted,
+            tls: false,
         };
         let ids = (HeaderValue::from_static("id"), new_traceparent());
         let host = HeaderValue::from_static("api.example.com:8080");

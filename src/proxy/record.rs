@@ -91,6 +91,7 @@ impl Portico {
                 consumer,
                 traceparent: std::mem::replace(&mut ctx.traceparent, HeaderValue::from_static("")),
                 failed_parts: ctx.failed_parts.take(),
+                client_cert: ctx.client_cert.clone(),
             };
             if !self.state.access_log.log(record) {
                 metrics.access_log_dropped.inc();

@@ -56,6 +56,13 @@ impl Portico {
                     .await;
             }
         }
+        if let Some(tls) = snapshot
+            .tls
+            .as_ref()
+            .filter(|t| t.redirect_http && !ctx.tls)
+        {
+            return redirect_to_https(session, tls.https_port).await;
+        }
         let underscores = snapshot.server.underscore_headers;
         if let Err(rejection) = request_headers::check(session.req_header_mut(), underscores) {
             return self
@@ -114,8 +121,10 @@ impl Portico {
                 &self.state.metrics.upstream_requests,
             )
         });
+        let mut plugin_cx = PluginCtx::new(Arc::clone(&route.name), client_ip, ctx.id().to_owned());
+        plugin_cx.client_cert = ctx.client_cert.clone();
         ctx.routed = Some(Routed {
-            plugin_cx: PluginCtx::new(Arc::clone(&route.name), client_ip, ctx.id().to_owned()),
+            plugin_cx,
             route: Arc::clone(&route),
             exchange,
         });
@@ -198,6 +207,37 @@ fn client_timeouts(session: &mut Session, server: &crate::snapshot::ServerSettin
     }
 }
 
+/// `[tls] redirect_http`: a request on a plain listener is told to come again over TLS (308
+/// keeps the method and body). Not an error, so not a problem.
+async fn redirect_to_https(session: &mut Session, https_port: u16) -> Result<bool> {
+    let req = session.req_header();
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    // The host without its port (an IPv6 literal keeps its brackets).
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host,
+    };
+    let authority = if https_port == 443 {
+        name.to_string()
+    } else {
+        format!("{name}:{https_port}")
+    };
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{authority}{target}");
+    let mut resp = pingora_http::ResponseHeader::build(308, Some(3))?;
+    resp.insert_header(http::header::LOCATION, location.as_str())?;
+    resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
 /// Who is asking: the request id, the trace context, and the client's address (believing
 /// `X-Forwarded-For` only from a trusted proxy).
 fn identify(session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) {
@@ -218,6 +258,11 @@ fn identify(session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) {
     let trusted = &snapshot.server.trusted_proxies;
     ctx.peer_trusted = is_trusted(peer, trusted);
     ctx.client_ip = Some(client_ip(peer, &req.headers, trusted));
+    let ssl = session.digest().and_then(|d| d.ssl_digest.as_ref());
+    ctx.tls = ssl.is_some();
+    ctx.client_cert = ssl
+        .and_then(|d| d.extension.get::<crate::tls::ClientCert>())
+        .map(|c| Arc::clone(&c.subject));
     ctx.phases.mark(Phase::Identify);
 }
 

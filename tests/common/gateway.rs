@@ -11,6 +11,9 @@ use super::free_ports;
 pub struct Gateway {
     /// The public listener.
     pub addr: SocketAddr,
+    /// A free port for a TLS listener, as `${PORTICO_TLS}` (listening only if the config has
+    /// `[tls] listen = ["${PORTICO_TLS}"]`).
+    pub tls_addr: SocketAddr,
     pub admin: SocketAddr,
     pub config_path: PathBuf,
     pub dir: tempfile::TempDir,
@@ -49,7 +52,7 @@ impl Gateway {
 
     async fn try_start(config: &str, env: &[(&str, &str)]) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let [listen, admin] = free_ports();
+        let [listen, admin, tls] = free_ports();
         let text = with_defaults(config);
         let config_path = dir.path().join("portico.toml");
         std::fs::write(&config_path, text).expect("write the config");
@@ -62,6 +65,7 @@ impl Gateway {
         env.extend([
             ("PORTICO_LISTEN".to_string(), format!("127.0.0.1:{listen}")),
             ("PORTICO_ADMIN".to_string(), format!("127.0.0.1:{admin}")),
+            ("PORTICO_TLS".to_string(), format!("127.0.0.1:{tls}")),
             (
                 "PORTICO_UPGRADE_SOCK".to_string(),
                 dir.path().join("upgrade.sock").display().to_string(),
@@ -71,6 +75,7 @@ impl Gateway {
         let child = spawn(&config_path, &env, stderr, false);
         let mut gateway = Gateway {
             addr: SocketAddr::from(([127, 0, 0, 1], listen)),
+            tls_addr: SocketAddr::from(([127, 0, 0, 1], tls)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
             config_path,
             dir,

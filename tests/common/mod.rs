@@ -7,6 +7,7 @@ pub mod faults;
 pub mod gateway;
 pub mod http;
 pub mod redis;
+pub mod tls;
 pub mod upstream;
 pub mod wire;
 

@@ -90,11 +90,18 @@ fn every_shipped_config_is_valid() {
         files.iter().any(|f| f.ends_with("conf/portico.toml")),
         "{files:?}"
     );
-    // The secrets the examples read from the environment, as an operator would set them.
+    // The secrets the examples read from the environment, as an operator would set them, and
+    // a certificate for the TLS example, made here.
+    let certs = tempfile::tempdir().unwrap();
+    let ca = crate::common::tls::TestCa::new("example CA");
+    let (cert, key) = ca.server(&["localhost"]).write(certs.path(), "localhost");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let env = [
         ("JWT_SECRET", "an-example-secret-of-at-least-32-bytes"),
         ("ACME_KEY", "acme-example-key-123"),
         ("GLOBEX_KEY", "globex-example-key-456"),
+        ("TLS_CERT", cert.as_str()),
+        ("TLS_KEY", key.as_str()),
     ];
     for file in files {
         let (code, out) = validate_with_env(&file, &env);

@@ -24,4 +24,5 @@ mod resilience;
 mod routing;
 mod slow;
 mod soak;
+mod tls;
 mod upstream_pool;
