@@ -87,7 +87,11 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     // Pingora's proxy and the fast driver inside Portico's own keep-alive loop (see
     // `connection.rs`).
     let portico = Portico::new(Arc::clone(&state));
-    let http_proxy = pingora_proxy::http_proxy(&server.configuration, portico.clone());
+    let mut http_proxy = pingora_proxy::http_proxy(&server.configuration, portico.clone());
+    if server_settings.http2 {
+        http_proxy.server_options = Some(crate::connection::h2::server_options());
+        http_proxy.h2_options = Some(crate::connection::h2::options(&server_settings));
+    }
     let direct = Direct::new(portico, &server.configuration);
     let mut proxy = Service::new(
         "portico proxy".to_string(),
@@ -103,7 +107,7 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     if let (Some(runtime), Some(tls)) = (&state.tls, &state.current().tls) {
         for addr in &tls.listen {
             let settings = runtime
-                .listener_settings(state.metrics.tls_handshakes.clone())
+                .listener_settings(state.metrics.tls_handshakes.clone(), server_settings.http2)
                 .map_err(|e| StartError::Tls(e.to_string()))?;
             let unbuffered_reads = L4BufferSettings::default().read(0);
             proxy.add_listener(

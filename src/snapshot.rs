@@ -50,6 +50,8 @@ pub struct ServerSettings {
     /// (0: none; then `send_timeout` bounds each write).
     pub send_timeout: Duration,
     pub min_send_rate: usize,
+    /// HTTP/2 is offered (ALPN h2 on TLS listeners, h2c on plain ones).
+    pub http2: bool,
 }
 
 /// A compiled `[[routes]]` entry.
@@ -407,6 +409,8 @@ fn fixed_at_start(
             old.upgrade_sock != server.upgrade_sock,
         ),
         ("server.pid_file", old.pid_file != server.pid_file),
+        // Offered by ALPN in the TLS listeners' settings, which are built once.
+        ("server.http2", old.http2 != server.http2),
         (
             "admin.listen",
             admin.is_some_and(|a| a != previous.admin_listen),
@@ -560,6 +564,7 @@ fn compile_server(s: &config::ServerSection, problems: &mut Problems) -> ServerS
         body_timeout: s.body_timeout.0,
         send_timeout: s.send_timeout.0,
         min_send_rate: usize::try_from(s.min_send_rate.0).unwrap_or(usize::MAX),
+        http2: s.http2,
     }
 }
 

@@ -65,6 +65,9 @@ pub struct ServerSection {
     /// long as its size at this rate (and at least 1 s). "0" turns it off.
     #[serde(default = "default_min_send_rate")]
     pub min_send_rate: ByteSize,
+    /// Offer HTTP/2: by ALPN on TLS listeners, h2c with prior knowledge on plain ones.
+    #[serde(default)]
+    pub http2: bool,
 }
 
 fn default_body_timeout() -> ConfigDuration {
@@ -144,6 +147,7 @@ impl Default for ServerSection {
             body_timeout: default_body_timeout(),
             send_timeout: default_send_timeout(),
             min_send_rate: default_min_send_rate(),
+            http2: false,
         }
     }
 }

@@ -14,10 +14,13 @@
 //! With the whole head in hand it also chooses the request's driver: the fast driver
 //! (`proxy::direct`) for the common requests of an API, Pingora's proxy for anything else.
 //!
-//! HTTP/1.1 comes here, plain or over TLS; HTTP/2 (h2 by ALPN, h2c) is left to Pingora's own
-//! loop.
+//! HTTP/1.1 comes here, plain or over TLS. HTTP/2 (h2 by ALPN, or h2c with prior knowledge,
+//! told by its first bytes) is handed to Pingora's own loop, which serves each stream through
+//! the same proxy.
 
+pub mod h2;
 pub mod head;
+mod prefixed;
 
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
@@ -104,12 +107,8 @@ where
         let accepted = Instant::now();
         let _open = self.admit()?;
         // HTTP/1.1 over TLS takes this loop as plain HTTP does: the handshake is done by
-        // now, so TLS costs only the TLS. HTTP/2 (by ALPN, or h2c) is Pingora's.
-        let h2c = self.app.server_options().is_some_and(|o| o.h2c);
-        let alpn_h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2 | ALPN::H2H1));
-        if h2c || alpn_h2 {
-            return self.app.process_new(stream, shutdown).await;
-        }
+        // now, so TLS costs only the TLS. HTTP/2 (by ALPN, or h2c) is Pingora's loop, which
+        // runs each stream through the same proxy (the pipeline's Pingora driver).
         if let Some(digest) = stream.get_ssl_digest() {
             // `min_version = "1.3"` is enforced when the certificate is chosen; a connection
             // that still got 1.2 is not served.
@@ -123,6 +122,14 @@ where
                 return None;
             }
         }
+        let preface_deadline = accepted + self.state.current_limits().timeout;
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return match read_preface(&mut stream, BytesMut::new(), preface_deadline).await {
+                Preface::Whole(preface) => self.serve_h2(stream, preface, shutdown).await,
+                Preface::Not(_) | Preface::Gone => None,
+            };
+        }
+        let h2c = self.app.server_options().is_some_and(|o| o.h2c);
         let reuse_limit = self
             .app
             .server_options()
@@ -148,8 +155,18 @@ where
             };
             // Closed by the client, a read error, idle for too long, or the service shutting
             // down: as in Pingora's loop, the connection just ends.
-            let first =
+            let mut first =
                 next_request(&mut stream, &mut shutdown_watch, idle.as_mut(), wait_until).await?;
+            if first_request && h2c && starts_preface(&first) {
+                // Prior knowledge of h2c, or an HTTP/1.1 method that starts with "P".
+                match read_preface(&mut stream, first, preface_deadline).await {
+                    Preface::Whole(preface) => {
+                        return self.serve_h2(stream, preface, shutdown).await
+                    }
+                    Preface::Not(bytes) => first = bytes,
+                    Preface::Gone => return None,
+                }
+            }
             // The first request's deadline counts from the accept; a later one's from its
             // first byte (now), and is only looked up should the head need another read.
             let deadline = first_request.then_some(wait_until);
@@ -203,6 +220,23 @@ where
 
     async fn cleanup(&self) {
         self.app.http_cleanup().await;
+    }
+}
+
+impl<A> Connections<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// Serve an HTTP/2 connection whose preface has been read: Pingora's HTTP/2 loop reads
+    /// it again and runs each stream through the proxy.
+    async fn serve_h2(
+        self: &Arc<Self>,
+        stream: Stream,
+        preface: BytesMut,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let stream: Stream = Box::new(prefixed::Prefixed::new(preface.freeze(), stream));
+        self.app.process_new(stream, shutdown).await
     }
 }
 
@@ -284,6 +318,44 @@ impl<A> Connections<A> {
             if !self.state.access_log.log(record) {
                 metrics.access_log_dropped.inc();
             }
+        }
+    }
+}
+
+/// What a client with prior knowledge of h2c sends first (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `bytes` could be the start of the HTTP/2 preface.
+fn starts_preface(bytes: &[u8]) -> bool {
+    let n = bytes.len().min(H2_PREFACE.len());
+    bytes[..n] == H2_PREFACE[..n]
+}
+
+/// How reading the HTTP/2 preface ended.
+enum Preface {
+    /// It came whole (these bytes, and perhaps more after it).
+    Whole(BytesMut),
+    /// These bytes are not it: an HTTP/1.1 request, on a plain listener.
+    Not(BytesMut),
+    /// The client closed, failed, or did not send it by the deadline.
+    Gone,
+}
+
+/// Read on from `buf` until it holds the whole preface, by `deadline` (the same the first
+/// request head has), or stops looking like it. A connection that never finishes its
+/// preface holds nothing past the header timeout.
+async fn read_preface(stream: &mut Stream, mut buf: BytesMut, deadline: Instant) -> Preface {
+    loop {
+        if !starts_preface(&buf) {
+            return Preface::Not(buf);
+        }
+        if buf.len() >= H2_PREFACE.len() {
+            return Preface::Whole(buf);
+        }
+        buf.reserve(H2_PREFACE.len());
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Preface::Gone,
         }
     }
 }

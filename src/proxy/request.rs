@@ -47,14 +47,10 @@ impl Portico {
 
         // From here on the request header's URI is the one target that is routed, shown to
         // plugins, cached under, logged and forwarded (see `target`).
-        match target::check(session.req_header()) {
-            Ok(None) => {}
-            Ok(Some(uri)) => session.req_header_mut().set_uri(uri),
-            Err(rejection) => {
-                return self
-                    .reject(session, ctx, ErrorCode::BadRequest, rejection.detail(), &[])
-                    .await;
-            }
+        if let Err(rejection) = target::apply(session.req_header_mut()) {
+            return self
+                .reject(session, ctx, ErrorCode::BadRequest, rejection.detail(), &[])
+                .await;
         }
         if let Some(tls) = snapshot
             .tls

@@ -69,6 +69,37 @@ impl From<PathRejection> for TargetRejection {
     }
 }
 
+/// Check `req`'s target and `Host` and put the one target to route and forward in place.
+/// An HTTP/2 request's `:authority` becomes its `Host` (RFC 9113 section 8.3.1), which
+/// routing and the upstream request read; a `Host` that says otherwise is refused.
+pub fn apply(req: &mut RequestHeader) -> Result<(), TargetRejection> {
+    if req.version == Version::HTTP_2 {
+        authority_as_host(req)?;
+    }
+    if let Some(uri) = check(req)? {
+        req.set_uri(uri);
+    }
+    Ok(())
+}
+
+/// HTTP/2: `:authority`, when there is one, is the request's `Host`.
+fn authority_as_host(req: &mut RequestHeader) -> Result<(), TargetRejection> {
+    let Some(authority) = req.uri.authority() else {
+        return Ok(());
+    };
+    let authority = authority.as_str().as_bytes();
+    let mut hosts = req.headers.get_all(HOST).iter();
+    match hosts.next() {
+        None => {}
+        Some(host) if host.as_bytes() == authority => return Ok(()),
+        Some(_) => return Err(TargetRejection::AuthorityMismatch),
+    }
+    let host =
+        http::HeaderValue::from_bytes(authority).map_err(|_| TargetRejection::InvalidHost)?;
+    req.insert_header(HOST, host)
+        .map_err(|_| TargetRejection::InvalidHost)
+}
+
 /// Check `req`'s target and `Host`. `Ok(None)`: the target is already the origin-form URI to
 /// route and forward (the common case, which allocates nothing). `Ok(Some(uri))`: put `uri`
 /// in its place before anything reads it.

@@ -188,11 +188,12 @@ impl TlsRuntime {
     }
 
     /// The settings every TLS listener is built with: this runtime's certificates and client
-    /// verifier, HTTP/1.1 by ALPN, and a callback that counts handshakes and keeps a verified
-    /// client certificate's subject for the request.
+    /// verifier, HTTP/1.1 by ALPN (and h2 first when `http2`), and a callback that counts
+    /// handshakes and keeps a verified client certificate's subject for the request.
     pub fn listener_settings(
         &self,
         handshakes: IntCounterVec,
+        http2: bool,
     ) -> pingora_error::Result<TlsSettings> {
         let callbacks: pingora_core::listeners::TlsAcceptCallbacks =
             Box::new(Handshakes { handshakes });
@@ -201,7 +202,11 @@ impl TlsRuntime {
         if let Some(verifier) = &self.verifier {
             settings.set_client_cert_verifier(Arc::clone(verifier) as _);
         }
-        settings.set_alpn(pingora_core::protocols::ALPN::H1);
+        settings.set_alpn(if http2 {
+            pingora_core::protocols::ALPN::H2H1
+        } else {
+            pingora_core::protocols::ALPN::H1
+        });
         Ok(settings)
     }
 }

@@ -16,6 +16,7 @@ mod failures;
 mod headers;
 mod heads;
 mod health;
+mod http2;
 mod hygiene;
 mod lifecycle;
 mod rate_limit;
