@@ -71,6 +71,18 @@ pub struct Route {
     pub timeout: Option<Duration>,
 }
 
+impl Route {
+    /// Whether only Pingora's proxy can serve this route: it caches (the cache lives there),
+    /// or its upstream speaks HTTP/2.
+    pub fn needs_proxy(&self) -> bool {
+        self.cache.is_some()
+            || self
+                .upstream
+                .as_ref()
+                .is_some_and(|u| u.spec.protocol != config::UpstreamProtocol::H1)
+    }
+}
+
 pub struct Snapshot {
     /// Plugin instances and the Redis connection, kept for the next reload to reuse.
     pub reuse: config::Reuse,
@@ -80,9 +92,9 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<UpstreamPool>>,
     /// `[cache] max_size`: the limit of the response store; 0 without a `[cache]` table.
     pub cache_max_size: u64,
-    /// Whether any route caches. The cache lives in Pingora's proxy, so the direct path
-    /// (`proxy::direct`) looks up the route of each request it takes while one does.
-    pub caches: bool,
+    /// Whether any route is served only by Pingora's proxy (`Route::needs_proxy`), so the
+    /// direct path (`proxy::direct`) looks up the route of each request it takes while one is.
+    pub proxy_routes: bool,
     /// `[tls]`, with its certificates read.
     pub tls: Option<crate::tls::TlsConfig>,
 }
@@ -201,12 +213,12 @@ pub fn compile(
     for (name, spec) in &file.upstreams {
         let reused = previous
             .and_then(|p| p.pools.get(name))
-            .filter(|pool| pool.spec == *spec);
+            .filter(|pool| pool.spec == *spec && pool.tls_files_unchanged(&config_dir));
         if let Some(pool) = reused {
             pools.insert(name.clone(), Arc::clone(pool));
             continue;
         }
-        match UpstreamPool::build(name, spec) {
+        match UpstreamPool::build(name, spec, &config_dir) {
             Ok(pool) => {
                 pools.insert(name.clone(), Arc::new(pool));
             }
@@ -348,7 +360,7 @@ pub fn compile(
         }
     }
 
-    let caches = compiled.iter().any(|(_, _, route)| route.cache.is_some());
+    let proxy_routes = compiled.iter().any(|(_, _, route)| route.needs_proxy());
     let file_indices: Vec<usize> = compiled.iter().map(|(i, _, _)| *i).collect();
     let routes = match RouteTable::build(compiled.into_iter().map(|(_, m, r)| (m, r)).collect()) {
         Ok(table) => Some(table),
@@ -376,7 +388,7 @@ pub fn compile(
             routes,
             pools,
             cache_max_size: file.cache.as_ref().map_or(0, |c| c.max_size.0),
-            caches,
+            proxy_routes,
             tls,
         }),
         _ => Err(ConfigErrors::single(
@@ -791,11 +803,11 @@ mod tests {
                   [[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"users\"\nplugins = [\"c\"]\n";
         let s = compile_text(&format!("{UPSTREAM}{ok}")).unwrap();
         assert_eq!(s.cache_max_size, 1 << 20);
-        assert!(s.caches, "route a caches");
+        assert!(s.proxy_routes, "route a caches");
         let uncached = "[cache]\nmax_size = \"1MiB\"\n\n\
                         [[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"users\"\n";
         let plain = compile_text(&format!("{UPSTREAM}{uncached}")).unwrap();
-        assert!(!plain.caches, "a [cache] table alone caches nothing");
+        assert!(!plain.proxy_routes, "a [cache] table alone caches nothing");
         let route = s.routes.entries().next().unwrap().1;
         assert!(route.cache.is_some() && route.plugins.is_empty());
     }

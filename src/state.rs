@@ -94,10 +94,10 @@ impl GatewayState {
         self.snapshot.load_full()
     }
 
-    /// Whether any route of the config now serving caches (a flag the direct path checks
-    /// before it looks for the request's route a second time).
-    pub fn caches(&self) -> bool {
-        self.snapshot.load().caches
+    /// Whether any route of the config now serving is only Pingora's proxy's to serve (a
+    /// flag the direct path checks before it looks for the request's route a second time).
+    pub fn proxy_routes(&self) -> bool {
+        self.snapshot.load().proxy_routes
     }
 
     /// What the next request head may be (`server.header_timeout`, `max_header_size`,

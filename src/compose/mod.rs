@@ -124,11 +124,22 @@ impl Composition {
                 }
             };
             let upstream = pools.get(&c.upstream).cloned();
-            if upstream.is_none() {
-                errors.push((
+            match &upstream {
+                None => errors.push((
                     at("upstream"),
                     format!("no upstream named \"{}\"", c.upstream),
-                ));
+                )),
+                // Calls are HTTP/1.1 exchanges of their own (`compose::client`).
+                Some(pool) if pool.spec.protocol != crate::config::UpstreamProtocol::H1 => errors
+                    .push((
+                        at("upstream"),
+                        format!(
+                        "\"{}\" speaks {}: composition calls go to HTTP/1.1 upstreams (TLS or not)",
+                        c.upstream,
+                        pool.spec.protocol.as_str()
+                    ),
+                    )),
+                Some(_) => {}
             }
             let for_each = match &c.for_each {
                 None => None,

@@ -236,6 +236,45 @@ pub struct UpstreamSection {
     /// Per target: idle keep-alive connections kept for reuse; by default 128, or
     /// `max_connections` when that is lower.
     pub max_idle: Option<u32>,
+    /// What the targets speak: HTTP/1.1 (over TLS when `tls` is set), HTTP/2 over TLS, or
+    /// HTTP/2 in the clear with prior knowledge.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the targets; verification is always on.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `upstreams.NAME.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    H1,
+    H2,
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::H1 => "h1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+}
+
+/// `tls = { sni, ca, cert, key }`: paths relative to the config file's folder.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// The name sent and verified; by default each target's host.
+    pub sni: Option<String>,
+    /// PEM CA certificates to verify the targets against; by default the system's roots.
+    pub ca: Option<String>,
+    /// A client certificate (PEM chain) and its key, for mTLS to the targets.
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 /// `circuit_breaker = { failures = 5, open_for = "30s", half_open_requests = 1 }`

@@ -181,9 +181,9 @@ where
             };
             let direct = match fit {
                 Fit::Fast => self.direct.enabled(),
-                // The cache lives in Pingora's proxy; the flag spares configs without a
-                // caching route the question of which route this is.
-                Fit::FastWithBody => self.direct.enabled() && !self.state.caches(),
+                // Some routes are Pingora's proxy's alone (`Route::needs_proxy`); the flag
+                // spares configs without one the question of which route this is.
+                Fit::FastWithBody => self.direct.enabled() && !self.state.proxy_routes(),
                 Fit::Full => false,
             };
             let settle = |session: &mut ServerSession, carried: Option<HttpPersistentSettings>| {

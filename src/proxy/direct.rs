@@ -37,7 +37,8 @@ use crate::upstream::exchange::{ConnectFailure, Stage};
 pub enum Handled {
     /// Served; the client connection comes back when it may carry another request.
     Served(Option<ReusedHttpStream>),
-    /// Its route caches: the same request, unread again, for Pingora's proxy to serve.
+    /// Its route is Pingora's proxy's alone (`Route::needs_proxy`): the same request, unread
+    /// again, for Pingora's proxy to serve.
     ToProxy(Box<ServerSession>),
 }
 
@@ -79,7 +80,7 @@ impl Direct {
     }
 
     /// Serve one request on `session` (its head not yet parsed), or hand it to Pingora's
-    /// proxy when its route caches.
+    /// proxy when its route is that proxy's alone.
     pub async fn serve(&self, mut session: Session, shutting_down: bool) -> Handled {
         match session.downstream_session.read_request().await {
             Ok(true) => {}
@@ -99,9 +100,9 @@ impl Direct {
         if shutting_down {
             session.set_keepalive(None);
         }
-        // The cache lives in Pingora's proxy. The flag spares configs without a caching
-        // route the second route lookup.
-        if self.portico.state.caches() && self.portico.route_caches(&session) {
+        // Caching routes and HTTP/2 upstreams are Pingora's proxy's. The flag spares configs
+        // without such a route the second route lookup.
+        if self.portico.state.proxy_routes() && self.portico.route_needs_proxy(&session) {
             return match unread(session) {
                 Some(again) => Handled::ToProxy(Box::new(again)),
                 None => Handled::Served(None),

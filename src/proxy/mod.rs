@@ -34,6 +34,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portico_plugins::ErrorCode;
 
+use crate::config::UpstreamProtocol;
 use crate::problem;
 use crate::router::RouteMatch;
 use crate::state::GatewayState;
@@ -62,9 +63,9 @@ impl Portico {
         }
     }
 
-    /// Whether the request in `session` goes to a route that caches (which only Pingora's
-    /// proxy can serve). A target that fails its checks, or matches no route, does not.
-    pub fn route_caches(&self, session: &Session) -> bool {
+    /// Whether the request in `session` goes to a route only Pingora's proxy can serve
+    /// (`Route::needs_proxy`). A target that fails its checks, or matches no route, does not.
+    pub fn route_needs_proxy(&self, session: &Session) -> bool {
         let snapshot = self.state.current();
         let req = session.req_header();
         let routed = match target::check(req) {
@@ -74,7 +75,7 @@ impl Portico {
         };
         let path = routed.as_ref().unwrap_or(&req.uri).path();
         match request::match_route(&snapshot, req, path) {
-            RouteMatch::Found(route) => route.cache.is_some(),
+            RouteMatch::Found(route) => route.needs_proxy(),
             _ => false,
         }
     }
@@ -232,8 +233,10 @@ impl ProxyHttp for Portico {
                 GatewayError::from(refused).into_error("the target is at max_connections")
             })?;
             // Pingora times each read, not the answer: the connection itself stops at the
-            // route's deadline (`upstream::deadline`).
-            if let Some(deadline) = exchange.deadline() {
+            // route's deadline (`upstream::deadline`). An HTTP/2 connection carries other
+            // requests' streams too; there the deadline bounds each read and write.
+            let multiplexed = exchange.pool().spec.protocol != UpstreamProtocol::H1;
+            if let Some(deadline) = exchange.deadline().filter(|_| !multiplexed) {
                 let connect_timeout = exchange.pool().spec.connect_timeout.0;
                 peer.options.custom_l4 = Some(Arc::new(DeadlineConnect {
                     deadline: tokio::time::Instant::from_std(deadline),
@@ -244,18 +247,19 @@ impl ProxyHttp for Portico {
         Ok(peer)
     }
 
-    /// The connection the exchange admitted is open.
+    /// The connection the exchange admitted is open (or, to an HTTP/2 target, a stream on a
+    /// connection already open).
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(exchange) = ctx.exchange() {
+        if let Some(exchange) = ctx.exchange().filter(|_| !reused) {
             exchange.connection_opened();
         }
         Ok(())
@@ -270,6 +274,13 @@ impl ProxyHttp for Portico {
         ctx: &mut Ctx,
     ) -> Result<()> {
         self.shape_upstream_request(session, upstream, ctx).await?;
+        let multiplexed = ctx
+            .exchange()
+            .is_some_and(|x| x.pool().spec.protocol != UpstreamProtocol::H1);
+        if multiplexed {
+            // HTTP/2 has no Connection header; its connections are Pingora's to share.
+            return Ok(());
+        }
         upstream.insert_header(http::header::CONNECTION, "close")
     }
 

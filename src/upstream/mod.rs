@@ -9,6 +9,7 @@ pub mod exchange;
 pub mod health;
 pub mod pool;
 pub mod sweep;
+pub mod tls;
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -21,7 +22,7 @@ use futures_util::FutureExt;
 use http::HeaderName;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
-use pingora_load_balancing::health_check::HttpHealthCheck;
+use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
 use pingora_load_balancing::{discovery, Backend, Backends};
 
 use crate::config::{Balance, CircuitBreakerSpec, HealthCheckSpec, UpstreamSection};
@@ -110,6 +111,8 @@ pub struct UpstreamPool {
     health: Option<HealthSchedule>,
     /// Rotates the start of least-connections scans so ties spread out.
     tie_breaker: AtomicUsize,
+    /// What the TLS files held when the pool was built (`tls::TlsMaterial::fingerprint`).
+    tls_fingerprint: Option<u64>,
 }
 
 pub(crate) struct HealthSchedule {
@@ -119,12 +122,27 @@ pub(crate) struct HealthSchedule {
 }
 
 impl UpstreamPool {
+    /// Whether the TLS files this pool was built from still hold what they held: a reload
+    /// that finds them changed builds the pool again, with new connections.
+    pub fn tls_files_unchanged(&self, config_dir: &std::path::Path) -> bool {
+        let now = tls::load(self.spec.protocol, self.spec.tls.as_ref(), config_dir);
+        now.ok().map(|m| m.map(|m| m.fingerprint)) == Some(self.tls_fingerprint)
+    }
+
     /// Build a pool from its config. Target host names are resolved here, once.
     pub fn build(
         name: &str,
         spec: &UpstreamSection,
+        config_dir: &std::path::Path,
     ) -> Result<UpstreamPool, Vec<(String, String)>> {
         let mut errors = Vec::new();
+        let tls_material = match tls::load(spec.protocol, spec.tls.as_ref(), config_dir) {
+            Ok(material) => material,
+            Err(problems) => {
+                errors.extend(problems);
+                None
+            }
+        };
         if spec.targets.is_empty() {
             errors.push((
                 "targets".to_string(),
@@ -215,9 +233,16 @@ impl UpstreamPool {
             let mut backend = Backend::new_with_weight(&addr.to_string(), t.weight as usize)
                 .map_err(|e| vec![(format!("targets[{i}]"), e.to_string())])?;
             backend.weight = t.weight as usize;
+            let mut peer = peer_for(&backend, spec);
+            tls::apply(
+                &mut peer,
+                spec.protocol,
+                tls_material.as_ref(),
+                tls::host_of(&t.addr),
+            );
             targets.push(Target {
                 label: t.addr.as_str().into(),
-                peer: peer_for(&backend, spec),
+                peer,
                 backend,
                 weight: t.weight as usize,
                 in_flight: AtomicUsize::new(0),
@@ -233,7 +258,7 @@ impl UpstreamPool {
         let set: BTreeSet<Backend> = targets.iter().map(|t| t.backend.clone()).collect();
         let mut backends = Backends::new(discovery::Static::new(set));
         if let Some(hc) = &spec.health_check {
-            backends.set_health_check(Box::new(http_health_check(hc)));
+            backends.set_health_check(Box::new(TargetChecks::new(hc, &targets)));
         }
         let balancer = Balancer::new(spec.balance, backends);
         // Static discovery completes without waiting; the selector is ready afterwards.
@@ -267,6 +292,7 @@ impl UpstreamPool {
                 running: AtomicBool::new(false),
             }),
             tie_breaker: AtomicUsize::new(0),
+            tls_fingerprint: tls_material.as_ref().map(|m| m.fingerprint),
         })
     }
 
@@ -548,6 +574,63 @@ fn health_check_errors(hc: &HealthCheckSpec, errors: &mut Vec<(String, String)>)
             "health_check".into(),
             "healthy and unhealthy thresholds must be at least 1".into(),
         ));
+    }
+}
+
+/// One HTTP health check per target, each made the way requests to it are (its peer: TLS,
+/// SNI, protocol), with the health check's own timeouts.
+struct TargetChecks {
+    checks: Vec<(
+        pingora_core::protocols::l4::socket::SocketAddr,
+        HttpHealthCheck,
+    )>,
+    healthy: usize,
+    unhealthy: usize,
+}
+
+impl TargetChecks {
+    fn new(hc: &HealthCheckSpec, targets: &[Target]) -> TargetChecks {
+        let checks = targets
+            .iter()
+            .map(|t| {
+                let mut check = http_health_check(hc);
+                let timeouts = check.peer_template.options.clone();
+                check.peer_template = t.peer.clone();
+                let options = &mut check.peer_template.options;
+                options.connection_timeout = timeouts.connection_timeout;
+                options.total_connection_timeout = timeouts.total_connection_timeout;
+                options.read_timeout = timeouts.read_timeout;
+                options.write_timeout = timeouts.write_timeout;
+                options.custom_l4 = None;
+                (t.backend.addr.clone(), check)
+            })
+            .collect();
+        TargetChecks {
+            checks,
+            healthy: hc.healthy,
+            unhealthy: hc.unhealthy,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl HealthCheck for TargetChecks {
+    async fn check(&self, target: &Backend) -> pingora_error::Result<()> {
+        match self.checks.iter().find(|(addr, _)| *addr == target.addr) {
+            Some((_, check)) => check.check(target).await,
+            None => pingora_error::Error::e_explain(
+                pingora_error::ErrorType::InternalError,
+                "no health check for this target",
+            ),
+        }
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.healthy
+        } else {
+            self.unhealthy
+        }
     }
 }
 

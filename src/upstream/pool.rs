@@ -16,8 +16,12 @@
 //! that closes a connection in the instant between the check and the request fails it as a
 //! stale reused connection, which the exchange sends again at once without blaming the target.
 //!
-//! A target is an address and Portico's peers are plain HTTP/1, so the target is all that
-//! makes two connections interchangeable. Upstream TLS and HTTP/2 must join the key.
+//! A pool belongs to one target of one build of its upstream: its address, TLS identity
+//! (SNI, CA, client certificate) and protocol are fixed for the pool's life, and a reload that
+//! changes any of them (the TLS files' contents included) builds a new pool. So the target is
+//! all that makes two connections interchangeable. HTTP/1.1 over TLS is pooled here like plain
+//! HTTP/1.1. HTTP/2 targets (`protocol = "h2"`, `"h2c"`) are multiplexed by Pingora's connector,
+//! many streams on one connection; there a slot counts a request in flight.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -7,6 +7,7 @@ pub mod faults;
 pub mod gateway;
 pub mod h2;
 pub mod http;
+pub mod origin;
 pub mod redis;
 pub mod tls;
 pub mod upstream;

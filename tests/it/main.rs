@@ -27,3 +27,4 @@ mod slow;
 mod soak;
 mod tls;
 mod upstream_pool;
+mod upstream_protocols;
