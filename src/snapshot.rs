@@ -69,7 +69,13 @@ pub struct Route {
     pub cache: Option<Arc<CachePolicy>>,
     /// Total deadline upstream, retries included.
     pub timeout: Option<Duration>,
+    /// Set when the route takes WebSocket upgrades (`websocket = true`): how long the
+    /// upgraded connection may go with no bytes either way.
+    pub tunnel_idle_timeout: Option<Duration>,
 }
+
+/// `tunnel_idle_timeout` when a WebSocket route does not set it.
+const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Route {
     /// Whether only Pingora's proxy can serve this route: it caches (the cache lives there),
@@ -271,6 +277,28 @@ pub fn compile(
             .as_ref()
             .map(|m| m.path.capture_names())
             .unwrap_or_default();
+        let tunnel_idle_timeout = match (route.websocket, route.tunnel_idle_timeout) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                problems.at(
+                    at("tunnel_idle_timeout"),
+                    "only for a route with websocket = true",
+                );
+                None
+            }
+            (true, _) if route.compose.is_some() => {
+                problems.at(
+                    at("websocket"),
+                    "a compose route answers itself: there is no upstream to upgrade to",
+                );
+                None
+            }
+            (true, Some(t)) if t.0.is_zero() => {
+                problems.at(at("tunnel_idle_timeout"), "must be greater than zero");
+                None
+            }
+            (true, t) => Some(t.map_or(DEFAULT_TUNNEL_IDLE_TIMEOUT, |t| t.0)),
+        };
         // A route proxies to an upstream or composes several calls: exactly one of them.
         let target = match (&route.upstream, &route.compose) {
             (Some(name), None) => match pools.get(name) {
@@ -355,6 +383,7 @@ pub fn compile(
                     plugins,
                     cache,
                     timeout: route.timeout.map(|t| t.0),
+                    tunnel_idle_timeout,
                 }),
             ));
         }

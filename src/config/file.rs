@@ -462,6 +462,11 @@ pub struct RouteSection {
     pub timeout: Option<ConfigDuration>,
     #[serde(default)]
     pub plugins: Vec<String>,
+    /// Allow `Upgrade: websocket` on this route (refused elsewhere).
+    #[serde(default)]
+    pub websocket: bool,
+    /// An upgraded connection with no bytes either way this long is closed (default 5m).
+    pub tunnel_idle_timeout: Option<ConfigDuration>,
 }
 
 /// `compose = { timeout = "2s", calls = [...] }`: one call, many services, one answer.

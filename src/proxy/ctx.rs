@@ -43,6 +43,8 @@ pub struct RequestCtx {
     pub cache: Option<CacheResult>,
     /// For a composition: the keys of the parts that failed.
     pub failed_parts: Option<String>,
+    /// A WebSocket upgrade on a route that takes them: the route's `tunnel_idle_timeout`.
+    pub tunnel: Option<std::time::Duration>,
     pub phases: PhasesRun,
     _active: ActiveRequest,
 }
@@ -101,6 +103,7 @@ impl RequestCtx {
             cache_considered: false,
             cache: None,
             failed_parts: None,
+            tunnel: None,
             phases: PhasesRun::default(),
             _active: ActiveRequest::new(active_requests),
         }

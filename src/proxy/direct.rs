@@ -271,7 +271,7 @@ impl Direct {
             Ok(head) => head,
             Err(e) => return Attempt::failed(false, e.into_up()),
         };
-        if let Err(e) = self.portico.check_upstream_head(session, &resp) {
+        if let Err(e) = self.portico.check_upstream_head(session, &resp, ctx) {
             return Attempt::failed(false, e);
         }
         if let Err(e) = chunk_if_unframed(&mut resp, done, &session.req_header().method) {

@@ -367,6 +367,20 @@ pub fn one_content_length(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `req` is an HTTP/1.1 request to upgrade to WebSocket (`Upgrade: websocket`).
+/// Routes take one only with `websocket = true`.
+pub fn is_websocket_upgrade(req: &pingora_http::RequestHeader) -> bool {
+    req.headers
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            let name = p.trim().split('/').next().unwrap_or_default();
+            name.eq_ignore_ascii_case("websocket")
+        })
+}
+
 /// Whether `req` asks to switch protocols (`Upgrade`, named in `Connection`). Only then may
 /// an upstream's 101 reach the client; any other 101 is the upstream's error.
 pub fn asks_upgrade(req: &pingora_http::RequestHeader) -> bool {

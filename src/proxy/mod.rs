@@ -40,6 +40,7 @@ use crate::router::RouteMatch;
 use crate::state::GatewayState;
 use crate::upstream::deadline::DeadlineConnect;
 use crate::upstream::exchange::Stage;
+use crate::upstream::tunnel::TunnelConnect;
 pub use ctx::RequestCtx;
 use failure::GatewayError;
 
@@ -228,6 +229,7 @@ impl ProxyHttp for Portico {
     /// connections: the one pool is the exchange's). Runs again on each retry.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let mut peer = self.choose_target(session, ctx).await?;
+        let tunnel = ctx.tunnel;
         if let Some(exchange) = ctx.exchange() {
             exchange.admit_connection().await.map_err(|refused| {
                 GatewayError::from(refused).into_error("the target is at max_connections")
@@ -236,7 +238,18 @@ impl ProxyHttp for Portico {
             // route's deadline (`upstream::deadline`). An HTTP/2 connection carries other
             // requests' streams too; there the deadline bounds each read and write.
             let multiplexed = exchange.pool().spec.protocol != UpstreamProtocol::H1;
-            if let Some(deadline) = exchange.deadline().filter(|_| !multiplexed) {
+            if let Some(idle) = tunnel {
+                // A WebSocket upgrade: cut only when idle both ways (`upstream::tunnel`).
+                let options = &mut peer.options;
+                let head = options.read_timeout.unwrap_or(idle);
+                options.read_timeout = None;
+                options.write_timeout = None;
+                options.custom_l4 = Some(Arc::new(TunnelConnect {
+                    idle,
+                    head,
+                    connect_timeout: exchange.pool().spec.connect_timeout.0,
+                }));
+            } else if let Some(deadline) = exchange.deadline().filter(|_| !multiplexed) {
                 let connect_timeout = exchange.pool().spec.connect_timeout.0;
                 peer.options.custom_l4 = Some(Arc::new(DeadlineConnect {
                     deadline: tokio::time::Instant::from_std(deadline),
@@ -277,8 +290,9 @@ impl ProxyHttp for Portico {
         let multiplexed = ctx
             .exchange()
             .is_some_and(|x| x.pool().spec.protocol != UpstreamProtocol::H1);
-        if multiplexed {
-            // HTTP/2 has no Connection header; its connections are Pingora's to share.
+        if multiplexed || ctx.tunnel.is_some() {
+            // HTTP/2 has no Connection header, its connections are Pingora's to share; and a
+            // WebSocket upgrade keeps the `Connection: Upgrade` Pingora gave it.
             return Ok(());
         }
         upstream.insert_header(http::header::CONNECTION, "close")
@@ -289,9 +303,9 @@ impl ProxyHttp for Portico {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
-        self.check_upstream_head(session, resp)
+        self.check_upstream_head(session, resp, ctx)
     }
 
     /// The route's deadline over the whole body.

@@ -106,6 +106,17 @@ impl Portico {
             }
         };
         ctx.phases.mark(Phase::Route);
+        if super::forwarding::is_websocket_upgrade(req) {
+            let Some(idle) = route.tunnel_idle_timeout else {
+                let detail = "this route does not take WebSocket upgrades";
+                return self
+                    .reject(session, ctx, ErrorCode::BadRequest, detail, &[])
+                    .await;
+            };
+            // The tunnel's reads and writes are bounded by its idle timeout, not these.
+            ctx.tunnel = Some(idle);
+            session.downstream_session.set_read_timeout(None);
+        }
         let client_ip = ctx
             .client_ip
             .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
@@ -291,6 +302,10 @@ impl Portico {
         let Some(server) = ctx.snapshot.as_ref().map(|s| &s.server) else {
             return Ok(());
         };
+        if ctx.tunnel.is_some() {
+            // What crosses a WebSocket is not a request body: no size, no deadline.
+            return Ok(());
+        }
         if let Some(chunk) = chunk {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > server.max_request_body {

@@ -12,15 +12,17 @@ use super::phases::Phase;
 use super::{cache, Portico};
 
 impl Portico {
-    /// An upstream that switches protocols on a request that did not ask it to has broken
-    /// the exchange: the client gets a 502, not a connection in a protocol it never chose.
+    /// An upstream that switches protocols on a request that was not a WebSocket upgrade on
+    /// a route that takes them has broken the exchange: the client gets a 502, not a
+    /// connection in a protocol it never chose (or the route never allowed).
     pub(crate) fn check_upstream_head(
         &self,
         session: &Session,
         resp: &ResponseHeader,
+        ctx: &RequestCtx,
     ) -> Result<()> {
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS
-            && !asks_upgrade(session.req_header())
+            && !(ctx.tunnel.is_some() && asks_upgrade(session.req_header()))
         {
             let mut e = Error::explain(
                 ErrorType::InvalidHTTPHeader,
@@ -68,7 +70,8 @@ impl Portico {
     /// The route's total deadline also covers a body that trickles in: each read may be
     /// quick, but the whole answer may not outlast the deadline.
     pub(crate) fn body_phase(&self, _body: &Option<Bytes>, ctx: &mut RequestCtx) -> Result<()> {
-        if ctx.exchange().is_some_and(|x| x.deadline_passed()) {
+        // A tunnel is bounded by its idle timeout alone (`upstream::tunnel`).
+        if ctx.tunnel.is_none() && ctx.exchange().is_some_and(|x| x.deadline_passed()) {
             let mut e = Error::explain(
                 ErrorType::ReadTimedout,
                 "the route's timeout passed during the body",

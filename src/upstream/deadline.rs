@@ -38,24 +38,29 @@ pub struct DeadlineConnect {
 #[async_trait]
 impl L4Connect for DeadlineConnect {
     async fn connect(&self, addr: &SocketAddr) -> Result<L4Stream> {
-        let Some(inet) = addr.as_inet() else {
-            return Error::e_explain(ErrorType::ConnectError, "not an IP address");
-        };
         let left = self.deadline.saturating_duration_since(Instant::now());
-        let wait = self.connect_timeout.min(left);
-        let stream = match tokio::time::timeout(wait, TcpStream::connect(inet)).await {
-            Ok(connected) => connected.or_err(ErrorType::ConnectRefused, "connecting")?,
-            Err(_) => return Error::e_explain(ErrorType::ConnectTimedout, "connecting"),
-        };
-        stream
-            .set_nodelay(true)
-            .or_err(ErrorType::SocketError, "setting TCP_NODELAY")?;
+        let stream = tcp_connect(addr, self.connect_timeout.min(left)).await?;
         let socket = DeadlineSocket {
             stream,
             deadline: Box::pin(tokio::time::sleep_until(self.deadline)),
         };
         Ok(L4Stream::from(VirtualSocketStream::new(Box::new(socket))))
     }
+}
+
+/// A TCP connection to `addr` within `wait`, with Nagle off, as Pingora makes them.
+pub(super) async fn tcp_connect(addr: &SocketAddr, wait: Duration) -> Result<TcpStream> {
+    let Some(inet) = addr.as_inet() else {
+        return Error::e_explain(ErrorType::ConnectError, "not an IP address");
+    };
+    let stream = match tokio::time::timeout(wait, TcpStream::connect(inet)).await {
+        Ok(connected) => connected.or_err(ErrorType::ConnectRefused, "connecting")?,
+        Err(_) => return Error::e_explain(ErrorType::ConnectTimedout, "connecting"),
+    };
+    stream
+        .set_nodelay(true)
+        .or_err(ErrorType::SocketError, "setting TCP_NODELAY")?;
+    Ok(stream)
 }
 
 /// A TCP connection that stops at a deadline.

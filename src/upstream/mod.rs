@@ -10,6 +10,7 @@ pub mod health;
 pub mod pool;
 pub mod sweep;
 pub mod tls;
+pub mod tunnel;
 
 use std::cell::Cell;
 use std::collections::BTreeSet;

@@ -28,3 +28,4 @@ mod soak;
 mod tls;
 mod upstream_pool;
 mod upstream_protocols;
+mod websocket;
