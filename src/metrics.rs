@@ -18,6 +18,8 @@ pub struct Metrics {
     pub circuit_breaker_state: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub compose_calls: IntCounterVec,
+    /// gRPC calls answered, by route and `grpc-status` (its name).
+    pub grpc_requests: IntCounterVec,
     pub config_generation: IntGauge,
     pub access_log_dropped: IntCounter,
     /// Client connections closed at once because `server.max_client_connections` were open.
@@ -74,6 +76,13 @@ impl Metrics {
                 "Circuit breaker state per target: 0 closed, 1 half-open, 2 open.",
             ),
             &["upstream", "target"],
+        )?;
+        let grpc_requests = IntCounterVec::new(
+            Opts::new(
+                "portico_grpc_requests_total",
+                "gRPC calls answered, by route and grpc-status (the upstream's, or the gateway's own).",
+            ),
+            &["route", "grpc_status"],
         )?;
         let compose_calls = IntCounterVec::new(
             Opts::new(
@@ -153,6 +162,7 @@ impl Metrics {
         registry.register(Box::new(circuit_breaker_state.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(compose_calls.clone()))?;
+        registry.register(Box::new(grpc_requests.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         let plugins = std::sync::Arc::new(portico_plugins::metrics::PluginMetrics::new(&registry)?);
@@ -166,6 +176,7 @@ impl Metrics {
             circuit_breaker_state,
             config_reloads,
             compose_calls,
+            grpc_requests,
             config_generation,
             access_log_dropped,
             client_connections_refused,

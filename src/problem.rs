@@ -67,6 +67,10 @@ pub async fn respond(
     request_id: &str,
     extra: &[(HeaderName, HeaderValue)],
 ) -> pingora_error::Result<()> {
+    // A gRPC client reads its own error form, not problem+json (SPEC.md).
+    if crate::proxy::grpc::is_grpc(session.req_header()) {
+        return crate::proxy::grpc::respond(session, code, detail, request_id, extra).await;
+    }
     let instance = session.req_header().uri.path().to_string();
     let body = body(code, detail, &instance, request_id);
     let resp = header(code, body.len(), request_id, extra)?;

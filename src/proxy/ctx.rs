@@ -45,6 +45,9 @@ pub struct RequestCtx {
     pub failed_parts: Option<String>,
     /// A WebSocket upgrade on a route that takes them: the route's `tunnel_idle_timeout`.
     pub tunnel: Option<std::time::Duration>,
+    /// A gRPC call (`proxy::grpc`), and its `grpc-status` once known.
+    pub grpc: bool,
+    pub grpc_status: Option<u32>,
     pub phases: PhasesRun,
     _active: ActiveRequest,
 }
@@ -104,6 +107,8 @@ impl RequestCtx {
             cache: None,
             failed_parts: None,
             tunnel: None,
+            grpc: false,
+            grpc_status: None,
             phases: PhasesRun::default(),
             _active: ActiveRequest::new(active_requests),
         }

@@ -10,6 +10,7 @@ pub mod ctx;
 pub mod direct;
 pub mod failure;
 pub mod forwarding;
+pub mod grpc;
 pub mod phases;
 mod record;
 mod request;
@@ -326,7 +327,26 @@ impl ProxyHttp for Portico {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.grpc {
+            // A trailers-only answer carries its status here.
+            ctx.grpc_status = grpc::status_in(&resp.headers);
+        }
         self.response_phase(session, resp, ctx).await
+    }
+
+    /// A gRPC answer's status is in its trailers.
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Bytes>> {
+        if ctx.grpc {
+            if let Some(status) = grpc::status_in(trailers) {
+                ctx.grpc_status = Some(status);
+            }
+        }
+        Ok(None)
     }
 
     /// Nothing reached the upstream: the exchange records it and decides a retry.

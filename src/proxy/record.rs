@@ -37,6 +37,15 @@ impl Portico {
             .http_request_duration
             .with_label_values(&[route_label])
             .observe(ctx.started.elapsed().as_secs_f64());
+        if ctx.grpc {
+            let grpc_status = ctx
+                .grpc_status
+                .or_else(|| e.and_then(failure::classify).map(super::grpc::status_for));
+            metrics
+                .grpc_requests
+                .with_label_values(&[route_label, super::grpc::status_label(grpc_status)])
+                .inc();
+        }
 
         let cache_result = cache::result(session, ctx);
         if let Some(result) = cache_result {

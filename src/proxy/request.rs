@@ -106,6 +106,8 @@ impl Portico {
             }
         };
         ctx.phases.mark(Phase::Route);
+        // A gRPC call's own deadline shortens the route's.
+        let grpc_timeout = ctx.grpc.then(|| super::grpc::timeout(req)).flatten();
         if super::forwarding::is_websocket_upgrade(req) {
             let Some(idle) = route.tunnel_idle_timeout else {
                 let detail = "this route does not take WebSocket upgrades";
@@ -121,7 +123,11 @@ impl Portico {
             .client_ip
             .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
         let exchange = route.upstream.as_ref().map(|pool| {
-            let deadline = route.timeout.map(|t| ctx.started + t);
+            let deadline = match (route.timeout, grpc_timeout) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|t| ctx.started + t);
             Exchange::new(
                 Arc::clone(pool),
                 deadline,
@@ -196,6 +202,9 @@ impl Portico {
             session.set_keepalive(None);
         }
         problem::respond(session, code, detail, ctx.id(), extra).await?;
+        if ctx.grpc {
+            ctx.grpc_status = Some(super::grpc::status_for(code));
+        }
         Ok(true)
     }
 }
@@ -267,6 +276,7 @@ fn identify(session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) {
     ctx.client_ip = Some(client_ip(peer, &req.headers, trusted));
     let ssl = session.digest().and_then(|d| d.ssl_digest.as_ref());
     ctx.tls = ssl.is_some();
+    ctx.grpc = super::grpc::is_grpc(req);
     ctx.client_cert = ssl
         .and_then(|d| d.extension.get::<crate::tls::ClientCert>())
         .map(|c| Arc::clone(&c.subject));

@@ -5,6 +5,7 @@
 
 pub mod faults;
 pub mod gateway;
+pub mod grpc;
 pub mod h2;
 pub mod http;
 pub mod origin;

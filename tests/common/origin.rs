@@ -2,7 +2,8 @@
 //! knowledge, or h2 by ALPN), in the clear or over TLS with a certificate from the test's CA,
 //! optionally requiring a client certificate (mTLS). It records each request's protocol
 //! version, path and headers, the name the client asked for (SNI), and how many connections
-//! and failed handshakes it saw; it answers each request with that request as JSON.
+//! and failed handshakes it saw; it answers each request with that request as JSON (after two
+//! seconds for a path with `/Slow` in it).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -141,6 +142,10 @@ where
                 sni,
             };
             let _ = req.into_body().collect().await;
+            // A server that takes its time, and knows nothing of gRPC deadlines.
+            if seen.path.contains("/Slow") {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
             let body = serde_json::json!({
                 "version": format!("{:?}", seen.version),
                 "path": seen.path,

@@ -13,6 +13,7 @@ mod compose;
 mod config_cli;
 mod connections;
 mod failures;
+mod grpc;
 mod headers;
 mod heads;
 mod health;
