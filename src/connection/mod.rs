@@ -65,13 +65,17 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 pub struct Connections<A> {
     app: Arc<A>,
     direct: Direct,
+    /// Each stream of an HTTP/2 connection goes through this (`h2::Streams`).
+    streams: Arc<h2::Streams<A>>,
     state: Arc<GatewayState>,
 }
 
 impl<A> Connections<A> {
     pub fn new(app: A, direct: Direct, state: Arc<GatewayState>) -> Self {
+        let app = Arc::new(app);
         Connections {
-            app: Arc::new(app),
+            streams: Arc::new(h2::Streams::new(Arc::clone(&app), direct.clone())),
+            app,
             direct,
             state,
         }
@@ -228,7 +232,7 @@ where
     A: HttpServerApp + Send + Sync + 'static,
 {
     /// Serve an HTTP/2 connection whose preface has been read: Pingora's HTTP/2 loop reads
-    /// it again and runs each stream through the proxy.
+    /// it again and runs each stream through `h2::Streams`.
     async fn serve_h2(
         self: &Arc<Self>,
         stream: Stream,
@@ -236,7 +240,7 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let stream: Stream = Box::new(prefixed::Prefixed::new(preface.freeze(), stream));
-        self.app.process_new(stream, shutdown).await
+        ServerApp::process_new(&self.streams, stream, shutdown).await
     }
 }
 

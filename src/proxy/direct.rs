@@ -60,6 +60,7 @@ impl Attempt {
     }
 }
 
+#[derive(Clone)]
 pub struct Direct {
     portico: Portico,
     /// Pingora's `max_retries`: attempts per request at most, whatever the route allows.
@@ -109,6 +110,26 @@ impl Direct {
             };
         }
         Handled::Served(self.proxy(session).await)
+    }
+
+    /// Serve one HTTP/2 stream (its head already read by the HTTP/2 loop), or give it back
+    /// for Pingora's proxy when its route is that proxy's alone, or when it expects a 100
+    /// Continue (which this driver does not send).
+    pub async fn serve_stream(&self, stream: ServerSession) -> Option<ServerSession> {
+        let mut session = crate::connection::h2::session_for(stream);
+        // `:authority` as `Host`, for the route lookup (the request phases check it again).
+        let _ = super::target::apply(session.req_header_mut());
+        let expects = session
+            .req_header()
+            .headers
+            .contains_key(http::header::EXPECT);
+        if expects
+            || (self.portico.state.proxy_routes() && self.portico.route_needs_proxy(&session))
+        {
+            return Some(*session.downstream_session);
+        }
+        self.proxy(session).await;
+        None
     }
 
     /// Everything after the request head: the request phases, the attempts, the answer.
@@ -248,8 +269,10 @@ impl Direct {
             return Attempt::failed(true, e);
         }
         // Shaping dropped what the client's `Connection` named; the upstream connection's
-        // own persistence is this driver's to manage.
+        // own persistence is this driver's to manage. The upstream speaks HTTP/1.1 whatever
+        // the client spoke (an HTTP/2 stream comes here too).
         req.remove_header(&CONNECTION);
+        req.set_version(Version::HTTP_11);
         if let Err(e) = upstream.write_request_header(Box::new(req)).await {
             return Attempt::failed(false, e.into_up());
         }

@@ -15,11 +15,12 @@
 //! driver), and a failed request becomes a problem in one place (`fail_to_proxy`).
 //!
 //! Which driver runs which request (`connection::head`):
-//! - the fast driver (Portico's own HTTP/1 loop, `proxy::direct`): plain HTTP/1.1 requests
-//!   whose head leaves nothing to interpret, to routes that do not cache. It is where the
-//!   speed comes from: no task channels, no cache state machine, Portico's own pool.
-//! - Pingora's proxy: everything else (caching routes, upgrades, requests the fast driver's
-//!   gate refuses), and every request when `server.fast_path = false`.
+//! - the fast driver (`proxy::direct`): plain HTTP/1.1 requests whose head leaves nothing to
+//!   interpret, and HTTP/2 streams, to routes that do not cache and whose upstream speaks
+//!   HTTP/1.1. It is where the speed comes from: no task channels, no cache state machine,
+//!   Portico's own pool.
+//! - Pingora's proxy: everything else (caching routes, HTTP/2 upstreams, upgrades, requests
+//!   the fast driver's gate refuses), and every request when `server.fast_path = false`.
 //!
 //! Each phase marks itself in the request's [`PhasesRun`]; the record phase checks, in debug
 //! builds (every test run), that no phase a proxied answer needs was skipped, so a driver

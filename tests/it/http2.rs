@@ -646,3 +646,30 @@ compose = {{ calls = [
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_streams_use_the_pooled_upstream_connections() {
+    use crate::common::gateway::{driver, Driver};
+    use crate::common::origin::{Origin, Speaks};
+    let origin = Origin::plain(Speaks::Http1).await;
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"off\"\nhttp2 = true\n\n{}",
+        crate::common::one_route("app", origin.addr, "", "/")
+    ))
+    .await;
+    let client = h2c_client();
+    for i in 0..20 {
+        let resp = client.get(gw.url(&format!("/n/{i}"))).send().await.unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+    }
+    assert!(origin
+        .requests()
+        .iter()
+        .all(|r| r.version == http::Version::HTTP_11));
+    match driver() {
+        // Streams take the fast driver and its keep-alive pool, as HTTP/1.1 requests do.
+        Driver::Fast => assert_eq!(origin.connections(), 1),
+        Driver::Pingora => assert_eq!(origin.connections(), 20),
+    }
+}

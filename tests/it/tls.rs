@@ -286,7 +286,18 @@ async fn a_certificate_rewritten_on_disk_is_served_from_the_next_handshake() {
     let client = client(&ca, gw.tls_addr, None);
     let before = serial(&client.get(&url).send().await.unwrap());
 
-    // Requests keep flowing while the certificate is replaced on disk by rename.
+    // Requests keep flowing while the certificate is replaced on disk by rename: h2load on
+    // eight kept-alive connections, and a client that makes a new handshake per request.
+    let h2load = std::thread::spawn({
+        let url = format!("https://127.0.0.1:{}/x", gw.tls_addr.port());
+        move || {
+            std::process::Command::new("h2load")
+                .args(["--h1", "-D", "3", "-c", "8"])
+                .arg(url)
+                .output()
+                .expect("run h2load (Debian package nghttp2-client)")
+        }
+    });
     let load = tokio::spawn({
         let (client, url) = (client.clone(), url.clone());
         async move {
@@ -327,6 +338,16 @@ async fn a_certificate_rewritten_on_disk_is_served_from_the_next_handshake() {
         load.await.unwrap(),
         0,
         "no request failed during the rotation"
+    );
+    let h2load = h2load.join().unwrap();
+    let report = String::from_utf8_lossy(&h2load.stdout);
+    let requests = report
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("h2load: {report}"));
+    assert!(
+        requests.contains(" 0 failed, 0 errored, 0 timeout"),
+        "h2load under the rotation: {requests}"
     );
     let status = gw.admin_json("/status").await;
     assert!(
