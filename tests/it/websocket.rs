@@ -238,3 +238,27 @@ async fn on_shutdown_a_tunnel_lasts_until_the_grace_period_ends() {
     .await;
     assert!(ended.is_ok(), "the tunnel outlived the gateway");
 }
+
+/// Regression: Pingora 0.9.1 could end a tunnel right after its 101, before any frame crossed,
+/// when the upstream answered the upgrade quickly (`vendor/README.md`). Each upgrade here is
+/// a fresh chance for that race, so many are made, each carrying frames both ways at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hundred_upgrades_in_a_row_all_carry_their_frames() {
+    let (upstream, _server) = echo_server().await;
+    let gw = gateway(upstream, "", "").await;
+    for n in 0..300 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+            .await
+            .expect("the upgrade goes through");
+        for i in 0..3 {
+            let message = format!("upgrade {n}, message {i}");
+            ws.send(Message::text(message.clone())).await.unwrap();
+            let Some(echoed) = ws.next().await else {
+                panic!("upgrade {n}: the tunnel ended before message {i}");
+            };
+            let echoed = echoed.unwrap_or_else(|e| panic!("upgrade {n}: message {i} failed: {e}"));
+            assert_eq!(echoed.into_text().unwrap().as_str(), message);
+        }
+        ws.close(None).await.unwrap();
+    }
+}
