@@ -229,7 +229,10 @@ impl Exchange {
                 attempt.reused = true;
                 Ok((stream, true))
             }
-            Ok(Checkout::New(mut slot)) => match transport.new_stream(peer).await {
+            // Boxed: connecting (TLS included) is a future of about 8 KB that only a new
+            // connection needs; inline, every request's future and every idle client
+            // connection's would carry it.
+            Ok(Checkout::New(mut slot)) => match Box::pin(transport.new_stream(peer)).await {
                 Ok(stream) => {
                     slot.opened();
                     attempt.slot = Some(slot);
