@@ -15,6 +15,12 @@
 #   newconn   a new connection per request (Connection: close) at 64 connections
 #   idle      1,000 idle keep-alive connections: RSS before and after (idle_conns.py)
 #   cache     cache hits: nginx proxy_cache vs Portico's cache plugin (when this build has one)
+#   tls       keep-alive HTTPS at 64 connections (wrk, TLS 1.3): nginx and Portico terminating
+#             TLS with the same certificate (ECDSA P-256, made for the run), and Portico plain
+#   tlsnew    a new TLS connection per request (wrk, Connection: close; wrk never resumes a
+#             session, so each one is a full handshake) at 64 connections
+#   h2        HTTP/2 over TLS (h2load, one connection carrying 64 streams at once) to the
+#             HTTP/1.1 backend
 #   scale     threads = 1 and 2: Portico (server.threads) and nginx (worker_processes) with one
 #             and with two workers, on both CPUs, loaded by wrk -t2 -c128 sharing them: how
 #             requests/s grow from one worker to two (on a 2-CPU machine the load generator
@@ -58,16 +64,22 @@ CHART="$ROOT/loadtest/results.svg"
 START_TIME=$SECONDS
 
 # --- the plan --------------------------------------------------------------------------------
-# The default run must stay under 5 minutes after the build: 3 rounds of 4 s for the scenarios
-# the targets are judged on, 2 shorter rounds for the others.
-SCENARIOS=(c64 rate10k c1 c256 bytes16k newconn cache)
+# The default run must stay under 7 minutes after the build: 3 rounds of 4 s for the scenarios
+# the targets are judged on (3 of 3 s for the TLS ones), 2 shorter rounds for the others.
+SCENARIOS=(c64 rate10k c1 c256 bytes16k newconn cache tls tlsnew h2)
 PROXIES="nginx haproxy bare portico"
 declare -A SC_TARGETS=([c64]="direct $PROXIES" [rate10k]="$PROXIES" [c1]="$PROXIES"
-    [c256]="$PROXIES" [bytes16k]="$PROXIES" [newconn]="$PROXIES" [cache]="ngxcache pcache")
-declare -A SC_CONNS=([c64]=64 [rate10k]=64 [c1]=1 [c256]=256 [bytes16k]=64 [newconn]=64 [cache]=64)
+    [c256]="$PROXIES" [bytes16k]="$PROXIES" [newconn]="$PROXIES" [cache]="ngxcache pcache"
+    [tls]="portico ngxtls ptls" [tlsnew]="ngxtls ptls" [h2]="ngxtls ptls")
+declare -A SC_CONNS=([c64]=64 [rate10k]=64 [c1]=1 [c256]=256 [bytes16k]=64 [newconn]=64 [cache]=64
+    [tls]=64 [tlsnew]=64 [h2]=1)
 declare -A SC_PATH=([bytes16k]=/bytes/16384)
-declare -A SC_DURATION=([c64]=4 [rate10k]=4 [c1]=2 [c256]=3 [bytes16k]=3 [newconn]=3 [cache]=3)
-declare -A SC_ROUNDS=([c64]=3 [rate10k]=3 [c1]=2 [c256]=2 [bytes16k]=2 [newconn]=2 [cache]=3)
+declare -A SC_DURATION=([c64]=4 [rate10k]=4 [c1]=2 [c256]=3 [bytes16k]=3 [newconn]=3 [cache]=3
+    [tls]=3 [tlsnew]=3 [h2]=3)
+declare -A SC_ROUNDS=([c64]=3 [rate10k]=3 [c1]=2 [c256]=2 [bytes16k]=2 [newconn]=2 [cache]=3
+    [tls]=3 [tlsnew]=3 [h2]=3)
+# HTTP/2 streams per connection (h2load -m): under both proxies' stream limits (128, 100).
+H2_STREAMS=64
 # Same-window pairs: Portico against each of these, at once (see "same window" below).
 PAIRS=(bare local redis full)
 PAIR_SECS=4
@@ -110,6 +122,9 @@ if [ ! -x "$OHA" ]; then
     cargo install oha --locked >&2 || true
 fi
 [ -x "$OHA" ] || SC_WHY[rate10k]="oha is not installed and \`cargo install oha --locked\` failed"
+ensure_tool h2load nghttp2-client || SC_WHY[h2]="h2load is not installed and apt could not install nghttp2-client"
+TLS_WHY=""
+ensure_tool openssl openssl || TLS_WHY="openssl is not installed and apt could not install it (no certificate)"
 
 # One core for the proxies, one for backend + load; a 1-core machine cannot separate them.
 CPUS="$(nproc)"
@@ -175,22 +190,34 @@ URL[direct]="http://$BACKEND_ADDR"
 command_used proxy "backend: $(quoted "${PIN_LOAD[@]}" "$BACKEND_BIN" backend=127.0.0.1:0)"
 log "backend on $BACKEND_ADDR (pid $BACKEND_PID)"
 
-ALL_TARGETS=(nginx haproxy bare portico local redis full ngxcache pcache)
-read -r -a PORTS < <(free_ports 15) || true
-[ "${#PORTS[@]}" -eq 15 ] || die "could not get free ports from python3"
+ALL_TARGETS=(nginx haproxy bare portico local redis full ngxcache pcache ngxtls ptls)
+read -r -a PORTS < <(free_ports 19) || true
+[ "${#PORTS[@]}" -eq 19 ] || die "could not get free ports from python3"
 declare -A PORT=() ADMIN_PORT=()
 i=0
 for t in "${ALL_TARGETS[@]}"; do PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
-for t in portico local redis full pcache; do ADMIN_PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
+for t in portico local redis full pcache ptls; do ADMIN_PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
 REDIS_PORT="${PORTS[$i]}"
+PTLS_PLAIN_PORT="${PORTS[$((i + 1))]}"
+# The TLS targets are reached over https, with the run's own certificate (curl -k: the checks
+# are about the answers; both proxies serve the same self-signed certificate).
+declare -A SCHEME=([ngxtls]=https [ptls]=https)
+CERT="$WORK/bench.crt"
+KEY="$WORK/bench.key"
+if [ -z "$TLS_WHY" ] && ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$KEY" -out "$CERT" >"$WORK/openssl.log" 2>&1; then
+    TLS_WHY="openssl could not make the certificate: $(tail -1 "$WORK/openssl.log")"
+fi
+if [ -n "$TLS_WHY" ]; then WHY[ngxtls]="$TLS_WHY"; WHY[ptls]="$TLS_WHY"; fi
 
 # Marks a target measurable once it answers GET / with the backend's "ok" (not an error page);
 # otherwise records why not. Never fails, so one broken proxy does not stop the others.
 ready() {
-    local t="$1" body
-    body="$(curl -sS --max-time 5 -H "${AUTH_HEADER[$t]:-X-Bench: 1}" "http://127.0.0.1:${PORT[$t]}/" 2>&1)" || true
+    local t="$1" body base="${SCHEME[$1]:-http}://127.0.0.1:${PORT[$1]}"
+    body="$(curl -ksS --max-time 5 -H "${AUTH_HEADER[$t]:-X-Bench: 1}" "$base/" 2>&1)" || true
     if [ "$body" = "ok" ]; then
-        URL[$t]="http://127.0.0.1:${PORT[$t]}"
+        URL[$t]="$base"
     else
         WHY[$t]="GET / answered '${body:0:80}', not 'ok'"
     fi
@@ -200,11 +227,12 @@ start_nginx() {
     local t="$1" template="$2"
     local conf="$WORK/nginx-$t.conf"
     mkdir -p "$WORK/nginx-$t"
-    render "$PEERS/$template" "$conf" NAME="$t" WORK="$WORK" PORT="${PORT[$t]}" BACKEND="$BACKEND_ADDR"
+    render "$PEERS/$template" "$conf" NAME="$t" WORK="$WORK" PORT="${PORT[$t]}" BACKEND="$BACKEND_ADDR" \
+        CERT="$CERT" KEY="$KEY"
     start_bg "$WORK/$t.log" "${PIN_PROXY[@]}" "$(command -v nginx)" -p "$WORK/" -c "$conf"
     PID[$t]=$STARTED_PID
     command_used proxy "$t: ${PIN_PROXY[*]} nginx -p WORK/ -c loadtest/peers/$template (rendered)"
-    if wait_until "nginx ($t)" "${PID[$t]}" "$WORK/$t.log" curl -sS "http://127.0.0.1:${PORT[$t]}/"; then
+    if wait_until "nginx ($t)" "${PID[$t]}" "$WORK/$t.log" curl -ksS "${SCHEME[$t]:-http}://127.0.0.1:${PORT[$t]}/"; then
         RSS_PID[$t]="$(child_matching "${PID[$t]}" 'worker process')" || RSS_PID[$t]="${PID[$t]}"
         ready "$t"
     else
@@ -241,6 +269,8 @@ start_bare() {
 declare -A PLUGINS=([portico]="" [local]='"limit"' [redis]='"limit"' [full]='"auth", "limit"' [pcache]='"cache"')
 declare -A FRAGMENT=([local]=portico-local.toml [redis]=portico-redis.toml [full]=portico-full.toml
     [pcache]=portico-cache.toml)
+# Portico terminating TLS has a whole config of its own (its [server] differs).
+declare -A BASE=([ptls]=portico-tls.toml)
 declare -A AUTH_HEADER=()
 BENCH_JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
 # An HS256 token valid for an hour, minted with the standard library only.
@@ -255,6 +285,12 @@ AUTH_HEADER[full]="Authorization: Bearer $BENCH_TOKEN"
 portico_config() {
     local t="$1" conf="$WORK/portico-$1.toml" access_log=off
     [ "$t" != full ] || access_log="$WORK/access.log"
+    if [ -n "${BASE[$t]:-}" ]; then
+        render "$PEERS/${BASE[$t]}" "$conf" NAME="$t" WORK="$WORK" PORT="${PORT[$t]}" \
+            ADMIN_PORT="${ADMIN_PORT[$t]}" BACKEND="$BACKEND_ADDR" PLAIN_PORT="$PTLS_PLAIN_PORT" CERT="$CERT" KEY="$KEY"
+        echo "$conf"
+        return
+    fi
     render "$PEERS/portico.toml" "$conf" NAME="$t" WORK="$WORK" PORT="${PORT[$t]}" \
         ADMIN_PORT="${ADMIN_PORT[$t]}" BACKEND="$BACKEND_ADDR" ACCESS_LOG="$access_log" PLUGINS="${PLUGINS[$t]}"
     if [ -n "${FRAGMENT[$t]:-}" ]; then
@@ -270,7 +306,7 @@ start_portico() {
     start_bg "$WORK/portico-$t.log" env BENCH_JWT_SECRET="$BENCH_JWT_SECRET" \
         "${PIN_PROXY[@]}" "$PORTICO_BIN" -c "$conf"
     PID[$t]=$STARTED_PID; RSS_PID[$t]=$STARTED_PID
-    command_used proxy "$t: ${PIN_PROXY[*]} $PORTICO_BIN -c FILE (loadtest/peers/portico.toml${FRAGMENT[$t]:+ + ${FRAGMENT[$t]}})"
+    command_used proxy "$t: ${PIN_PROXY[*]} $PORTICO_BIN -c FILE (loadtest/peers/${BASE[$t]:-portico.toml}${FRAGMENT[$t]:+ + ${FRAGMENT[$t]}})"
     # A gateway that will not start is reported like one that will not build: the other rows
     # still run, and the script fails at the end.
     if wait_until "portico ($t)" "${PID[$t]}" "$WORK/portico-$t.log" \
@@ -283,6 +319,8 @@ start_portico() {
 
 [ -n "${WHY[nginx]:-}" ] || start_nginx nginx nginx.conf
 [ -n "${WHY[ngxcache]:-}" ] || start_nginx ngxcache nginx-cache.conf
+[ -n "${WHY[ngxtls]:-}" ] || [ -n "${WHY[nginx]:-}" ] || start_nginx ngxtls nginx-tls.conf
+[ -z "${WHY[nginx]:-}" ] || WHY[ngxtls]="${WHY[nginx]}"
 [ -n "${WHY[haproxy]:-}" ] || start_haproxy
 start_bare
 
@@ -300,11 +338,13 @@ if [ -z "$GATEWAY_WHY" ] && [ -z "$REDIS_WHY" ]; then
 fi
 
 CACHE_EXPECTED_GAP=0
-for t in portico local redis full pcache; do
+for t in portico local redis full pcache ptls; do
     if [ -n "$GATEWAY_WHY" ]; then
         WHY[$t]="$GATEWAY_WHY"
     elif [ "$t" = redis ] && [ -n "$REDIS_WHY" ]; then
         WHY[$t]="$REDIS_WHY"
+    elif [ -n "${WHY[$t]:-}" ]; then
+        :
     elif [ "$t" = pcache ] && ! "$PORTICO_BIN" -t -c "$(portico_config pcache)" >"$WORK/pcache-t.log" 2>&1; then
         # The cache plugin is newer than this harness: a build without it is a known gap.
         WHY[$t]="this build has no cache plugin (\`portico -t\` rejects its config, see Checks)"
@@ -326,6 +366,25 @@ for t in $PROXIES; do
     [ -n "${URL[$t]:-}" ] || continue
     size="$(curl -sS -o /dev/null -w '%{http_code} %{size_download}' "${URL[$t]}/bytes/16384" || true)"
     [ "$size" = "200 16384" ] || WHY[$t]="GET /bytes/16384 answered '$size', not 200 with 16384 bytes"
+done
+# The TLS targets: TLS 1.3 with the run's certificate, and HTTP/2 by ALPN, on both; and 16 KiB
+# over each, every byte.
+for t in ngxtls ptls; do
+    [ -n "${URL[$t]:-}" ] || continue
+    hs="$(openssl s_client -connect "127.0.0.1:${PORT[$t]}" -servername localhost -brief </dev/null 2>&1 | tr -d '\r')" || true
+    proto="$(awk -F': *' '/^Protocol version/ { print $2 }' <<<"$hs")"
+    suite="$(awk -F': *' '/^Ciphersuite/ { print $2 }' <<<"$hs")"
+    key="$(awk -F': *' '/^(Server|Peer) Temp Key/ { print $2 }' <<<"$hs")"
+    h2="$(curl -ksS --http2 -o /dev/null -w '%{http_version} %{http_code}' "${URL[$t]}/" || true)"
+    size="$(curl -ksS -o /dev/null -w '%{http_code} %{size_download}' "${URL[$t]}/bytes/16384" || true)"
+    check "$t: openssl s_client: ${proto:-no handshake}, ${suite:-?}, key exchange ${key:-?}; curl --http2: HTTP/${h2% *} ${h2#* }"
+    if [ "$proto" != TLSv1.3 ]; then
+        WHY[$t]="the handshake did not give TLS 1.3: '${proto:-none}'"
+    elif [ "$h2" != "2 200" ]; then
+        WHY[$t]="curl --http2 got '$h2', not HTTP/2 with a 200"
+    elif [ "$size" != "200 16384" ]; then
+        WHY[$t]="GET /bytes/16384 answered '$size', not 200 with 16384 bytes"
+    fi
 done
 # The limited routes really are limited...
 for t in local redis full; do
@@ -410,9 +469,11 @@ load_command() {
     LOAD=("${PIN_LOAD[@]}")
     if [ "$sc" = rate10k ]; then
         LOAD+=("$OHA" -z "${secs}s" -w -c "$conns" -q "$RATE" --latency-correction --no-tui --output-format json)
+    elif [ "$sc" = h2 ]; then
+        LOAD+=(h2load -t1 -c"$conns" -m"$H2_STREAMS" -D"$secs")
     else
         LOAD+=(wrk -t1 -c"$conns" -d"${secs}s" --latency)
-        [ "$sc" != newconn ] || LOAD+=(-H "Connection: close")
+        [ "$sc" != newconn ] && [ "$sc" != tlsnew ] || LOAD+=(-H "Connection: close")
     fi
     [ -z "${AUTH_HEADER[$t]:-}" ] || LOAD+=(-H "${AUTH_HEADER[$t]}")
     LOAD+=("$url")
@@ -428,7 +489,11 @@ run_load() {
         die "${LOAD[*]} failed"
     fi
     printf '%s\n' "$out" >>"$WORK/load.log"
-    if [ "$sc" = rate10k ]; then parse_oha <<<"$out"; else parse_wrk <<<"$out"; fi
+    case "$sc" in
+        rate10k) parse_oha <<<"$out" ;;
+        h2) parse_h2load <<<"$out" ;;
+        *) parse_wrk <<<"$out" ;;
+    esac
 }
 
 redis_script_calls() {
@@ -658,7 +723,7 @@ meta idle_conns "$IDLE_CONNS"
 meta rl "limit = $RL_LIMIT, window = \"$RL_WINDOW\", key = \"ip\" (nothing is refused)"
 meta redis_ticks "$REDIS_TICKS"
 meta redis_calls "$REDIS_CALLS"
-meta versions "$(wrk --version 2>&1 | awk 'NR == 1 { print $1, $2 }'); $("$OHA" --version 2>/dev/null || echo 'oha: none'); $(nginx -v 2>&1 | sed 's/.*version: //'); $(haproxy -v 2>/dev/null | awk 'NR == 1 { print "HAProxy", $3 }'); $(redis-server --version 2>/dev/null | awk '{ print "redis", $3 }' | sed 's/v=//'); Pingora 0.9.1"
+meta versions "$(wrk --version 2>&1 | awk 'NR == 1 { print $1, $2 }'); $("$OHA" --version 2>/dev/null || echo 'oha: none'); $(h2load --version 2>/dev/null | awk 'NR == 1 { print "h2load", $NF }'); $(openssl version | awk '{ print $1, $2 }'); $(nginx -v 2>&1 | sed 's/.*version: //'); $(haproxy -v 2>/dev/null | awk 'NR == 1 { print "HAProxy", $3 }'); $(redis-server --version 2>/dev/null | awk '{ print "redis", $3 }' | sed 's/v=//'); Pingora 0.9.1"
 meta build_seconds "$((BUILT_AT - START_TIME))"
 meta measure_seconds "$((SECONDS - BUILT_AT))"
 

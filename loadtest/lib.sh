@@ -168,6 +168,18 @@ parse_wrk() {
     '
 }
 
+# h2load: req/s from "finished in", requests done, and every request that did not get a 2xx
+# (failed, errored, timed out or another status) as an error. h2load reports no percentiles,
+# only min/max/mean per request, so p50 and p99 are "-".
+parse_h2load() {
+    awk '
+        /^finished in / { gsub(/,/, ""); rps = $4 }
+        /^requests: / { gsub(/,/, ""); done = $8 }
+        /^status codes: / { gsub(/,/, ""); ok = $3 }
+        END { printf "%.0f - - - %d %d\n", rps, done, done - ok }
+    '
+}
+
 # oha --output-format json: latencies are in seconds; every non-2xx status and every error counts.
 parse_oha() {
     python3 -c '

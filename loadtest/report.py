@@ -31,6 +31,8 @@ LABELS = {
     "full": "Portico full chain",
     "ngxcache": "nginx proxy_cache",
     "pcache": "Portico cache",
+    "ngxtls": "nginx TLS",
+    "ptls": "Portico TLS",
 }
 PROXIES = ["nginx", "haproxy", "bare", "portico"]
 TITLES = {
@@ -41,6 +43,9 @@ TITLES = {
     "bytes16k": "16 KiB responses, 64 connections",
     "newconn": "A new connection per request, 64 connections",
     "cache": "Cache hits, 64 connections",
+    "tls": "TLS 1.3 keep-alive, 64 connections",
+    "tlsnew": "A new TLS connection (full handshake) per request, 64 connections",
+    "h2": "HTTP/2 over TLS, 1 connection x 64 streams",
 }
 # The issue's targets, for the verdicts.
 PER_CORE_VS_BARE = 1.25
@@ -48,6 +53,9 @@ P99_VS_NGINX = 1.5
 FULL_VS_PLAIN = 0.85
 IDLE_KIB_MAX = 20
 RL_COST = {"local": 5.0, "redis": 15.0}
+TLS_VS_PLAIN = 0.8
+HANDSHAKES_VS_NGINX = 0.8
+H2_VS_NGINX = 1.0
 
 
 def read_tsv(work, name):
@@ -224,8 +232,10 @@ class Table:
 
 def load_line(run, sc):
     p = run.plan[sc]
-    tool = f"oha -q {run.meta.get('rate', '10000')} --latency-correction" if sc == "rate10k" else "wrk -t1"
-    extra = {"newconn": ", Connection: close", "bytes16k": ""}.get(sc, "")
+    tool = {"rate10k": f"oha -q {run.meta.get('rate', '10000')} --latency-correction", "h2": "h2load -t1"}.get(sc, "wrk -t1")
+    extra = {"newconn": ", Connection: close", "tlsnew": ", Connection: close (wrk never resumes a TLS session)",
+             "h2": " -m64 (h2load gives no percentiles)",
+             "tls": " (Portico: plain HTTP on its own listener, for the TLS cost)"}.get(sc, "")
     return f"GET {p['path']}, {tool} -c{p['conns']}{extra}, {p['rounds']} round(s) of {p['secs']} s interleaved, medians"
 
 
@@ -236,7 +246,7 @@ def scenario_tables(run):
         targets = run.plan[sc]["targets"]
         if sc == "c64":
             targets = [t for t in targets if t in ("direct",) + tuple(PROXIES)]
-        base = "ngxcache" if sc == "cache" else "nginx"
+        base = {"cache": "ngxcache", "tls": "ngxtls", "tlsnew": "ngxtls", "h2": "ngxtls"}.get(sc, "nginx")
         base_rps = run.median(sc, base, "rps")
         if sc == "rate10k":
             t = Table(
@@ -258,7 +268,8 @@ def scenario_tables(run):
                       fmt_ratio(ratio(p99, base_p99)))
             tables.append(t)
             continue
-        vs = "vs nginx proxy_cache" if sc == "cache" else "vs nginx"
+        vs = {"cache": "vs nginx proxy_cache", "tls": "vs nginx TLS", "tlsnew": "vs nginx TLS",
+              "h2": "vs nginx TLS"}.get(sc, "vs nginx")
         t = Table(TITLES[sc], ["target", "req/s", "p50", "p99", "CPU µs/req", "req/s per core", vs],
                   f"{load_line(run, sc)}. {cpu_note}; req/s per core = 1e6 / CPU µs per request")
         for tg in targets:
@@ -391,7 +402,34 @@ def targets_table(run):
           f"{fmt_ratio(r)} ({fmt_int(pc)} vs {fmt_int(nc)})" if r else
           "not measured: " + (run.not_measured("cache", "pcache") or run.not_measured("cache", "ngxcache") or "-"),
           verdict(run, None if r is None else r >= 1.0))
+    tls_rows(run, t)
     return t
+
+
+def tls_rows(run, t):
+    """The TLS and HTTP/2 goals: TLS costs only the TLS, handshakes as cheap as nginx's, and
+    HTTP/2 at least as fast per core as nginx's."""
+    pt, pp = run.median("tls", "ptls", "rps"), run.median("tls", "portico", "rps")
+    r = ratio(pt, pp)
+    t.row("TLS 1.3 keep-alive, 64 connections", f"Portico TLS >= {TLS_VS_PLAIN:.0%} of Portico plain req/s",
+          f"{fmt_pct(r)} ({fmt_int(pt)} vs {fmt_int(pp)}; per core {fmt_int(run.per_core('tls', 'ptls'))} vs "
+          f"{fmt_int(run.per_core('tls', 'portico'))}); nginx TLS {fmt_int(run.median('tls', 'ngxtls', 'rps'))}" if r else
+          "not measured: " + (run.not_measured("tls", "ptls") or run.not_measured("tls", "portico") or "-"),
+          verdict(run, None if r is None else r >= TLS_VS_PLAIN))
+    pn, nn = run.median("tlsnew", "ptls", "rps"), run.median("tlsnew", "ngxtls", "rps")
+    r, per = ratio(pn, nn), ratio(run.per_core("tlsnew", "ptls"), run.per_core("tlsnew", "ngxtls"))
+    t.row("a new TLS connection per request", f"Portico >= {HANDSHAKES_VS_NGINX}x nginx's handshakes/s",
+          f"{fmt_ratio(r)} ({fmt_int(pn)} vs {fmt_int(nn)}); per core {fmt_ratio(per)} "
+          f"({fmt_int(run.per_core('tlsnew', 'ptls'))} vs {fmt_int(run.per_core('tlsnew', 'ngxtls'))})" if r else
+          "not measured: " + (run.not_measured("tlsnew", "ptls") or run.not_measured("tlsnew", "ngxtls") or "-"),
+          verdict(run, None if r is None else r >= HANDSHAKES_VS_NGINX))
+    ph, nh = run.per_core("h2", "ptls"), run.per_core("h2", "ngxtls")
+    r = ratio(ph, nh)
+    t.row("HTTP/2, 64 streams on one connection", f"Portico >= {H2_VS_NGINX}x nginx's req/s per core",
+          f"{fmt_ratio(r)} per core ({fmt_int(ph)} vs {fmt_int(nh)}); req/s {fmt_int(run.median('h2', 'ptls', 'rps'))} "
+          f"vs {fmt_int(run.median('h2', 'ngxtls', 'rps'))}" if r else
+          "not measured: " + (run.not_measured("h2", "ptls") or run.not_measured("h2", "ngxtls") or "-"),
+          verdict(run, None if r is None else r >= H2_VS_NGINX))
 
 
 def rate_limit_table(run):

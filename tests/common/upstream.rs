@@ -48,6 +48,8 @@ pub enum Reply {
     Hang,
     /// Status, extra headers (Cache-Control, Vary, ...) and body.
     With(u16, Vec<(&'static str, String)>, String),
+    /// Wait, then answer like `With`.
+    DelayWith(Duration, u16, Vec<(&'static str, String)>, String),
 }
 
 type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
@@ -195,6 +197,11 @@ async fn answer(
         }
         Reply::DelayBody(d, status, body) => {
             tokio::time::sleep(d).await;
+            (status, Bytes::from(body))
+        }
+        Reply::DelayWith(d, status, headers, body) => {
+            tokio::time::sleep(d).await;
+            extra = headers;
             (status, Bytes::from(body))
         }
         Reply::Hang => {

@@ -275,7 +275,27 @@ async fn a_stampede_of_cold_misses_sends_one_request_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
-    let upstream = counting("max-age=1, stale-while-revalidate=60").await;
+    // "v1" may be served stale for a minute; the refresh ("v2") takes a second to answer.
+    let counter = AtomicUsize::new(0);
+    let upstream = spawn_upstream("app", move |_| {
+        let v = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let headers = |cc: &str| vec![("cache-control", cc.to_string())];
+        if v == 1 {
+            Reply::With(
+                200,
+                headers("max-age=1, stale-while-revalidate=60"),
+                "v1".into(),
+            )
+        } else {
+            Reply::DelayWith(
+                Duration::from_secs(1),
+                200,
+                headers("max-age=300"),
+                format!("v{v}"),
+            )
+        }
+    })
+    .await;
     let gw = Gateway::start(&cached(&upstream, "", "", STORE)).await;
     assert_eq!(fetch(&gw, "/s", &[]).await.2, "v1");
     eventually(
@@ -284,17 +304,25 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
         async || fetch(&gw, "/s", &[]).await.1 == "STALE",
     )
     .await;
-    // Stale answers come at once, while one background request refreshes the entry.
+    // That stale answer came at once and started one background refresh. Twenty readers
+    // meanwhile get the stale copy at once too, and none of them goes upstream.
     let stale: Vec<_> = (0..20).map(|_| fetch(&gw, "/s", &[])).collect();
     for answer in futures_util::future::join_all(stale).await {
-        assert_eq!(answer.0, 200);
-        assert!(answer.2 == "v1" || answer.2 == "v2", "{answer:?}");
+        assert_eq!(answer, (200, "STALE".into(), "v1".into()));
     }
+    assert_eq!(upstream.hits(), 2, "the first fetch and the one refresh");
     eventually("the refresh lands", Duration::from_secs(10), async || {
         fetch(&gw, "/s", &[]).await == (200, "HIT".into(), "v2".into())
     })
     .await;
-    assert_eq!(upstream.hits(), 2, "refreshed exactly once");
+    // A reader whose lookup saw the stale entry just before the refresh was stored may start
+    // one more refresh (Pingora takes a key's lock after the lookup): at most one, never one
+    // per reader.
+    assert!(
+        upstream.hits() <= 3,
+        "{} upstream requests",
+        upstream.hits()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
