@@ -141,11 +141,13 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # --- build -----------------------------------------------------------------------------------
 log "building (release)"
-cargo build --release -p portico-loadtest
-# Built separately so a gateway that does not compile still leaves the other proxies runnable;
-# a failed build must never fall back to a stale binary.
+# Both packages in one build, as `make build` does: built one at a time, cargo unifies their
+# dependencies' features differently each time and rebuilds Pingora and tokio twice (minutes).
+# A gateway that does not compile still leaves the other proxies runnable, and a failed build
+# never falls back to a stale binary.
 GATEWAY_WHY=""
-if ! cargo build --release -p portico; then
+if ! cargo build --release -p portico -p portico-loadtest; then
+    cargo build --release -p portico-loadtest
     log "error: the portico gateway does not build; the Portico rows will be skipped"
     GATEWAY_WHY="the gateway does not build (see the cargo error above)"
 fi
