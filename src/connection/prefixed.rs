@@ -1,7 +1,16 @@
-//! A client connection with bytes already read from it put back in front: what Portico's
-//! loop read to tell an HTTP/2 connection from an HTTP/1.1 one (the connection preface) is
-//! read again by the HTTP/2 server it hands the connection to. Everything else (TLS details,
-//! digests, writes) is the connection's own.
+//! An HTTP/2 client connection as the HTTP/2 server sees it: the bytes Portico's loop already
+//! read (the connection preface, to tell HTTP/2 from HTTP/1.1) put back in front, and writes
+//! that let the other streams' answers join before they go out. Everything else (TLS
+//! details, digests) is the connection's own.
+//!
+//! Each stream of a connection is its own task, and the connection's task writes their
+//! frames. When a stream's answer wakes it, tokio runs it next, so without help it would send
+//! each answer in a write of its own, through TLS and a syscall, while the answers of the
+//! other streams ready in the same turn wait behind it. So the first write after each flush
+//! first yields once: the ready streams run, their frames join the connection's buffer, and
+//! one write carries them all. At 64 streams on one connection the writes to the client went
+//! from about 0.8 per answer to about one per 60 (strace), and the CPU per request from about
+//! 28 to about 20 µs (see the commit).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,11 +32,27 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Prefixed {
     prefix: Bytes,
     inner: Stream,
+    /// The next write starts a new batch: it yields once first (see the module's comment).
+    batch_starts: bool,
 }
 
 impl Prefixed {
     pub fn new(prefix: Bytes, inner: Stream) -> Prefixed {
-        Prefixed { prefix, inner }
+        Prefixed {
+            prefix,
+            inner,
+            batch_starts: true,
+        }
+    }
+
+    /// `true` once this write may go out; before that, one yield to the tasks that are ready.
+    fn ready_to_write(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.batch_starts {
+            self.batch_starts = false;
+            cx.waker().wake_by_ref();
+            return false;
+        }
+        true
     }
 }
 
@@ -53,11 +78,18 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if !self.ready_to_write(cx) {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        if flushed.is_ready() {
+            self.batch_starts = true;
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -69,6 +101,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if !self.ready_to_write(cx) {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
