@@ -83,9 +83,11 @@ async fn consistent_hash_keeps_a_key_on_one_target_and_spreads_keys() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn least_conn_avoids_the_busy_target() {
+    // The long request never gets its answer while the test runs: however slow the machine,
+    // it is still in flight while the short ones are sent.
     let slow = |s: &crate::common::Seen| {
         if s.uri.starts_with("/slow") {
-            Reply::Delay(Duration::from_secs(5))
+            Reply::Hang
         } else {
             Reply::Status(200, "ok")
         }
@@ -99,12 +101,7 @@ async fn least_conn_avoids_the_busy_target() {
     // One long request occupies one target...
     let slow_request = tokio::spawn({
         let (client, url) = (gw.client.clone(), gw.url("/slow"));
-        async move {
-            client.get(url).send().await.unwrap().headers()["x-upstream"]
-                .to_str()
-                .unwrap()
-                .to_string()
-        }
+        async move { client.get(url).send().await }
     });
     crate::common::eventually(
         "the slow request reached a target",
@@ -120,5 +117,9 @@ async fn least_conn_avoids_the_busy_target() {
         None,
         "busy target {busy} got requests: {counts:?}"
     );
-    assert_eq!(slow_request.await.unwrap(), busy);
+    assert!(
+        !slow_request.is_finished(),
+        "the long request is still in flight"
+    );
+    slow_request.abort();
 }
