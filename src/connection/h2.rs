@@ -5,22 +5,15 @@
 //! DATA, a `transfer-encoding` or a forbidden byte in `:path` reset the stream, a bad
 //! `:authority` gets a 400); these settings bound the rest to what an API's clients need.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora_core::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, TimingDigest, UniqueID,
-    UniqueIDType,
-};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::Session;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::proxy::direct::Direct;
 use crate::snapshot::ServerSettings;
@@ -114,76 +107,8 @@ where
     }
 }
 
-/// A proxy session around an HTTP/2 stream. Pingora builds these for itself but offers
-/// others only an HTTP/1 constructor; its `downstream_session` is public, so the session is
-/// made around a placeholder connection that is never read and the stream put in its place.
+/// A proxy session around an HTTP/2 stream (a constructor `vendor/pingora-proxy` adds:
+/// Pingora builds these for itself but offers others only an HTTP/1 constructor).
 pub fn session_for(stream: ServerSession) -> Session {
-    let mut session = Session::new_h1(Box::new(Placeholder));
-    session.downstream_session = Box::new(stream);
-    session
+    Session::from_downstream(Box::new(stream))
 }
-
-/// A connection with nothing on it, for `session_for`.
-#[derive(Debug)]
-struct Placeholder;
-
-impl AsyncRead for Placeholder {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        _buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Placeholder {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        _buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-#[async_trait]
-impl Shutdown for Placeholder {
-    async fn shutdown(&mut self) {}
-}
-
-impl UniqueID for Placeholder {
-    fn id(&self) -> UniqueIDType {
-        -1
-    }
-}
-
-impl Ssl for Placeholder {}
-
-impl GetTimingDigest for Placeholder {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        Vec::new()
-    }
-}
-
-impl GetProxyDigest for Placeholder {
-    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
-        None
-    }
-}
-
-impl GetSocketDigest for Placeholder {
-    fn get_socket_digest(&self) -> Option<Arc<pingora_core::protocols::SocketDigest>> {
-        None
-    }
-}
-
-impl Peek for Placeholder {}

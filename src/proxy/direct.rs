@@ -60,6 +60,23 @@ impl Attempt {
     }
 }
 
+/// A request served and recorded, and whether its client connection may carry another.
+struct Served {
+    session: Session,
+    reusable: bool,
+}
+
+/// The HTTP/1 client connection back, its answer flushed, if it may carry another request.
+async fn reuse(served: Served) -> Option<ReusedHttpStream> {
+    if !served.reusable {
+        return None;
+    }
+    let settings = HttpPersistentSettings::for_session(&served.session.downstream_session);
+    let downstream = served.session.downstream_session;
+    let reusable = downstream.finish().await.ok().flatten()?;
+    Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
+}
+
 #[derive(Clone)]
 pub struct Direct {
     portico: Portico,
@@ -109,7 +126,8 @@ impl Direct {
                 None => Handled::Served(None),
             };
         }
-        Handled::Served(self.proxy(session).await)
+        let served = self.proxy(session).await;
+        Handled::Served(reuse(served).await)
     }
 
     /// Serve one HTTP/2 stream (its head already read by the HTTP/2 loop), or give it back
@@ -128,15 +146,27 @@ impl Direct {
         {
             return Some(*session.downstream_session);
         }
-        self.proxy(session).await;
+        let mut served = self.proxy(session).await;
+        if served.reusable {
+            if let ServerSession::H2(stream) = served.session.downstream_session.as_mut() {
+                // The end of the stream, if the answer's last write did not carry it. The
+                // stream is not reused: HTTP/2 opens a new one for the next request.
+                if let Err(e) = stream.finish() {
+                    log::debug!("could not end an HTTP/2 stream: {e}");
+                }
+            }
+        }
         None
     }
 
-    /// Everything after the request head: the request phases, the attempts, the answer.
-    async fn proxy(&self, mut session: Session) -> Option<ReusedHttpStream> {
+    /// Everything after the request head: the request phases, the attempts, the answer,
+    /// the record of it. What is left, ending the client's side, differs by protocol (and
+    /// for HTTP/2 needs no await: kept out of here, HTTP/1's reuse future does not size
+    /// every HTTP/2 stream's task).
+    async fn proxy(&self, mut session: Session) -> Served {
         let mut ctx = self.portico.new_ctx();
         match self.portico.request_phases(&mut session, &mut ctx).await {
-            Ok(true) => return self.finish(session, &mut ctx, true, None).await,
+            Ok(true) => return self.finish(session, &mut ctx, true, None),
             Ok(false) => {}
             Err(e) => {
                 let code = self.portico.answer_failure(&mut session, &e, &ctx).await;
@@ -145,7 +175,7 @@ impl Direct {
                     code.map_or(0, |c| c.status()),
                     self.portico.request_summary(&session, &ctx)
                 );
-                return self.finish(session, &mut ctx, false, Some(e)).await;
+                return self.finish(session, &mut ctx, false, Some(e));
             }
         }
 
@@ -171,28 +201,22 @@ impl Direct {
                 self.portico.request_summary(&session, &ctx)
             );
         }
-        self.finish(session, &mut ctx, client_reusable, error).await
+        self.finish(session, &mut ctx, client_reusable, error)
     }
 
-    /// Record the request, then hand back the client connection if it may be reused.
-    async fn finish(
+    /// Record the request.
+    fn finish(
         &self,
         mut session: Session,
         ctx: &mut Ctx,
         reusable: bool,
         error: Option<Box<Error>>,
-    ) -> Option<ReusedHttpStream> {
+    ) -> Served {
         self.portico.record_phase(&session, error.as_deref(), ctx);
         if let Some(e) = error {
             session.downstream_session.on_proxy_failure(e);
         }
-        if !reusable {
-            return None;
-        }
-        let settings = HttpPersistentSettings::for_session(&session.downstream_session);
-        let downstream = session.downstream_session;
-        let reusable = downstream.finish().await.ok().flatten()?;
-        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
+        Served { session, reusable }
     }
 
     /// One attempt: the exchange chooses a target and gives a connection to it, then the

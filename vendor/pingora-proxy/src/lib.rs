@@ -652,6 +652,20 @@ impl Session {
         )
     }
 
+    /// Portico patch: a session around a downstream session already made, such as an
+    /// HTTP/2 stream from Pingora's HTTP/2 loop, with no modules (as `new_h1`). Pingora
+    /// keeps `Session::new` private; without this a caller builds an HTTP/1 session around
+    /// a placeholder connection and throws it away.
+    pub fn from_downstream(downstream_session: Box<HttpSession>) -> Self {
+        Self::new(
+            downstream_session,
+            &HttpModules::new(),
+            #[cfg(feature = "upstream_modules")]
+            &HttpModules::new(),
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
     /// Create a new [Session] from the given [Stream] with modules
     ///
     /// This function is mostly used for testing and mocking, given the shutdown flag will never be
