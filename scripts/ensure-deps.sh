@@ -2,7 +2,8 @@
 # Installs what building and testing Portico needs, when it is missing (Debian/Ubuntu, apt):
 #   cmake, a C/C++ compiler and make (pingora's libz-ng-sys builds C with cmake), pkg-config,
 #   redis-server (the Redis-backed tests start a real one), curl (the demo, the benchmark and the
-#   HTTP/2 tests), h2load (nghttp2-client: the HTTP/2 tests and benchmark).
+#   HTTP/2 tests), h2load (nghttp2-client: the HTTP/2 tests and benchmark), dnsmasq
+#   (dnsmasq-base: the real DNS server the service discovery tests start).
 # Silent when everything is there; one line per package it installs. Cargo cannot come from
 # apt here (Debian's is too old for this workspace), so a missing cargo is an error with advice.
 #
@@ -22,8 +23,9 @@ declare -A PACKAGE_FOR=(
     [redis-server]=redis-server
     [curl]=curl
     [h2load]=nghttp2-client
+    [dnsmasq]=dnsmasq-base
 )
-ORDER=(cmake cc c++ make pkg-config redis-server curl h2load)
+ORDER=(cmake cc c++ make pkg-config redis-server curl h2load dnsmasq)
 
 missing=()
 for cmd in "${ORDER[@]}"; do

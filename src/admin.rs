@@ -105,7 +105,8 @@ impl AdminApi {
     /// Circuit states are read when scraped, so the request path never touches the gauge.
     fn update_circuit_gauges(&self) {
         let gauge = &self.state.metrics.circuit_breaker_state;
-        for pool in self.state.current().pools.values() {
+        for upstream in self.state.current().pools.values() {
+            let pool = upstream.current();
             for (i, target) in pool.targets.iter().enumerate() {
                 if target.breaker.is_some() {
                     gauge
@@ -144,7 +145,8 @@ impl AdminApi {
         let upstreams: serde_json::Map<String, Value> = snapshot
             .pools
             .iter()
-            .map(|(name, pool)| {
+            .map(|(name, upstream)| {
+                let pool = upstream.current();
                 let targets: Vec<Value> = pool
                     .targets
                     .iter()
@@ -167,6 +169,7 @@ impl AdminApi {
                         "balance": pool.spec.balance.as_str(),
                         "health_check": pool.spec.health_check.is_some(),
                         "targets": targets,
+                        "discovery": upstream.discovery.as_ref().map(discovery_json),
                     }),
                 )
             })
@@ -310,7 +313,8 @@ impl ServeHttp for AdminApi {
                 self.update_cache_gauges();
                 self.update_connection_gauges();
                 let snapshot = self.state.current();
-                let pools = crate::metrics::pool_families(snapshot.pools.values().map(|p| &**p));
+                let pools =
+                    crate::metrics::pool_families(snapshot.pools.values().map(|u| u.current()));
                 response(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -325,6 +329,18 @@ impl ServeHttp for AdminApi {
 }
 
 /// A target's `pool` in `/status` (SPEC.md).
+/// `discovery` of an upstream in `/status`: where its targets come from, when a lookup last
+/// succeeded, and what the last one failed with (the set it kept is its `targets`).
+fn discovery_json(d: &crate::upstream::live::Discovery) -> Value {
+    let status = d.status();
+    json!({
+        "kind": d.spec.kind.as_str(),
+        "name": d.spec.name.as_deref().or(d.spec.service.as_deref()),
+        "last_refresh": status.last_refresh.map(format_rfc3339),
+        "last_error": status.last_error,
+    })
+}
+
 fn pool_json(stats: crate::upstream::pool::PoolStats) -> Value {
     json!({
         "idle": stats.idle,

@@ -15,6 +15,10 @@ pub struct Metrics {
     pub http_request_duration: HistogramVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_target_healthy: IntGaugeVec,
+    /// Targets discovery gives each upstream now.
+    pub upstream_targets: IntGaugeVec,
+    /// Discovery lookups, by upstream and result (ok, error).
+    pub discovery_refreshes: IntCounterVec,
     pub circuit_breaker_state: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub compose_calls: IntCounterVec,
@@ -69,6 +73,20 @@ impl Metrics {
                 "1 while the active health check passes a target.",
             ),
             &["upstream", "target"],
+        )?;
+        let upstream_targets = IntGaugeVec::new(
+            Opts::new(
+                "portico_upstream_targets",
+                "How many targets service discovery gives an upstream now.",
+            ),
+            &["upstream"],
+        )?;
+        let discovery_refreshes = IntCounterVec::new(
+            Opts::new(
+                "portico_discovery_refreshes_total",
+                "Service discovery lookups, by upstream and result: ok or error.",
+            ),
+            &["upstream", "result"],
         )?;
         let circuit_breaker_state = IntGaugeVec::new(
             Opts::new(
@@ -159,6 +177,8 @@ impl Metrics {
         registry.register(Box::new(http_request_duration.clone()))?;
         registry.register(Box::new(upstream_requests.clone()))?;
         registry.register(Box::new(upstream_target_healthy.clone()))?;
+        registry.register(Box::new(upstream_targets.clone()))?;
+        registry.register(Box::new(discovery_refreshes.clone()))?;
         registry.register(Box::new(circuit_breaker_state.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(compose_calls.clone()))?;
@@ -173,6 +193,8 @@ impl Metrics {
             http_request_duration,
             upstream_requests,
             upstream_target_healthy,
+            upstream_targets,
+            discovery_refreshes,
             circuit_breaker_state,
             config_reloads,
             compose_calls,
@@ -216,8 +238,8 @@ impl Metrics {
 /// request path only moves the pools' own counters: `portico_upstream_connections{state}`
 /// (idle, busy) and `portico_upstream_connections_opened_total`. A pool a reload replaced
 /// starts counting again, which Prometheus reads as a counter reset.
-pub fn pool_families<'a>(
-    pools: impl IntoIterator<Item = &'a crate::upstream::UpstreamPool>,
+pub fn pool_families(
+    pools: impl IntoIterator<Item = std::sync::Arc<crate::upstream::UpstreamPool>>,
 ) -> Vec<MetricFamily> {
     let mut connections = family(
         "portico_upstream_connections",

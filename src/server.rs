@@ -21,6 +21,7 @@ use crate::proxy::Portico;
 use crate::reload::{ConfigWatcher, SighupReload};
 use crate::snapshot::Snapshot;
 use crate::state::GatewayState;
+use crate::upstream::discovery::DiscoveryService;
 use crate::upstream::health::HealthChecks;
 use crate::upstream::sweep::PoolSweeper;
 
@@ -150,6 +151,12 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
+    server.add_service(background_service(
+        "service discovery",
+        DiscoveryService {
+            state: Arc::clone(&state),
+        },
+    ));
     server.add_service(background_service(
         "upstream pool sweeper",
         PoolSweeper {

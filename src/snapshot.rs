@@ -16,6 +16,7 @@ use crate::cache::CachePolicy;
 use crate::compose::Composition;
 use crate::config::{self, ConfigErrors, ParsedConfig, PluginBody, Problems, RouteSection};
 use crate::router::{HostMatch, PathPattern, RouteMatcher, RouteTable};
+use crate::upstream::live::{Discovery, Upstream};
 use crate::upstream::UpstreamPool;
 
 /// Where access log lines go.
@@ -58,7 +59,7 @@ pub struct ServerSettings {
 pub struct Route {
     pub name: Arc<str>,
     /// Set for a proxied route.
-    pub upstream: Option<Arc<UpstreamPool>>,
+    pub upstream: Option<Arc<Upstream>>,
     /// Set for a composition route.
     pub compose: Option<Arc<Composition>>,
     pub pattern: PathPattern,
@@ -85,7 +86,7 @@ impl Route {
             || self
                 .upstream
                 .as_ref()
-                .is_some_and(|u| u.spec.protocol != config::UpstreamProtocol::H1)
+                .is_some_and(|u| u.protocol != config::UpstreamProtocol::H1)
     }
 }
 
@@ -95,7 +96,7 @@ pub struct Snapshot {
     pub server: ServerSettings,
     pub admin_listen: SocketAddr,
     pub routes: RouteTable<Arc<Route>>,
-    pub pools: BTreeMap<String, Arc<UpstreamPool>>,
+    pub pools: BTreeMap<String, Arc<Upstream>>,
     /// `[cache] max_size`: the limit of the response store; 0 without a `[cache]` table.
     pub cache_max_size: u64,
     /// Whether any route is served only by Pingora's proxy (`Route::needs_proxy`), so the
@@ -213,20 +214,33 @@ pub fn compile(
         );
     }
 
+    let dns = file.dns.clone().unwrap_or_default();
+    for (key, message) in crate::upstream::discovery::dns_errors(&dns) {
+        problems.at(format!("dns.{key}"), message);
+    }
     let mut pools = BTreeMap::new();
     // Upstreams with problems of their own: routes naming them are not told again.
     let mut broken_upstreams = file.broken_upstreams.clone();
     for (name, spec) in &file.upstreams {
-        let reused = previous
-            .and_then(|p| p.pools.get(name))
-            .filter(|pool| pool.spec == *spec && pool.tls_files_unchanged(&config_dir));
-        if let Some(pool) = reused {
-            pools.insert(name.clone(), Arc::clone(pool));
+        let reused = previous.and_then(|p| p.pools.get(name)).filter(|up| {
+            let current = up.current();
+            let same_sources = up
+                .discovery
+                .as_ref()
+                .is_none_or(|d| d.dns == dns && d.consul == file.consul);
+            current.spec == *spec && same_sources && current.tls_files_unchanged(&config_dir)
+        });
+        if let Some(upstream) = reused {
+            pools.insert(name.clone(), Arc::clone(upstream));
             continue;
         }
         match UpstreamPool::build(name, spec, &config_dir) {
             Ok(pool) => {
-                pools.insert(name.clone(), Arc::new(pool));
+                let discovery = spec
+                    .discovery
+                    .clone()
+                    .map(|d| Discovery::new(d, dns.clone(), file.consul.clone()));
+                pools.insert(name.clone(), Arc::new(Upstream::new(pool, discovery)));
             }
             Err(errors) => {
                 broken_upstreams.push(name.clone());

@@ -2,7 +2,6 @@
 //! same balancing, health checks, circuit breakers, connection pool, retries (for these
 //! GETs, to another target), and every timeout bounded by the call's deadline.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -19,7 +18,7 @@ use prometheus::IntCounterVec;
 use crate::proxy::direct::read_final_head;
 use crate::proxy::failure::{self, GatewayError};
 use crate::upstream::exchange::{ConnectFailure, Exchange, Stage};
-use crate::upstream::UpstreamPool;
+use crate::upstream::live::Upstream;
 
 /// Sub-responses larger than this are an error of their part.
 pub const MAX_BODY: usize = 1 << 20;
@@ -55,11 +54,11 @@ pub struct Sender<'a> {
 /// breakers, retries and timeouts as a proxied request. `Ok` is a 2xx answer's body.
 pub async fn send(
     sender: &Sender<'_>,
-    pool: &Arc<UpstreamPool>,
+    upstream: &Upstream,
     request: &RequestHeader,
     deadline: Instant,
 ) -> Result<Bytes, PartError> {
-    let mut exchange = Exchange::new(Arc::clone(pool), Some(deadline), sender.requests);
+    let mut exchange = Exchange::new(upstream.current(), Some(deadline), sender.requests);
     loop {
         // Consistent hashing keys a sub-request by its path.
         let peer = exchange

@@ -23,13 +23,13 @@ use serde_json::{Map, Value};
 
 use crate::config::ComposeSpec;
 use crate::proxy::forwarding::GATEWAY_HEADERS;
-use crate::upstream::UpstreamPool;
+use crate::upstream::live::Upstream;
 use client::{PartError, Sender};
 use template::{as_text, lookup, parse_path, Source, Step, Template};
 
 pub struct Call {
     pub key: Arc<str>,
-    pub upstream: Arc<UpstreamPool>,
+    pub upstream: Arc<Upstream>,
     method: Method,
     path: Template,
     query: Vec<(String, Template)>,
@@ -73,7 +73,7 @@ impl Composition {
     pub fn compile(
         spec: &ComposeSpec,
         captures: &[String],
-        pools: &std::collections::BTreeMap<String, Arc<UpstreamPool>>,
+        pools: &std::collections::BTreeMap<String, Arc<Upstream>>,
     ) -> Result<Composition, Vec<(String, String)>> {
         let mut errors = Vec::new();
         let keys: Vec<String> = spec.calls.iter().map(|c| c.key.clone()).collect();
@@ -130,15 +130,16 @@ impl Composition {
                     format!("no upstream named \"{}\"", c.upstream),
                 )),
                 // Calls are HTTP/1.1 exchanges of their own (`compose::client`).
-                Some(pool) if pool.spec.protocol != crate::config::UpstreamProtocol::H1 => errors
-                    .push((
+                Some(pool) if pool.protocol != crate::config::UpstreamProtocol::H1 => {
+                    errors.push((
                         at("upstream"),
                         format!(
                         "\"{}\" speaks {}: composition calls go to HTTP/1.1 upstreams (TLS or not)",
                         c.upstream,
-                        pool.spec.protocol.as_str()
+                        pool.protocol.as_str()
                     ),
-                    )),
+                    ))
+                }
                 Some(_) => {}
             }
             let for_each = match &c.for_each {

@@ -215,7 +215,10 @@ impl Balance {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
+    #[serde(default)]
     pub targets: Vec<TargetSpec>,
+    /// Where the targets come from instead of `targets` (SPEC.md "Service discovery").
+    pub discovery: Option<DiscoverySpec>,
     #[serde(default = "default_balance")]
     pub balance: Balance,
     pub hash_key: Option<String>,
@@ -242,6 +245,82 @@ pub struct UpstreamSection {
     pub protocol: UpstreamProtocol,
     /// TLS to the targets; verification is always on.
     pub tls: Option<UpstreamTls>,
+}
+
+/// `upstreams.NAME.discovery`: `{ kind = "dns", name, port }`, `{ kind = "dns_srv", name }`
+/// or `{ kind = "consul", service, tag, passing }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverySpec {
+    pub kind: DiscoveryKind,
+    /// The DNS name (`dns`, `dns_srv`).
+    pub name: Option<String>,
+    /// The port of every address (`dns`).
+    pub port: Option<u16>,
+    /// The Consul service (`consul`).
+    pub service: Option<String>,
+    /// Only instances with this tag (`consul`).
+    pub tag: Option<String>,
+    /// Only instances whose checks pass (`consul`; the default).
+    #[serde(default = "default_true")]
+    pub passing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryKind {
+    Dns,
+    DnsSrv,
+    Consul,
+}
+
+impl DiscoveryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiscoveryKind::Dns => "dns",
+            DiscoveryKind::DnsSrv => "dns_srv",
+            DiscoveryKind::Consul => "consul",
+        }
+    }
+}
+
+/// `[dns]`: the resolvers discovery asks (the system's resolv.conf without it), and the
+/// bounds on how long an answer is used.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    #[serde(default)]
+    pub servers: Vec<String>,
+    #[serde(default = "default_min_ttl")]
+    pub min_ttl: ConfigDuration,
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: ConfigDuration,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            servers: Vec::new(),
+            min_ttl: default_min_ttl(),
+            max_ttl: default_max_ttl(),
+        }
+    }
+}
+
+fn default_min_ttl() -> ConfigDuration {
+    secs(1)
+}
+fn default_max_ttl() -> ConfigDuration {
+    secs(300)
+}
+
+/// `[consul]`: the agent discovery watches.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulSection {
+    pub address: String,
+    pub token: Option<String>,
+    pub datacenter: Option<String>,
 }
 
 /// `upstreams.NAME.protocol`.
@@ -543,6 +622,8 @@ pub struct FileConfig {
     pub redis: Option<RedisSection>,
     pub cache: Option<CacheSection>,
     pub tls: Option<TlsSection>,
+    pub dns: Option<DnsSection>,
+    pub consul: Option<ConsulSection>,
     pub upstreams: BTreeMap<String, UpstreamSection>,
     pub consumers: BTreeMap<String, ConsumerSection>,
     /// Built plugin instances by name, with their kind.

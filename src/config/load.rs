@@ -237,6 +237,8 @@ fn deserialize_sections(
             "redis" => file.redis = deserialize(item, key, problems),
             "cache" => file.cache = deserialize(item, key, problems),
             "tls" => file.tls = deserialize(item, key, problems),
+            "dns" => file.dns = deserialize(item, key, problems),
+            "consul" => file.consul = deserialize(item, key, problems),
             "upstreams" => {
                 file.upstreams =
                     deserialize_named(item, key, problems, &mut file.broken_upstreams);
@@ -259,7 +261,7 @@ fn deserialize_sections(
             }
             other => problems.at(
                 other,
-                "unknown section (expected server, admin, tls, redis, cache, upstreams, consumers, plugins or routes)",
+                "unknown section (expected server, admin, tls, redis, cache, dns, consul, upstreams, consumers, plugins or routes)",
             ),
         }
     }

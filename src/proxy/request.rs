@@ -122,14 +122,14 @@ impl Portico {
         let client_ip = ctx
             .client_ip
             .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-        let exchange = route.upstream.as_ref().map(|pool| {
+        let exchange = route.upstream.as_ref().map(|upstream| {
             let deadline = match (route.timeout, grpc_timeout) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             }
             .map(|t| ctx.started + t);
             Exchange::new(
-                Arc::clone(pool),
+                upstream.current(),
                 deadline,
                 &self.state.metrics.upstream_requests,
             )

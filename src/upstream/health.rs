@@ -26,7 +26,8 @@ impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
             let snapshot = self.state.current();
-            for pool in snapshot.pools.values() {
+            let pools: Vec<_> = snapshot.pools.values().map(|u| u.current()).collect();
+            for pool in &pools {
                 if claim_due_pass(pool) {
                     let pool = Arc::clone(pool);
                     let state = Arc::clone(&self.state);
@@ -34,9 +35,8 @@ impl BackgroundService for HealthChecks {
                 }
             }
             let now = Instant::now();
-            let wake = snapshot
-                .pools
-                .values()
+            let wake = pools
+                .iter()
                 .filter_map(|pool| pool.health_schedule())
                 .map(|s| *s.next_due.lock().unwrap_or_else(|p| p.into_inner()))
                 // A pass that is running sets its next time when it ends: look again soon.
@@ -64,28 +64,33 @@ fn claim_due_pass(pool: &UpstreamPool) -> bool {
 }
 
 async fn run_pass(pool: &UpstreamPool, state: &GatewayState) {
-    pool.backends().run_health_check(true).await;
-    for (i, target) in pool.targets.iter().enumerate() {
-        let healthy = pool.checked_healthy(i);
+    let Some(hc) = pool.spec.health_check.as_ref() else {
+        return;
+    };
+    // Every target at once: one slow target must not delay the verdict on the others.
+    let verdicts =
+        futures_util::future::join_all(pool.targets.iter().map(|t| t.run_check(hc))).await;
+    for (target, (healthy, changed)) in pool.targets.iter().zip(verdicts) {
         state
             .metrics
             .upstream_target_healthy
             .with_label_values(&[&pool.name, &target.label])
             .set(i64::from(healthy));
-        if target.healthy.swap(healthy, Ordering::Relaxed) != healthy {
-            if healthy {
-                log::info!(
-                    "upstream {} target {} is healthy again",
-                    pool.name,
-                    target.label
-                );
-            } else {
-                log::warn!(
-                    "upstream {} target {} failed its health check and is out",
-                    pool.name,
-                    target.label
-                );
-            }
+        if !changed {
+            continue;
+        }
+        if healthy {
+            log::info!(
+                "upstream {} target {} is healthy again",
+                pool.name,
+                target.label
+            );
+        } else {
+            log::warn!(
+                "upstream {} target {} failed its health check and is out",
+                pool.name,
+                target.label
+            );
         }
     }
     if let Some(schedule) = pool.health_schedule() {

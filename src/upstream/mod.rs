@@ -5,8 +5,10 @@ pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod deadline;
+pub mod discovery;
 pub mod exchange;
 pub mod health;
+pub mod live;
 pub mod pool;
 pub mod sweep;
 pub mod tls;
@@ -14,7 +16,7 @@ pub mod tunnel;
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +26,7 @@ use http::HeaderName;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
-use pingora_load_balancing::{discovery, Backend, Backends};
+use pingora_load_balancing::{Backend, Backends};
 
 use crate::config::{Balance, CircuitBreakerSpec, HealthCheckSpec, UpstreamSection};
 use balance::Balancer;
@@ -76,6 +78,40 @@ pub struct Target {
     pub breaker: Option<Breaker>,
     /// Every connection open to this target, and the idle ones kept for reuse.
     pub connections: ConnectionPool,
+    /// SRV priority (lower is preferred); 0 for every other target.
+    pub priority: u16,
+    /// The active health check, made the way requests to this target are (its peer: TLS,
+    /// SNI, protocol) with the check's own timeouts, and its consecutive results.
+    check: Option<HttpHealthCheck>,
+    streak: HealthStreak,
+}
+
+/// Consecutive health check results of one target: the verdict flips after `healthy`
+/// passes or `unhealthy` failures in a row. Kept in the target, so a target that stays in a
+/// changing set (service discovery) keeps its verdict and its count.
+#[derive(Default)]
+struct HealthStreak {
+    passes: AtomicUsize,
+    failures: AtomicUsize,
+}
+
+/// A target that discovery found: its address, weight and SRV priority, and the host name
+/// it was found under (the default SNI).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Found {
+    pub addr: SocketAddr,
+    pub weight: usize,
+    pub priority: u16,
+    pub host: String,
+}
+
+/// What every target of a pool is built with, kept to build the targets that discovery
+/// adds later.
+#[derive(Clone)]
+struct TargetSettings {
+    tls: Option<tls::TlsMaterial>,
+    breaker: Option<BreakerSettings>,
+    max_idle: usize,
 }
 
 /// How requests to this upstream are retried.
@@ -104,7 +140,10 @@ pub struct UpstreamPool {
     pub name: Arc<str>,
     /// The config it was built from, to decide reuse on reload.
     pub spec: UpstreamSection,
-    pub targets: Vec<Target>,
+    /// Shared with the pool's other generations (service discovery builds a new one for
+    /// each change of the set): a target that stays keeps its health, circuit, counters
+    /// and connections.
+    pub targets: Vec<Arc<Target>>,
     pub hash_key: Option<HashKey>,
     pub retry: Option<RetrySettings>,
     pub budget: RetryBudget,
@@ -114,6 +153,9 @@ pub struct UpstreamPool {
     tie_breaker: AtomicUsize,
     /// What the TLS files held when the pool was built (`tls::TlsMaterial::fingerprint`).
     tls_fingerprint: Option<u64>,
+    settings: TargetSettings,
+    /// Whether targets differ in priority (SRV), so `select` must find the group to use.
+    prioritized: bool,
 }
 
 pub(crate) struct HealthSchedule {
@@ -144,11 +186,17 @@ impl UpstreamPool {
                 None
             }
         };
-        if spec.targets.is_empty() {
-            errors.push((
+        match (&spec.discovery, spec.targets.is_empty()) {
+            (None, true) => errors.push((
                 "targets".to_string(),
-                "needs at least one target".to_string(),
-            ));
+                "needs at least one target, or discovery".to_string(),
+            )),
+            (Some(_), false) => errors.push((
+                "discovery".to_string(),
+                "an upstream has targets or discovery, not both".to_string(),
+            )),
+            (Some(d), true) => errors.extend(discovery::spec_errors(d)),
+            (None, false) => {}
         }
         let hash_key = match (&spec.balance, &spec.hash_key) {
             (Balance::ConsistentHash, None) => {
@@ -212,6 +260,11 @@ impl UpstreamPool {
             }
         }
 
+        let settings = TargetSettings {
+            tls: tls_material,
+            breaker,
+            max_idle: max_idle as usize,
+        };
         let mut targets = Vec::new();
         let mut seen = BTreeSet::new();
         for (i, t) in spec.targets.iter().enumerate() {
@@ -231,48 +284,75 @@ impl UpstreamPool {
                 errors.push((path, format!("target {addr} is listed twice")));
                 continue;
             }
-            let mut backend = Backend::new_with_weight(&addr.to_string(), t.weight as usize)
-                .map_err(|e| vec![(format!("targets[{i}]"), e.to_string())])?;
-            backend.weight = t.weight as usize;
-            let mut peer = peer_for(&backend, spec);
-            tls::apply(
-                &mut peer,
-                spec.protocol,
-                tls_material.as_ref(),
-                tls::host_of(&t.addr),
-            );
-            targets.push(Target {
-                label: t.addr.as_str().into(),
-                peer,
-                backend,
+            let found = Found {
+                addr,
                 weight: t.weight as usize,
-                in_flight: AtomicUsize::new(0),
-                healthy: AtomicBool::new(true),
-                breaker: breaker.map(|settings| Breaker::new(settings, Instant::now())),
-                connections: ConnectionPool::new(spec.max_connections as usize, max_idle as usize),
-            });
+                priority: 0,
+                host: tls::host_of(&t.addr).to_string(),
+            };
+            targets.push(Arc::new(Target::new(
+                t.addr.as_str().into(),
+                &found,
+                spec,
+                &settings,
+            )));
         }
         if !errors.is_empty() {
             return Err(errors);
         }
+        Self::assemble(name, spec, hash_key, settings, targets)
+            .map_err(|e| vec![(String::new(), e)])
+    }
 
+    /// This upstream with the set that discovery found now: a target that stays (same
+    /// address, weight and priority) is the same target, with its health, circuit,
+    /// in-flight count and pooled connections; one that went is dropped with this
+    /// generation, once the requests that hold it have finished.
+    pub fn with_found(&self, found: &[Found]) -> Result<UpstreamPool, String> {
+        let targets = found
+            .iter()
+            .map(|f| {
+                let kept = self.targets.iter().find(|t| {
+                    t.found_addr() == Some(f.addr)
+                        && t.weight == f.weight
+                        && t.priority == f.priority
+                });
+                match kept {
+                    Some(t) => Arc::clone(t),
+                    None => Arc::new(Target::new(
+                        f.addr.to_string().into(),
+                        f,
+                        &self.spec,
+                        &self.settings,
+                    )),
+                }
+            })
+            .collect();
+        Self::assemble(
+            &self.name,
+            &self.spec,
+            self.hash_key.clone(),
+            self.settings.clone(),
+            targets,
+        )
+    }
+
+    fn assemble(
+        name: &str,
+        spec: &UpstreamSection,
+        hash_key: Option<HashKey>,
+        settings: TargetSettings,
+        targets: Vec<Arc<Target>>,
+    ) -> Result<UpstreamPool, String> {
         let set: BTreeSet<Backend> = targets.iter().map(|t| t.backend.clone()).collect();
-        let mut backends = Backends::new(discovery::Static::new(set));
-        if let Some(hc) = &spec.health_check {
-            backends.set_health_check(Box::new(TargetChecks::new(hc, &targets)));
-        }
-        let balancer = Balancer::new(spec.balance, backends);
+        let balancer = Balancer::new(spec.balance, Backends::new(discovery_static(set)));
         // Static discovery completes without waiting; the selector is ready afterwards.
         match balancer.update().now_or_never() {
             Some(Ok(())) => {}
-            Some(Err(e)) => return Err(vec![(String::new(), e.to_string())]),
-            None => {
-                return Err(vec![(
-                    String::new(),
-                    "target discovery did not complete".into(),
-                )])
-            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("target discovery did not complete".into()),
         }
+        let prioritized = targets.windows(2).any(|w| w[0].priority != w[1].priority);
         Ok(UpstreamPool {
             name: name.into(),
             spec: spec.clone(),
@@ -293,7 +373,9 @@ impl UpstreamPool {
                 running: AtomicBool::new(false),
             }),
             tie_breaker: AtomicUsize::new(0),
-            tls_fingerprint: tls_material.as_ref().map(|m| m.fingerprint),
+            tls_fingerprint: settings.tls.as_ref().map(|m| m.fingerprint),
+            settings,
+            prioritized,
         })
     }
 
@@ -306,19 +388,12 @@ impl UpstreamPool {
             .is_some_and(|t| t.healthy.load(Ordering::Relaxed))
     }
 
-    /// What the balancer's health checks say about the target now, for the pass that has
-    /// just run them to publish in `healthy`.
-    pub(crate) fn checked_healthy(&self, index: usize) -> bool {
-        self.targets
-            .get(index)
-            .is_some_and(|t| self.balancer.backends().ready(&t.backend))
-    }
-
     /// Choose a target for one attempt: healthy, its circuit allowing it, and not in
     /// `tried` (unless every allowed target was tried, as with a single target). `hash_input`
     /// is the consistent-hashing key (empty for the other algorithms).
     pub fn select(&self, hash_input: &[u8], tried: &[usize]) -> Result<Chosen, Unavailable> {
         let now = Instant::now();
+        let group = self.preferred_priority();
         let soonest: Cell<Option<Duration>> = Cell::new(None);
         for allow_tried in [false, true] {
             if allow_tried && tried.is_empty() {
@@ -327,6 +402,9 @@ impl UpstreamPool {
             let permit: Cell<Option<Permit>> = Cell::new(None);
             let accept = |i: usize| {
                 if !allow_tried && tried.contains(&i) {
+                    return false;
+                }
+                if !self.is_healthy(i) || self.targets[i].priority != group {
                     return false;
                 }
                 match self.acquire(i, now) {
@@ -343,7 +421,7 @@ impl UpstreamPool {
             let chosen = if self.targets.len() == 1 {
                 // Nothing to balance: only whether the one target may take the request. The
                 // balancer would answer the same through a dedup set and a backend clone.
-                (self.is_healthy(0) && accept(0)).then_some(0)
+                accept(0).then_some(0)
             } else if self.balancer.is_least_conn() {
                 self.select_least_conn(accept)
             } else {
@@ -366,6 +444,21 @@ impl UpstreamPool {
                 .unwrap_or(Duration::from_secs(1))
                 .max(Duration::from_secs(1)),
         })
+    }
+
+    /// The SRV priority group requests go to: the lowest number with a healthy target
+    /// (RFC 2782); a higher one only while every target of the lower ones is out. Every
+    /// target is in group 0 unless discovery found SRV priorities.
+    fn preferred_priority(&self) -> u16 {
+        if !self.prioritized {
+            return 0;
+        }
+        let healthy = (0..self.targets.len()).filter(|&i| self.is_healthy(i));
+        healthy
+            .map(|i| self.targets[i].priority)
+            .min()
+            .or_else(|| self.targets.iter().map(|t| t.priority).min())
+            .unwrap_or(0)
     }
 
     fn index_of(&self, backend: &Backend) -> Option<usize> {
@@ -440,10 +533,87 @@ impl UpstreamPool {
     pub(crate) fn health_schedule(&self) -> Option<&HealthSchedule> {
         self.health.as_ref()
     }
+}
 
-    pub(crate) fn backends(&self) -> &Backends {
-        self.balancer.backends()
+impl Target {
+    fn new(
+        label: Arc<str>,
+        found: &Found,
+        spec: &UpstreamSection,
+        settings: &TargetSettings,
+    ) -> Target {
+        let addr = found.addr.to_string();
+        // A socket address always parses as a backend.
+        let mut backend =
+            Backend::new_with_weight(&addr, found.weight).unwrap_or_else(|_| Backend {
+                addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(found.addr),
+                weight: found.weight,
+                ext: http::Extensions::new(),
+            });
+        backend.weight = found.weight;
+        let mut peer = peer_for(&backend, spec);
+        tls::apply(&mut peer, spec.protocol, settings.tls.as_ref(), &found.host);
+        let check = spec.health_check.as_ref().map(|hc| {
+            let mut check = http_health_check(hc);
+            let timeouts = check.peer_template.options.clone();
+            check.peer_template = peer.clone();
+            let options = &mut check.peer_template.options;
+            options.connection_timeout = timeouts.connection_timeout;
+            options.total_connection_timeout = timeouts.total_connection_timeout;
+            options.read_timeout = timeouts.read_timeout;
+            options.write_timeout = timeouts.write_timeout;
+            options.custom_l4 = None;
+            check
+        });
+        Target {
+            label,
+            peer,
+            backend,
+            weight: found.weight,
+            in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            breaker: settings.breaker.map(|b| Breaker::new(b, Instant::now())),
+            connections: ConnectionPool::new(spec.max_connections as usize, settings.max_idle),
+            priority: found.priority,
+            check,
+            streak: HealthStreak::default(),
+        }
     }
+
+    fn found_addr(&self) -> Option<SocketAddr> {
+        self.backend.addr.as_inet().copied()
+    }
+
+    /// Run this target's health check once and count it: the verdict after it, and whether
+    /// this check changed it. Without a health check the target stays healthy.
+    pub(crate) async fn run_check(&self, hc: &HealthCheckSpec) -> (bool, bool) {
+        let Some(check) = &self.check else {
+            return (self.healthy.load(Ordering::Relaxed), false);
+        };
+        let passed = check.check(&self.backend).await.is_ok();
+        let was = self.healthy.load(Ordering::Relaxed);
+        let (streak, other) = if passed {
+            (&self.streak.passes, &self.streak.failures)
+        } else {
+            (&self.streak.failures, &self.streak.passes)
+        };
+        other.store(0, Ordering::Relaxed);
+        let run = streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let threshold = if passed { hc.healthy } else { hc.unhealthy };
+        let now = if passed != was && run >= threshold {
+            passed
+        } else {
+            was
+        };
+        self.healthy.store(now, Ordering::Relaxed);
+        (now, now != was)
+    }
+}
+
+/// A fixed set for pingora's balancer: discovery is Portico's, and each change of the set
+/// is a new pool generation with a balancer of its own.
+fn discovery_static(set: BTreeSet<Backend>) -> Box<pingora_load_balancing::discovery::Static> {
+    pingora_load_balancing::discovery::Static::new(set)
 }
 
 /// Counts one attempt in flight to one target for as long as it lives, so the count is
@@ -575,63 +745,6 @@ fn health_check_errors(hc: &HealthCheckSpec, errors: &mut Vec<(String, String)>)
             "health_check".into(),
             "healthy and unhealthy thresholds must be at least 1".into(),
         ));
-    }
-}
-
-/// One HTTP health check per target, each made the way requests to it are (its peer: TLS,
-/// SNI, protocol), with the health check's own timeouts.
-struct TargetChecks {
-    checks: Vec<(
-        pingora_core::protocols::l4::socket::SocketAddr,
-        HttpHealthCheck,
-    )>,
-    healthy: usize,
-    unhealthy: usize,
-}
-
-impl TargetChecks {
-    fn new(hc: &HealthCheckSpec, targets: &[Target]) -> TargetChecks {
-        let checks = targets
-            .iter()
-            .map(|t| {
-                let mut check = http_health_check(hc);
-                let timeouts = check.peer_template.options.clone();
-                check.peer_template = t.peer.clone();
-                let options = &mut check.peer_template.options;
-                options.connection_timeout = timeouts.connection_timeout;
-                options.total_connection_timeout = timeouts.total_connection_timeout;
-                options.read_timeout = timeouts.read_timeout;
-                options.write_timeout = timeouts.write_timeout;
-                options.custom_l4 = None;
-                (t.backend.addr.clone(), check)
-            })
-            .collect();
-        TargetChecks {
-            checks,
-            healthy: hc.healthy,
-            unhealthy: hc.unhealthy,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl HealthCheck for TargetChecks {
-    async fn check(&self, target: &Backend) -> pingora_error::Result<()> {
-        match self.checks.iter().find(|(addr, _)| *addr == target.addr) {
-            Some((_, check)) => check.check(target).await,
-            None => pingora_error::Error::e_explain(
-                pingora_error::ErrorType::InternalError,
-                "no health check for this target",
-            ),
-        }
-    }
-
-    fn health_threshold(&self, success: bool) -> usize {
-        if success {
-            self.healthy
-        } else {
-            self.unhealthy
-        }
     }
 }
 

@@ -30,8 +30,8 @@ impl BackgroundService for PoolSweeper {
                 _ = tick.tick() => {}
             }
             let now = Instant::now();
-            for pool in self.state.current().pools.values() {
-                for target in &pool.targets {
+            for upstream in self.state.current().pools.values() {
+                for target in &upstream.current().targets {
                     target.connections.sweep(now);
                 }
             }

@@ -72,6 +72,23 @@ pub async fn spawn_upstream(
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind an upstream");
+    spawn_upstream_on(listener, name, handler)
+}
+
+/// An upstream answering 200 with its name on `addr` (another loopback address, the same
+/// port: the targets of a DNS name share their port), or `None` when it is taken.
+pub async fn spawn_ok_at(addr: SocketAddr, name: &str) -> Option<Upstream> {
+    let listener = TcpListener::bind(addr).await.ok()?;
+    Some(spawn_upstream_on(listener, name, |_| {
+        Reply::Status(200, "ok")
+    }))
+}
+
+fn spawn_upstream_on(
+    listener: TcpListener,
+    name: &str,
+    handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+) -> Upstream {
     let addr = listener.local_addr().expect("upstream address");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let up = Arc::new(AtomicBool::new(true));
