@@ -218,6 +218,11 @@ pub fn compile(
     for (key, message) in crate::upstream::discovery::dns_errors(&dns) {
         problems.at(format!("dns.{key}"), message);
     }
+    if let Some(consul) = &file.consul {
+        if let Err(e) = crate::upstream::discovery::consul::parse_address(&consul.address) {
+            problems.at("consul.address", e);
+        }
+    }
     let mut pools = BTreeMap::new();
     // Upstreams with problems of their own: routes naming them are not told again.
     let mut broken_upstreams = file.broken_upstreams.clone();
@@ -233,6 +238,16 @@ pub fn compile(
         if let Some(upstream) = reused {
             pools.insert(name.clone(), Arc::clone(upstream));
             continue;
+        }
+        let needs_consul = spec
+            .discovery
+            .as_ref()
+            .is_some_and(|d| d.kind == config::file::DiscoveryKind::Consul);
+        if needs_consul && file.consul.is_none() {
+            problems.at(
+                format!("upstreams.{name}.discovery"),
+                "kind = \"consul\" needs a [consul] section with the agent's address",
+            );
         }
         match UpstreamPool::build(name, spec, &config_dir) {
             Ok(pool) => {

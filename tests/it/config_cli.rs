@@ -102,6 +102,7 @@ fn every_shipped_config_is_valid() {
         ("GLOBEX_KEY", "globex-example-key-456"),
         ("TLS_CERT", cert.as_str()),
         ("TLS_KEY", key.as_str()),
+        ("CONSUL_TOKEN", "an-example-consul-token"),
     ];
     for file in files {
         let (code, out) = validate_with_env(&file, &env);

@@ -231,7 +231,7 @@ async fn srv_weights_split_traffic_and_a_lower_priority_serves_only_while_the_pr
     let gw = Gateway::start(&dns_config(
         &dns,
         r#"{ kind = "dns_srv", name = "_http._tcp.users.test" }"#,
-        r#"health_check = { path = "/health", interval = "50ms", timeout = "200ms", unhealthy = 1, healthy = 1 }"#,
+        r#"health_check = { path = "/health", interval = "50ms", timeout = "2s", unhealthy = 2, healthy = 1 }"#,
     ))
     .await;
     eventually(

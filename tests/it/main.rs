@@ -12,6 +12,7 @@ mod cache;
 mod compose;
 mod config_cli;
 mod connections;
+mod consul;
 mod discovery;
 mod failures;
 mod grpc;

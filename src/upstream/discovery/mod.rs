@@ -6,6 +6,7 @@
 //! `portico_discovery_refreshes_total`); an upstream that never resolved has no target and
 //! answers 503 `upstream_unavailable` at once.
 
+pub mod consul;
 pub mod dns;
 
 use std::sync::atomic::Ordering;
@@ -45,10 +46,15 @@ pub fn spec_errors(d: &DiscoverySpec) -> Vec<(String, String)> {
                 error("service", "service and tag are for kind = \"consul\"");
             }
         }
-        DiscoveryKind::Consul => error(
-            "kind",
-            "consul discovery is not available in this build yet; use dns or dns_srv",
-        ),
+        DiscoveryKind::Consul => {
+            match d.service.as_deref() {
+                None | Some("") => error("service", "consul discovery needs a service"),
+                Some(_) => {}
+            }
+            if d.name.is_some() {
+                error("name", "name is for dns and dns_srv; consul takes service")
+            }
+        }
     }
     match (d.kind, d.port) {
         (DiscoveryKind::Dns, None | Some(0)) => {
@@ -56,6 +62,9 @@ pub fn spec_errors(d: &DiscoverySpec) -> Vec<(String, String)> {
         }
         (DiscoveryKind::DnsSrv, Some(_)) => {
             error("port", "SRV records carry their own ports: leave port out")
+        }
+        (DiscoveryKind::Consul, Some(_)) => {
+            error("port", "Consul gives each instance's port: leave port out")
         }
         _ => {}
     }
@@ -109,32 +118,90 @@ impl BackgroundService for DiscoveryService {
     }
 }
 
+/// Where one upstream's targets come from.
+enum Source {
+    Dns {
+        resolver: Result<Box<hickory_resolver::TokioResolver>, String>,
+        spec: DiscoverySpec,
+    },
+    Consul(Result<Box<consul::Watch>, String>),
+}
+
+/// What a lookup found, and when the next may start.
+struct Answer {
+    found: Vec<Found>,
+    /// DNS: when the answer expires. Consul: `None`, ask again at once (the query blocks).
+    valid_until: Option<Instant>,
+}
+
+impl Source {
+    fn new(discovery: &super::live::Discovery) -> Source {
+        match discovery.spec.kind {
+            DiscoveryKind::Dns | DiscoveryKind::DnsSrv => Source::Dns {
+                resolver: dns::resolver(&discovery.dns).map(Box::new),
+                spec: discovery.spec.clone(),
+            },
+            DiscoveryKind::Consul => Source::Consul(match &discovery.consul {
+                Some(section) => consul::Watch::new(section, &discovery.spec).map(Box::new),
+                None => Err("no [consul] section".into()),
+            }),
+        }
+    }
+
+    async fn next(&mut self) -> Result<Answer, String> {
+        match self {
+            Source::Dns { resolver, spec } => {
+                let resolver = resolver.as_ref().map_err(|e| format!("no resolver: {e}"))?;
+                let name = spec.name.as_deref().unwrap_or_default();
+                let (found, until) = match spec.kind {
+                    DiscoveryKind::DnsSrv => dns::services(resolver, name).await?,
+                    _ => dns::addresses(resolver, name, spec.port.unwrap_or(0)).await?,
+                };
+                Ok(Answer {
+                    found,
+                    valid_until: Some(until),
+                })
+            }
+            Source::Consul(watch) => {
+                let watch = watch.as_mut().map_err(|e| e.clone())?;
+                let (found, _moved) = watch.next().await.inspect_err(|_| watch.reset())?;
+                Ok(Answer {
+                    found,
+                    valid_until: None,
+                })
+            }
+        }
+    }
+}
+
 /// Look the upstream's targets up until it is no longer served (a reload dropped it): again
-/// when the answer expires, sooner (with backoff) after a failure.
+/// when a DNS answer expires or as soon as Consul answers, sooner (with backoff) after a
+/// failure.
 async fn watch(upstream: Weak<Upstream>, state: Arc<GatewayState>) {
-    let Some((spec, section)) = upstream.upgrade().and_then(|u| {
+    let Some((mut source, section)) = upstream.upgrade().and_then(|u| {
         let d = u.discovery.as_ref()?;
-        Some((d.spec.clone(), d.dns.clone()))
+        Some((Source::new(d), d.dns.clone()))
     }) else {
         return;
     };
-    let resolver = dns::resolver(&section);
     let mut failures = 0u32;
     loop {
-        let result = match &resolver {
-            Err(e) => Err(format!("no resolver: {e}")),
-            Ok(resolver) => lookup(resolver, &spec).await,
-        };
+        let started = Instant::now();
+        let result = source.next().await;
         // Held only between lookups, so a dropped upstream ends its task.
         let Some(live) = upstream.upgrade() else {
             return;
         };
         let wait = match result {
-            Ok((found, valid_until)) => {
+            Ok(answer) => {
                 failures = 0;
-                apply(&live, found, &state);
-                let ttl = valid_until.saturating_duration_since(Instant::now());
-                ttl.clamp(section.min_ttl.0, section.max_ttl.0)
+                apply(&live, answer.found, &state);
+                match answer.valid_until {
+                    Some(until) => until
+                        .saturating_duration_since(Instant::now())
+                        .clamp(section.min_ttl.0, section.max_ttl.0),
+                    None => consul::next_start(started).saturating_duration_since(Instant::now()),
+                }
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -147,18 +214,6 @@ async fn watch(upstream: Weak<Upstream>, state: Arc<GatewayState>) {
         };
         drop(live);
         tokio::time::sleep(wait).await;
-    }
-}
-
-async fn lookup(
-    resolver: &hickory_resolver::TokioResolver,
-    spec: &DiscoverySpec,
-) -> Result<(Vec<Found>, Instant), String> {
-    let name = spec.name.as_deref().unwrap_or_default();
-    match spec.kind {
-        DiscoveryKind::Dns => dns::addresses(resolver, name, spec.port.unwrap_or(0)).await,
-        DiscoveryKind::DnsSrv => dns::services(resolver, name).await,
-        DiscoveryKind::Consul => Err("consul discovery is not available".into()),
     }
 }
 

@@ -1,0 +1,328 @@
+//! Service discovery from Consul's catalog, watched with blocking queries. The Consul here is
+//! the test kit's stand-in (`common::consul`: Consul's documented HTTP contract, since no
+//! Consul server can be installed on this machine).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::consul::{FakeConsul, Instance};
+use crate::common::upstream::spawn_ok;
+use crate::common::{eventually, Gateway, Upstream};
+
+fn consul_config(consul: &FakeConsul, discovery: &str) -> String {
+    format!(
+        r#"
+[consul]
+address = "{}"
+token = "${{CONSUL_TOKEN}}"
+datacenter = "dc1"
+
+[upstreams.users]
+discovery = {discovery}
+
+[[routes]]
+name = "users"
+path = "/"
+upstream = "users"
+"#,
+        consul.url()
+    )
+}
+
+async fn start(consul: &FakeConsul, discovery: &str) -> Gateway {
+    Gateway::start_with_env(
+        &consul_config(consul, discovery),
+        &[("CONSUL_TOKEN", "s3cr3t-token")],
+    )
+    .await
+}
+
+async fn targets(gw: &Gateway) -> Vec<String> {
+    let status = gw.admin_json("/status").await;
+    let mut list: Vec<String> = status["upstreams"]["users"]["targets"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t["target"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    list.sort();
+    list
+}
+
+fn labels(ups: &[&Upstream]) -> Vec<String> {
+    let mut list: Vec<String> = ups.iter().map(|u| u.addr.to_string()).collect();
+    list.sort();
+    list
+}
+
+fn instance(id: &str, up: &Upstream, tags: &[&str]) -> Instance {
+    Instance::new(id, "users", up.addr, tags)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_that_register_and_leave_while_traffic_flows_lose_no_request() {
+    let (a, b, c) = (
+        spawn_ok("a").await,
+        spawn_ok("b").await,
+        spawn_ok("c").await,
+    );
+    let consul = FakeConsul::start("dc1").await;
+    consul.register(instance("a", &a, &[]));
+    consul.register(instance("b", &b, &[]));
+    let gw = start(&consul, r#"{ kind = "consul", service = "users" }"#).await;
+    eventually("a and b are targets", Duration::from_secs(10), async || {
+        targets(&gw).await == labels(&[&a, &b])
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, sent, failed) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&failed));
+        let url = gw.url("/");
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !stop.load(Ordering::Relaxed) {
+                let ok = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                sent.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    eventually("traffic flows", Duration::from_secs(10), async || {
+        sent.load(Ordering::Relaxed) > 50
+    })
+    .await;
+
+    // c registers: the held query wakes and the gateway has it well within a second.
+    let registered = Instant::now();
+    consul.register(instance("c", &c, &[]));
+    eventually("c is a target", Duration::from_secs(5), async || {
+        targets(&gw).await == labels(&[&a, &b, &c])
+    })
+    .await;
+    eprintln!(
+        "consul: a registration reached the upstream in {:?}",
+        registered.elapsed()
+    );
+    let c_before = c.hits();
+    eventually("c takes traffic", Duration::from_secs(10), async || {
+        c.hits() > c_before + 20
+    })
+    .await;
+
+    // a leaves.
+    let left = Instant::now();
+    consul.deregister("a");
+    eventually(
+        "a is no longer a target",
+        Duration::from_secs(5),
+        async || targets(&gw).await == labels(&[&b, &c]),
+    )
+    .await;
+    eprintln!(
+        "consul: a deregistration reached the upstream in {:?}",
+        left.elapsed()
+    );
+    let a_after = a.hits();
+    let before = sent.load(Ordering::Relaxed);
+    eventually("traffic goes on", Duration::from_secs(10), async || {
+        sent.load(Ordering::Relaxed) > before + 100
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("a client task");
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "of {}",
+        sent.load(Ordering::Relaxed)
+    );
+    assert!(
+        a.hits() <= a_after + 4,
+        "a still got requests: {} > {a_after}",
+        a.hits()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_catalog_costs_one_open_query_and_every_query_carries_the_token() {
+    let a = spawn_ok("a").await;
+    let consul = FakeConsul::start("dc1").await;
+    consul.register(instance("a", &a, &[]));
+    let gw = start(&consul, r#"{ kind = "consul", service = "users" }"#).await;
+    eventually("a is a target", Duration::from_secs(10), async || {
+        targets(&gw).await == labels(&[&a])
+    })
+    .await;
+    eventually(
+        "one query is held open",
+        Duration::from_secs(5),
+        async || consul.open_queries() == 1,
+    )
+    .await;
+    let queries = consul.queries();
+    // Idle for a second: a polling client would have asked again by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        consul.queries(),
+        queries,
+        "no query while the catalog is idle"
+    );
+    assert_eq!(consul.open_queries(), 1);
+    let tokens = consul.tokens();
+    assert!(
+        !tokens.is_empty() && tokens.iter().all(|t| t == "s3cr3t-token"),
+        "{tokens:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_passing_instances_with_the_tag_are_targets() {
+    let (a, b, c) = (
+        spawn_ok("a").await,
+        spawn_ok("b").await,
+        spawn_ok("c").await,
+    );
+    let consul = FakeConsul::start("dc1").await;
+    consul.register(instance("a", &a, &["v2"]));
+    consul.register(instance("b", &b, &["v2"]));
+    consul.register(instance("c", &c, &["v1"]));
+    let gw = start(
+        &consul,
+        r#"{ kind = "consul", service = "users", tag = "v2" }"#,
+    )
+    .await;
+    eventually(
+        "the v2 instances are targets",
+        Duration::from_secs(10),
+        async || targets(&gw).await == labels(&[&a, &b]),
+    )
+    .await;
+    consul.set_passing("b", false);
+    eventually(
+        "b's failing check takes it out",
+        Duration::from_secs(5),
+        async || targets(&gw).await == labels(&[&a]),
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(gw.get("/").await.headers()["x-upstream"], "a");
+    }
+    // Every instance failing: no target, and a 503 rather than a stale one.
+    consul.set_passing("a", false);
+    eventually(
+        "no passing instance is left",
+        Duration::from_secs(5),
+        async || targets(&gw).await.is_empty(),
+    )
+    .await;
+    assert_eq!(gw.get("/").await.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_that_goes_backwards_restarts_the_watch() {
+    let (a, b) = (spawn_ok("a").await, spawn_ok("b").await);
+    let consul = FakeConsul::start("dc1").await;
+    consul.register(instance("a", &a, &[]));
+    consul.register(instance("a2", &a, &[]));
+    consul.register(instance("a3", &a, &[]));
+    let gw = start(&consul, r#"{ kind = "consul", service = "users" }"#).await;
+    eventually("a is a target", Duration::from_secs(10), async || {
+        targets(&gw).await == labels(&[&a])
+    })
+    .await;
+    eventually(
+        "the gateway holds a query at index 4",
+        Duration::from_secs(5),
+        async || consul.open_queries() == 1,
+    )
+    .await;
+    // The index drops below the one the gateway holds (a restore), then b registers at
+    // index 3. A watch still waiting for an index above 4 would never see it.
+    consul.reset_index(2);
+    eventually(
+        "the watch holds a query again",
+        Duration::from_secs(5),
+        async || consul.open_queries() == 1,
+    )
+    .await;
+    consul.register(instance("b", &b, &[]));
+    eventually(
+        "the restarted watch sees b",
+        Duration::from_secs(5),
+        async || targets(&gw).await == labels(&[&a, &b]),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consul_going_down_keeps_the_last_set_and_its_return_is_picked_up() {
+    let (a, b) = (spawn_ok("a").await, spawn_ok("b").await);
+    let consul = FakeConsul::start("dc1").await;
+    consul.register(instance("a", &a, &[]));
+    let gw = start(&consul, r#"{ kind = "consul", service = "users" }"#).await;
+    eventually("a is a target", Duration::from_secs(10), async || {
+        targets(&gw).await == labels(&[&a])
+    })
+    .await;
+
+    consul.go_down();
+    eventually(
+        "/status names the failure",
+        Duration::from_secs(10),
+        async || {
+            let status = gw.admin_json("/status").await;
+            status["upstreams"]["users"]["discovery"]["last_error"].is_string()
+        },
+    )
+    .await;
+    assert_eq!(targets(&gw).await, labels(&[&a]));
+    for _ in 0..10 {
+        assert_eq!(gw.get("/").await.status(), 200);
+    }
+
+    consul.register(instance("b", &b, &[]));
+    consul.come_back();
+    eventually(
+        "the watch resumes and sees b",
+        Duration::from_secs(20),
+        async || targets(&gw).await == labels(&[&a, &b]),
+    )
+    .await;
+    let status = gw.admin_json("/status").await;
+    assert!(status["upstreams"]["users"]["discovery"]["last_error"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consul_upstream_without_a_consul_section_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("portico.toml");
+    std::fs::write(
+        &path,
+        crate::common::gateway::with_defaults(
+            "[upstreams.users]\ndiscovery = { kind = \"consul\", service = \"users\", port = 80 }\n\n[[routes]]\nname = \"users\"\npath = \"/\"\nupstream = \"users\"\n",
+        ),
+    )
+    .expect("write the config");
+    let (code, output) = crate::common::gateway::validate(&path);
+    assert_ne!(code, 0, "{output}");
+    assert!(output.contains("upstreams.users.discovery"), "{output}");
+    assert!(output.contains("[consul]"), "{output}");
+    assert!(
+        output.contains("upstreams.users.discovery.port"),
+        "{output}"
+    );
+}
