@@ -326,3 +326,46 @@ async fn a_consul_upstream_without_a_consul_section_is_a_config_error() {
         "{output}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_instance_finishes_its_requests_then_its_connections_close() {
+    use crate::common::faults::{Fault, FaultyUpstream};
+    let a = FaultyUpstream::start("a", Fault::Slow).await;
+    let b = spawn_ok("b").await;
+    let consul = FakeConsul::start("dc1").await;
+    consul.register(Instance::new("a", "users", a.addr, &[]));
+    let gw = start(&consul, r#"{ kind = "consul", service = "users" }"#).await;
+    eventually("a is the target", Duration::from_secs(10), async || {
+        targets(&gw).await == vec![a.addr.to_string()]
+    })
+    .await;
+
+    // A request is on its way to a (which answers after 300 ms) when a leaves and b joins.
+    let in_flight = tokio::spawn({
+        let (client, url) = (gw.client.clone(), gw.url("/slow"));
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    eventually(
+        "the request reached a",
+        Duration::from_secs(5),
+        async || a.requests() == 1,
+    )
+    .await;
+    consul.deregister("a");
+    consul.register(instance("b", &b, &[]));
+    eventually("b replaced a", Duration::from_secs(5), async || {
+        targets(&gw).await == labels(&[&b])
+    })
+    .await;
+    assert_eq!(in_flight.await.expect("the request task").ok(), Some(200));
+    for _ in 0..10 {
+        assert_eq!(gw.get("/").await.headers()["x-upstream"], "b");
+    }
+    eventually(
+        "a's pooled connection is closed",
+        Duration::from_secs(5),
+        async || a.open() == 0,
+    )
+    .await;
+    assert_eq!(a.requests(), 1);
+}
