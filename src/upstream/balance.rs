@@ -1,6 +1,7 @@
 //! Choosing a target within a pool: pingora-load-balancing's weighted round robin, weighted
-//! random and Ketama consistent hashing (each skips targets its health check took out), and
-//! weighted least-connections over our own in-flight counters.
+//! random and Ketama consistent hashing (each skipping what the pool's `accept` refuses:
+//! targets out of their health check, open circuits, targets already tried), and weighted
+//! least-connections over our own in-flight counters.
 
 use pingora_load_balancing::selection::consistent::KetamaHashing;
 use pingora_load_balancing::selection::{Random, RoundRobin};
@@ -15,7 +16,7 @@ pub enum Balancer {
     RoundRobin(LoadBalancer<RoundRobin>),
     Random(LoadBalancer<Random>),
     ConsistentHash(LoadBalancer<KetamaHashing>),
-    /// Health is still tracked by a load balancer; the choice is ours.
+    /// The choice is the pool's (`select_least_conn`); the balancer only holds the set.
     LeastConn(LoadBalancer<RoundRobin>),
 }
 
@@ -28,14 +29,6 @@ impl Balancer {
                 Balancer::ConsistentHash(LoadBalancer::from_backends(backends))
             }
             Balance::LeastConn => Balancer::LeastConn(LoadBalancer::from_backends(backends)),
-        }
-    }
-
-    pub fn backends(&self) -> &pingora_load_balancing::Backends {
-        match self {
-            Balancer::RoundRobin(lb) | Balancer::LeastConn(lb) => lb.backends(),
-            Balancer::Random(lb) => lb.backends(),
-            Balancer::ConsistentHash(lb) => lb.backends(),
         }
     }
 
@@ -60,9 +53,5 @@ impl Balancer {
             Balancer::Random(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
             Balancer::ConsistentHash(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
         }
-    }
-
-    pub fn is_least_conn(&self) -> bool {
-        matches!(self, Balancer::LeastConn(_))
     }
 }

@@ -147,7 +147,9 @@ pub struct UpstreamPool {
     pub hash_key: Option<HashKey>,
     pub retry: Option<RetrySettings>,
     pub budget: RetryBudget,
-    balancer: Balancer,
+    /// One balancer per SRV priority group, lowest number first (one group without SRV):
+    /// weights are shares within a group, and a group not in use is not in any rotation.
+    balancers: Vec<(u16, Balancer)>,
     health: Option<HealthSchedule>,
     /// Rotates the start of least-connections scans so ties spread out.
     tie_breaker: AtomicUsize,
@@ -344,13 +346,22 @@ impl UpstreamPool {
         settings: TargetSettings,
         targets: Vec<Arc<Target>>,
     ) -> Result<UpstreamPool, String> {
-        let set: BTreeSet<Backend> = targets.iter().map(|t| t.backend.clone()).collect();
-        let balancer = Balancer::new(spec.balance, Backends::new(discovery_static(set)));
-        // Static discovery completes without waiting; the selector is ready afterwards.
-        match balancer.update().now_or_never() {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("target discovery did not complete".into()),
+        let priorities: BTreeSet<u16> = targets.iter().map(|t| t.priority).collect();
+        let mut balancers = Vec::new();
+        for priority in priorities {
+            let set: BTreeSet<Backend> = targets
+                .iter()
+                .filter(|t| t.priority == priority)
+                .map(|t| t.backend.clone())
+                .collect();
+            let balancer = Balancer::new(spec.balance, Backends::new(discovery_static(set)));
+            // Static discovery completes without waiting; the selector is ready afterwards.
+            match balancer.update().now_or_never() {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("target discovery did not complete".into()),
+            }
+            balancers.push((priority, balancer));
         }
         let prioritized = targets.windows(2).any(|w| w[0].priority != w[1].priority);
         Ok(UpstreamPool {
@@ -366,7 +377,7 @@ impl UpstreamPool {
                 || RetryBudget::new(0.0, 0),
                 |r| RetryBudget::new(f64::from(r.budget_percent) / 100.0, r.min_retries),
             ),
-            balancer,
+            balancers,
             health: spec.health_check.as_ref().map(|hc| HealthSchedule {
                 interval: hc.interval.0,
                 next_due: Mutex::new(Instant::now()),
@@ -422,14 +433,16 @@ impl UpstreamPool {
                 // Nothing to balance: only whether the one target may take the request. The
                 // balancer would answer the same through a dedup set and a backend clone.
                 accept(0).then_some(0)
-            } else if self.balancer.is_least_conn() {
+            } else if self.spec.balance == Balance::LeastConn {
                 self.select_least_conn(accept)
-            } else {
-                self.balancer
+            } else if let Some((_, balancer)) = self.balancers.iter().find(|(p, _)| *p == group) {
+                balancer
                     .select_with(hash_input, &|backend| {
                         self.index_of(backend).is_some_and(accept)
                     })
                     .and_then(|backend| self.index_of(&backend))
+            } else {
+                None
             };
             if let Some(index) = chosen {
                 return Ok(Chosen {

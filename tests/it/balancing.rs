@@ -110,8 +110,29 @@ async fn least_conn_avoids_the_busy_target() {
     )
     .await;
     let busy = if a.hits() == 1 { "a" } else { "b" };
-    // ...so every short request while it runs goes to the other one.
-    let counts = spread(&gw, 10, None).await;
+    let idle = if busy == "a" { b.addr } else { a.addr };
+    // ...so every short request while it runs goes to the other one. Each is sent once the
+    // last has left the gateway's count too (the client has its answer a moment before the
+    // gateway finishes the request): otherwise the two targets would tie at one each.
+    let mut counts = HashMap::new();
+    for _ in 0..10 {
+        crate::common::eventually(
+            "the idle target has nothing in flight",
+            Duration::from_secs(5),
+            async || {
+                let status = gw.admin_json("/status").await;
+                status["upstreams"]["pool"]["targets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t["target"] == idle.to_string() && t["in_flight"] == 0)
+            },
+        )
+        .await;
+        for (name, n) in spread(&gw, 1, None).await {
+            *counts.entry(name).or_insert(0) += n;
+        }
+    }
     assert_eq!(
         counts.get(busy),
         None,
