@@ -369,3 +369,49 @@ async fn a_removed_instance_finishes_its_requests_then_its_connections_close() {
     .await;
     assert_eq!(a.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_stays_keeps_its_health_when_the_set_changes() {
+    let (a, b, c) = (
+        spawn_ok("a").await,
+        spawn_ok("b").await,
+        spawn_ok("c").await,
+    );
+    let consul = FakeConsul::start("dc1").await;
+    consul.register(instance("a", &a, &[]));
+    consul.register(instance("b", &b, &[]));
+    // Probes every 2 s, one failure takes a target out: a target whose verdict were lost
+    // with a change of the set would be back in rotation for two seconds.
+    let gw = start(
+        &consul,
+        r#"{ kind = "consul", service = "users" }
+health_check = { path = "/health", interval = "2s", timeout = "1s", unhealthy = 1, healthy = 2 }"#,
+    )
+    .await;
+    eventually("a and b are targets", Duration::from_secs(10), async || {
+        targets(&gw).await == labels(&[&a, &b])
+    })
+    .await;
+    a.go_down();
+    eventually(
+        "a fails its health check",
+        Duration::from_secs(10),
+        async || !gw.target_healthy("users", a.addr).await,
+    )
+    .await;
+
+    consul.register(instance("c", &c, &[]));
+    eventually("c joined", Duration::from_secs(5), async || {
+        targets(&gw).await == labels(&[&a, &b, &c])
+    })
+    .await;
+    assert!(
+        !gw.target_healthy("users", a.addr).await,
+        "a kept its verdict"
+    );
+    let a_hits = a.hits();
+    for _ in 0..20 {
+        assert_eq!(gw.get("/").await.status(), 200);
+    }
+    assert_eq!(a.hits(), a_hits, "no request went to a");
+}
