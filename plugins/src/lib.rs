@@ -7,9 +7,11 @@
 mod api_key;
 pub mod consumers;
 mod context;
+mod cors;
 mod error_code;
 pub mod header_edit;
 mod headers;
+mod ip_filter;
 pub mod jwt;
 pub mod metrics;
 pub mod rate_limit;
@@ -33,6 +35,16 @@ pub enum Flow {
     /// Stop here and answer the client with this rejection (written as problem+json by the
     /// gateway, so every early answer looks the same).
     Reject(Rejection),
+    /// Stop here and answer the client with this, which is not an error (a CORS preflight's
+    /// 204): the status and headers as given, no body, never sent upstream.
+    Respond(Answer),
+}
+
+/// An answer a plugin gives by itself that is not an error.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// An answer a plugin asks the gateway to give instead of proxying.
@@ -101,6 +113,18 @@ pub trait Plugin: Send + Sync + 'static {
         _cx: &mut PluginCtx,
     ) -> Result<(), PluginError> {
         Ok(())
+    }
+
+    /// Headers this plugin adds to an answer the gateway gives itself on this route (a
+    /// problem, a rejection by another plugin, another plugin's `Respond`), which
+    /// `on_response` does not see: CORS headers, so a browser lets the page read a 401 or a
+    /// 429. Called with the client's request, whatever plugins ran before. Default: none.
+    fn answer_headers(
+        &self,
+        _req: &RequestHeader,
+        _cx: &PluginCtx,
+    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        Vec::new()
     }
 
     /// Runs once the config this instance belongs to is valid and about to serve, before it

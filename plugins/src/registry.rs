@@ -6,7 +6,9 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use crate::api_key::{ApiKeyConfig, ApiKeyPlugin};
+use crate::cors::{CorsConfig, CorsPlugin};
 use crate::headers::{HeadersConfig, HeadersPlugin};
+use crate::ip_filter::{IpFilterConfig, IpFilterPlugin};
 use crate::jwt::{JwtConfig, JwtPlugin};
 use crate::rate_limit::{RateLimitConfig, RateLimitPlugin};
 use crate::Plugin;
@@ -23,7 +25,15 @@ pub struct PluginEnv {
 /// Every plugin kind this build knows, for error messages and docs. `cache` is built by the
 /// gateway itself (it works through Pingora's cache hooks), so it never reaches `build_plugin`.
 pub fn known_kinds() -> &'static [&'static str] {
-    &["api_key", "cache", "headers", "jwt", "rate_limit"]
+    &[
+        "api_key",
+        "cache",
+        "cors",
+        "headers",
+        "ip_filter",
+        "jwt",
+        "rate_limit",
+    ]
 }
 
 /// The keys of a kind's config that name files it reads when it is built. A reload compares
@@ -53,6 +63,12 @@ where
         "api_key" => Arc::new(
             ApiKeyPlugin::new(ApiKeyConfig::deserialize(config)?, consumers())
                 .map_err(D::Error::custom)?,
+        ),
+        "cors" => {
+            Arc::new(CorsPlugin::new(CorsConfig::deserialize(config)?).map_err(D::Error::custom)?)
+        }
+        "ip_filter" => Arc::new(
+            IpFilterPlugin::new(IpFilterConfig::deserialize(config)?).map_err(D::Error::custom)?,
         ),
         "headers" => Arc::new(
             HeadersPlugin::new(HeadersConfig::deserialize(config)?).map_err(D::Error::custom)?,

@@ -102,15 +102,17 @@ impl Portico {
             code = ErrorCode::UpstreamTimeout;
         }
         if session.response_written().is_none() {
-            let extra: Vec<(HeaderName, HeaderValue)> = if code == ErrorCode::UpstreamUnavailable {
-                let secs = failure::decision(e)
-                    .and_then(|d| d.retry_after)
-                    .map_or(1, |d| d.as_secs_f64().ceil() as u64)
-                    .max(1);
-                vec![(http::header::RETRY_AFTER, HeaderValue::from(secs))]
-            } else {
-                Vec::new()
-            };
+            let mut extra: Vec<(HeaderName, HeaderValue)> =
+                if code == ErrorCode::UpstreamUnavailable {
+                    let secs = failure::decision(e)
+                        .and_then(|d| d.retry_after)
+                        .map_or(1, |d| d.as_secs_f64().ceil() as u64)
+                        .max(1);
+                    vec![(http::header::RETRY_AFTER, HeaderValue::from(secs))]
+                } else {
+                    Vec::new()
+                };
+            extra.extend(request::answer_headers(session, ctx));
             let detail = failure::detail(code);
             if let Err(write_error) =
                 problem::respond(session, code, detail, ctx.id(), &extra).await

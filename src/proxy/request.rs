@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method};
 use pingora_error::Result;
+use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use portico_plugins::{ErrorCode, Flow, PluginCtx};
+use portico_plugins::{Answer, ErrorCode, Flow, PluginCtx};
 
 use super::ctx::{RequestCtx, Routed};
 use super::forwarding::{
@@ -169,6 +170,10 @@ impl Portico {
                         )
                         .await;
                 }
+                Ok(Flow::Respond(answer)) => {
+                    respond(session, ctx, answer).await?;
+                    return Ok(true);
+                }
                 Err(e) => {
                     log::error!("plugin {name} failed on request {}: {e}", ctx.id());
                     let detail = "the gateway failed to process the request";
@@ -201,12 +206,49 @@ impl Portico {
         if code == ErrorCode::BadRequest {
             session.set_keepalive(None);
         }
-        problem::respond(session, code, detail, ctx.id(), extra).await?;
+        let mut extra = extra.to_vec();
+        extra.extend(answer_headers(session, ctx));
+        problem::respond(session, code, detail, ctx.id(), &extra).await?;
         if ctx.grpc {
             ctx.grpc_status = Some(super::grpc::status_for(code));
         }
         Ok(true)
     }
+}
+
+/// What the route's plugins add to an answer the gateway gives itself (`Plugin::
+/// answer_headers`: CORS headers, so a browser lets the page read a 401 or a 429).
+pub(super) fn answer_headers(
+    session: &Session,
+    ctx: &RequestCtx,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let Some(routed) = ctx.routed.as_ref() else {
+        return Vec::new();
+    };
+    let req = session.req_header();
+    routed
+        .route
+        .plugins
+        .iter()
+        .flat_map(|(_, plugin)| plugin.answer_headers(req, &routed.plugin_cx))
+        .collect()
+}
+
+/// A plugin's own answer that is not an error (a CORS preflight's 204): its status and
+/// headers, no body.
+async fn respond(session: &mut Session, ctx: &RequestCtx, answer: Answer) -> Result<()> {
+    let mut headers = answer.headers;
+    headers.extend(answer_headers(session, ctx));
+    let mut resp = ResponseHeader::build(answer.status, Some(headers.len() + 2))?;
+    for (name, value) in headers {
+        resp.append_header(name, value)?;
+    }
+    // A 204 or 304 carries no Content-Length (RFC 9110 sections 8.6 and 15.3.5).
+    if !matches!(answer.status.as_u16(), 204 | 304) {
+        resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    }
+    resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+    session.write_response_header(Box::new(resp), true).await
 }
 
 /// What a slow client may hold: the answer goes out at `min_send_rate` at least (or each

@@ -22,6 +22,7 @@ mod health;
 mod http2;
 mod hygiene;
 mod lifecycle;
+mod policy;
 mod rate_limit;
 mod reload;
 mod resilience;
