@@ -249,6 +249,19 @@ impl Gateway {
         }
     }
 
+    /// The targets `/status` lists for `upstream` now, sorted.
+    pub async fn targets_of(&self, upstream: &str) -> Vec<String> {
+        let status = self.admin_json("/status").await;
+        let mut list: Vec<String> = status["upstreams"][upstream]["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["target"].as_str().map(String::from))
+            .collect();
+        list.sort();
+        list
+    }
+
     /// The health `/status` reports for one target.
     pub async fn target_healthy(&self, upstream: &str, target: SocketAddr) -> bool {
         let status = self.admin_json("/status").await;

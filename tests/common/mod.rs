@@ -13,6 +13,7 @@ pub mod http;
 pub mod origin;
 pub mod redis;
 pub mod tls;
+pub mod traffic;
 pub mod upstream;
 pub mod wire;
 

@@ -117,6 +117,13 @@ pub async fn spawn_ok(name: &str) -> Upstream {
     spawn_upstream(name, |_| Reply::Status(200, "ok")).await
 }
 
+/// The addresses of `ups` as `/status` labels them, sorted (`Gateway::targets_of`).
+pub fn labels(ups: &[&Upstream]) -> Vec<String> {
+    let mut list: Vec<String> = ups.iter().map(|u| u.addr.to_string()).collect();
+    list.sort();
+    list
+}
+
 impl Upstream {
     /// Every request seen so far.
     pub fn seen(&self) -> Vec<Seen> {

@@ -2,11 +2,11 @@
 //! the test kit's stand-in (`common::consul`: Consul's documented HTTP contract, since no
 //! Consul server can be installed on this machine).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::consul::{FakeConsul, Instance};
+use crate::common::traffic::Traffic;
+use crate::common::upstream::labels;
 use crate::common::upstream::spawn_ok;
 use crate::common::{eventually, Gateway, Upstream};
 
@@ -38,24 +38,17 @@ async fn start(consul: &FakeConsul, discovery: &str) -> Gateway {
     .await
 }
 
-async fn targets(gw: &Gateway) -> Vec<String> {
-    let status = gw.admin_json("/status").await;
-    let mut list: Vec<String> = status["upstreams"]["users"]["targets"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| t["target"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    list.sort();
-    list
-}
-
-fn labels(ups: &[&Upstream]) -> Vec<String> {
-    let mut list: Vec<String> = ups.iter().map(|u| u.addr.to_string()).collect();
-    list.sort();
-    list
+/// A gateway whose upstream `users` is Consul's `users` service, once its targets are `ups`.
+async fn watching(consul: &FakeConsul, ups: &[&Upstream]) -> Gateway {
+    let gw = start(consul, r#"{ kind = "consul", service = "users" }"#).await;
+    let want = labels(ups);
+    eventually(
+        "the service's instances are the targets",
+        Duration::from_secs(10),
+        async || gw.targets_of("users").await == want,
+    )
+    .await;
+    gw
 }
 
 fn instance(id: &str, up: &Upstream, tags: &[&str]) -> Instance {
@@ -72,35 +65,11 @@ async fn instances_that_register_and_leave_while_traffic_flows_lose_no_request()
     let consul = FakeConsul::start("dc1").await;
     consul.register(instance("a", &a, &[]));
     consul.register(instance("b", &b, &[]));
-    let gw = start(&consul, r#"{ kind = "consul", service = "users" }"#).await;
-    eventually("a and b are targets", Duration::from_secs(10), async || {
-        targets(&gw).await == labels(&[&a, &b])
-    })
-    .await;
+    let gw = watching(&consul, &[&a, &b]).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (stop, sent, failed) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&failed));
-        let url = gw.url("/");
-        clients.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            while !stop.load(Ordering::Relaxed) {
-                let ok = client
-                    .get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                sent.fetch_add(1, Ordering::Relaxed);
-                if !ok {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let traffic = Traffic::start(&gw.url("/"), 4);
     eventually("traffic flows", Duration::from_secs(10), async || {
-        sent.load(Ordering::Relaxed) > 50
+        traffic.sent() > 50
     })
     .await;
 
@@ -108,7 +77,7 @@ async fn instances_that_register_and_leave_while_traffic_flows_lose_no_request()
     let registered = Instant::now();
     consul.register(instance("c", &c, &[]));
     eventually("c is a target", Duration::from_secs(5), async || {
-        targets(&gw).await == labels(&[&a, &b, &c])
+        gw.targets_of("users").await == labels(&[&a, &b, &c])
     })
     .await;
     eprintln!(
@@ -127,7 +96,7 @@ async fn instances_that_register_and_leave_while_traffic_flows_lose_no_request()
     eventually(
         "a is no longer a target",
         Duration::from_secs(5),
-        async || targets(&gw).await == labels(&[&b, &c]),
+        async || gw.targets_of("users").await == labels(&[&b, &c]),
     )
     .await;
     eprintln!(
@@ -135,21 +104,13 @@ async fn instances_that_register_and_leave_while_traffic_flows_lose_no_request()
         left.elapsed()
     );
     let a_after = a.hits();
-    let before = sent.load(Ordering::Relaxed);
+    let before = traffic.sent();
     eventually("traffic goes on", Duration::from_secs(10), async || {
-        sent.load(Ordering::Relaxed) > before + 100
+        traffic.sent() > before + 100
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("a client task");
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "of {}",
-        sent.load(Ordering::Relaxed)
-    );
+    let (sent, failed) = traffic.stop().await;
+    assert_eq!(failed, 0, "of {sent}");
     assert!(
         a.hits() <= a_after + 4,
         "a still got requests: {} > {a_after}",
@@ -162,11 +123,7 @@ async fn an_idle_catalog_costs_one_open_query_and_every_query_carries_the_token(
     let a = spawn_ok("a").await;
     let consul = FakeConsul::start("dc1").await;
     consul.register(instance("a", &a, &[]));
-    let gw = start(&consul, r#"{ kind = "consul", service = "users" }"#).await;
-    eventually("a is a target", Duration::from_secs(10), async || {
-        targets(&gw).await == labels(&[&a])
-    })
-    .await;
+    let _gw = watching(&consul, &[&a]).await;
     eventually(
         "one query is held open",
         Duration::from_secs(5),
@@ -208,14 +165,14 @@ async fn only_passing_instances_with_the_tag_are_targets() {
     eventually(
         "the v2 instances are targets",
         Duration::from_secs(10),
-        async || targets(&gw).await == labels(&[&a, &b]),
+        async || gw.targets_of("users").await == labels(&[&a, &b]),
     )
     .await;
     consul.set_passing("b", false);
     eventually(
         "b's failing check takes it out",
         Duration::from_secs(5),
-        async || targets(&gw).await == labels(&[&a]),
+        async || gw.targets_of("users").await == labels(&[&a]),
     )
     .await;
     for _ in 0..10 {
@@ -226,7 +183,7 @@ async fn only_passing_instances_with_the_tag_are_targets() {
     eventually(
         "no passing instance is left",
         Duration::from_secs(5),
-        async || targets(&gw).await.is_empty(),
+        async || gw.targets_of("users").await.is_empty(),
     )
     .await;
     assert_eq!(gw.get("/").await.status(), 503);
@@ -239,11 +196,7 @@ async fn an_index_that_goes_backwards_restarts_the_watch() {
     consul.register(instance("a", &a, &[]));
     consul.register(instance("a2", &a, &[]));
     consul.register(instance("a3", &a, &[]));
-    let gw = start(&consul, r#"{ kind = "consul", service = "users" }"#).await;
-    eventually("a is a target", Duration::from_secs(10), async || {
-        targets(&gw).await == labels(&[&a])
-    })
-    .await;
+    let gw = watching(&consul, &[&a]).await;
     eventually(
         "the gateway holds a query at index 4",
         Duration::from_secs(5),
@@ -263,7 +216,7 @@ async fn an_index_that_goes_backwards_restarts_the_watch() {
     eventually(
         "the restarted watch sees b",
         Duration::from_secs(5),
-        async || targets(&gw).await == labels(&[&a, &b]),
+        async || gw.targets_of("users").await == labels(&[&a, &b]),
     )
     .await;
 }
@@ -273,11 +226,7 @@ async fn consul_going_down_keeps_the_last_set_and_its_return_is_picked_up() {
     let (a, b) = (spawn_ok("a").await, spawn_ok("b").await);
     let consul = FakeConsul::start("dc1").await;
     consul.register(instance("a", &a, &[]));
-    let gw = start(&consul, r#"{ kind = "consul", service = "users" }"#).await;
-    eventually("a is a target", Duration::from_secs(10), async || {
-        targets(&gw).await == labels(&[&a])
-    })
-    .await;
+    let gw = watching(&consul, &[&a]).await;
 
     consul.go_down();
     eventually(
@@ -289,7 +238,7 @@ async fn consul_going_down_keeps_the_last_set_and_its_return_is_picked_up() {
         },
     )
     .await;
-    assert_eq!(targets(&gw).await, labels(&[&a]));
+    assert_eq!(gw.targets_of("users").await, labels(&[&a]));
     for _ in 0..10 {
         assert_eq!(gw.get("/").await.status(), 200);
     }
@@ -299,7 +248,7 @@ async fn consul_going_down_keeps_the_last_set_and_its_return_is_picked_up() {
     eventually(
         "the watch resumes and sees b",
         Duration::from_secs(20),
-        async || targets(&gw).await == labels(&[&a, &b]),
+        async || gw.targets_of("users").await == labels(&[&a, &b]),
     )
     .await;
     let status = gw.admin_json("/status").await;
@@ -336,7 +285,7 @@ async fn a_removed_instance_finishes_its_requests_then_its_connections_close() {
     consul.register(Instance::new("a", "users", a.addr, &[]));
     let gw = start(&consul, r#"{ kind = "consul", service = "users" }"#).await;
     eventually("a is the target", Duration::from_secs(10), async || {
-        targets(&gw).await == vec![a.addr.to_string()]
+        gw.targets_of("users").await == vec![a.addr.to_string()]
     })
     .await;
 
@@ -354,7 +303,7 @@ async fn a_removed_instance_finishes_its_requests_then_its_connections_close() {
     consul.deregister("a");
     consul.register(instance("b", &b, &[]));
     eventually("b replaced a", Duration::from_secs(5), async || {
-        targets(&gw).await == labels(&[&b])
+        gw.targets_of("users").await == labels(&[&b])
     })
     .await;
     assert_eq!(in_flight.await.expect("the request task").ok(), Some(200));
@@ -389,7 +338,7 @@ health_check = { path = "/health", interval = "2s", timeout = "1s", unhealthy = 
     )
     .await;
     eventually("a and b are targets", Duration::from_secs(10), async || {
-        targets(&gw).await == labels(&[&a, &b])
+        gw.targets_of("users").await == labels(&[&a, &b])
     })
     .await;
     a.go_down();
@@ -402,7 +351,7 @@ health_check = { path = "/health", interval = "2s", timeout = "1s", unhealthy = 
 
     consul.register(instance("c", &c, &[]));
     eventually("c joined", Duration::from_secs(5), async || {
-        targets(&gw).await == labels(&[&a, &b, &c])
+        gw.targets_of("users").await == labels(&[&a, &b, &c])
     })
     .await;
     assert!(

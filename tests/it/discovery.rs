@@ -2,13 +2,19 @@
 //! upstream's name, with one-second TTLs; the test changes its records while traffic flows.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::dns::{DnsServer, Srv};
+use crate::common::traffic::Traffic;
+use crate::common::upstream::labels;
 use crate::common::upstream::{spawn_ok, spawn_ok_at};
 use crate::common::{eventually, Gateway, Upstream};
+
+/// A gateway whose upstream `users` is every address of `users.test` on `port`.
+async fn users_by_dns(dns: &DnsServer, port: u16) -> Gateway {
+    let discovery = format!(r#"{{ kind = "dns", name = "users.test", port = {port} }}"#);
+    Gateway::start(&dns_config(dns, &discovery, "")).await
+}
 
 /// Upstreams on `ips` sharing one port, as the addresses of one DNS name do.
 async fn on_one_port(ips: &[&str]) -> Vec<Upstream> {
@@ -49,27 +55,6 @@ upstream = "users"
     )
 }
 
-/// The targets `/status` lists for the upstream, sorted.
-async fn targets(gw: &Gateway) -> Vec<String> {
-    let status = gw.admin_json("/status").await;
-    let mut list: Vec<String> = status["upstreams"]["users"]["targets"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| t["target"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    list.sort();
-    list
-}
-
-fn labels(ups: &[&Upstream]) -> Vec<String> {
-    let mut list: Vec<String> = ups.iter().map(|u| u.addr.to_string()).collect();
-    list.sort();
-    list
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_address_of_a_name_is_a_target() {
     let ups = on_one_port(&["127.0.0.1", "127.0.0.2"]).await;
@@ -78,18 +63,12 @@ async fn every_address_of_a_name_is_a_target() {
         &[],
     )
     .await;
-    let port = ups[0].addr.port();
-    let gw = Gateway::start(&dns_config(
-        &dns,
-        &format!(r#"{{ kind = "dns", name = "users.test", port = {port} }}"#),
-        "",
-    ))
-    .await;
+    let gw = users_by_dns(&dns, ups[0].addr.port()).await;
     let want = labels(&[&ups[0], &ups[1]]);
     eventually(
         "both addresses are targets",
         Duration::from_secs(10),
-        async || targets(&gw).await == want,
+        async || gw.targets_of("users").await == want,
     )
     .await;
     for _ in 0..20 {
@@ -122,44 +101,18 @@ async fn a_changed_record_reaches_traffic_when_its_ttl_runs_out_and_no_request_f
         &[],
     )
     .await;
-    let port = ups[0].addr.port();
-    let gw = Gateway::start(&dns_config(
-        &dns,
-        &format!(r#"{{ kind = "dns", name = "users.test", port = {port} }}"#),
-        "",
-    ))
-    .await;
+    let gw = users_by_dns(&dns, ups[0].addr.port()).await;
     eventually(
         "the first two addresses are targets",
         Duration::from_secs(10),
-        async || targets(&gw).await == labels(&[&ups[0], &ups[1]]),
+        async || gw.targets_of("users").await == labels(&[&ups[0], &ups[1]]),
     )
     .await;
 
     // Traffic the whole time, from four clients.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (stop, sent, failed) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&failed));
-        let url = gw.url("/");
-        clients.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            while !stop.load(Ordering::Relaxed) {
-                let ok = client
-                    .get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                sent.fetch_add(1, Ordering::Relaxed);
-                if !ok {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let traffic = Traffic::start(&gw.url("/"), 4);
     eventually("traffic flows", Duration::from_secs(10), async || {
-        sent.load(Ordering::Relaxed) > 50
+        traffic.sent() > 50
     })
     .await;
 
@@ -169,30 +122,22 @@ async fn a_changed_record_reaches_traffic_when_its_ttl_runs_out_and_no_request_f
     eventually(
         "the new set is the upstream's",
         Duration::from_secs(10),
-        async || targets(&gw).await == labels(&[&ups[1], &ups[2]]),
+        async || gw.targets_of("users").await == labels(&[&ups[1], &ups[2]]),
     )
     .await;
     let took = changed.elapsed();
     eprintln!("discovery: the changed record reached the upstream in {took:?}");
     let first_gone = ups[0].hits();
     let third_before = ups[2].hits();
-    let before = sent.load(Ordering::Relaxed);
+    let before = traffic.sent();
     eventually(
         "traffic reaches the new address",
         Duration::from_secs(10),
-        async || ups[2].hits() > third_before + 20 && sent.load(Ordering::Relaxed) > before + 100,
+        async || ups[2].hits() > third_before + 20 && traffic.sent() > before + 100,
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("a client task");
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "of {} requests sent while the set changed",
-        sent.load(Ordering::Relaxed)
-    );
+    let (sent, failed) = traffic.stop().await;
+    assert_eq!(failed, 0, "of {} requests sent while the set changed", sent);
     // A request that had already chosen .1 may still finish there, but none starts later.
     assert!(
         ups[0].hits() <= first_gone + 4,
@@ -237,7 +182,7 @@ async fn srv_weights_split_traffic_and_a_lower_priority_serves_only_while_the_pr
     eventually(
         "the three SRV targets are the upstream's",
         Duration::from_secs(10),
-        async || targets(&gw).await.len() == 3,
+        async || gw.targets_of("users").await.len() == 3,
     )
     .await;
     let traffic = |up: &Upstream| up.seen().iter().filter(|s| s.uri == "/work").count();
@@ -292,17 +237,11 @@ async fn srv_weights_split_traffic_and_a_lower_priority_serves_only_while_the_pr
 async fn a_resolver_that_goes_away_leaves_the_last_set_serving() {
     let ups = on_one_port(&["127.0.0.1"]).await;
     let mut dns = DnsServer::start(&[("127.0.0.1", "users.test")], &[]).await;
-    let port = ups[0].addr.port();
-    let gw = Gateway::start(&dns_config(
-        &dns,
-        &format!(r#"{{ kind = "dns", name = "users.test", port = {port} }}"#),
-        "",
-    ))
-    .await;
+    let gw = users_by_dns(&dns, ups[0].addr.port()).await;
     eventually(
         "the address is a target",
         Duration::from_secs(10),
-        async || targets(&gw).await.len() == 1,
+        async || gw.targets_of("users").await.len() == 1,
     )
     .await;
 
@@ -316,7 +255,7 @@ async fn a_resolver_that_goes_away_leaves_the_last_set_serving() {
         },
     )
     .await;
-    assert_eq!(targets(&gw).await, labels(&[&ups[0]]));
+    assert_eq!(gw.targets_of("users").await, labels(&[&ups[0]]));
     for _ in 0..10 {
         assert_eq!(gw.get("/").await.status(), 200);
     }

@@ -38,6 +38,15 @@ expose_headers = ["x-request-id"]
 allow_credentials = true
 max_age = "10m""#;
 
+async fn get_from(gw: &Gateway, path: &str, origin: &str) -> reqwest::Response {
+    gw.client
+        .get(gw.url(path))
+        .header("origin", origin)
+        .send()
+        .await
+        .expect("an answer")
+}
+
 async fn preflight(gw: &Gateway, origin: &str, method: &str, headers: &str) -> reqwest::Response {
     gw.client
         .request(reqwest::Method::OPTIONS, gw.url("/items"))
@@ -102,13 +111,7 @@ async fn a_refused_preflight_gets_no_cors_header() {
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_to_an_allowed_origin_carry_cors_headers_and_others_none() {
     let (gw, up) = cors_gateway(APP, "", r#""web""#).await;
-    let allowed = gw
-        .client
-        .get(gw.url("/items"))
-        .header("origin", "https://app.example.com")
-        .send()
-        .await
-        .unwrap();
+    let allowed = get_from(&gw, "/items", "https://app.example.com").await;
     assert_eq!(allowed.status(), 200);
     let h = allowed.headers();
     assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
@@ -119,13 +122,7 @@ async fn answers_to_an_allowed_origin_carry_cors_headers_and_others_none() {
         .iter()
         .any(|v| v.to_str().unwrap().contains("Origin")));
 
-    let other = gw
-        .client
-        .get(gw.url("/items"))
-        .header("origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
+    let other = get_from(&gw, "/items", "https://evil.example").await;
     assert_eq!(
         other.status(),
         200,
@@ -151,13 +148,7 @@ async fn the_gateways_own_refusals_carry_cors_headers_so_the_page_can_read_them(
         r#""keys", "web""#,
     )
     .await;
-    let resp = gw
-        .client
-        .get(gw.url("/items"))
-        .header("origin", "https://app.example.com")
-        .send()
-        .await
-        .unwrap();
+    let resp = get_from(&gw, "/items", "https://app.example.com").await;
     assert_eq!(resp.status(), 401);
     assert_eq!(
         resp.headers()["access-control-allow-origin"],
@@ -181,13 +172,7 @@ async fn the_gateways_own_refusals_carry_cors_headers_so_the_page_can_read_them(
         pre.headers()["access-control-allow-origin"],
         "https://app.example.com"
     );
-    let refused = gw
-        .client
-        .get(gw.url("/items"))
-        .header("origin", "https://app.example.com")
-        .send()
-        .await
-        .unwrap();
+    let refused = get_from(&gw, "/items", "https://app.example.com").await;
     assert_eq!(refused.status(), 401);
     assert_eq!(
         refused.headers()["access-control-allow-origin"],
@@ -199,13 +184,7 @@ async fn the_gateways_own_refusals_carry_cors_headers_so_the_page_can_read_them(
 #[tokio::test(flavor = "multi_thread")]
 async fn any_origin_gets_a_star_and_credentials_with_a_star_are_a_config_error() {
     let (gw, _up) = cors_gateway(r#"allow_origins = ["*"]"#, "", r#""web""#).await;
-    let resp = gw
-        .client
-        .get(gw.url("/"))
-        .header("origin", "https://anyone.example")
-        .send()
-        .await
-        .unwrap();
+    let resp = get_from(&gw, "/", "https://anyone.example").await;
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     assert!(resp
         .headers()
