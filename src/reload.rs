@@ -125,6 +125,7 @@ impl BackgroundService for ConfigWatcher {
             }
         };
         let mut dirs = std::collections::BTreeSet::new();
+        let mut first = true;
         loop {
             // The folders of the config file and of every file its `[tls]` names, as the
             // config now serving has them.
@@ -152,16 +153,23 @@ impl BackgroundService for ConfigWatcher {
                     None
                 }
             };
-            let (mut change, mut tls_changed) = loop {
-                let (p, change) = tokio::select! {
-                    _ = shutdown.changed() => return,
-                    event = rx.recv() => match event {
-                        Some(event) => event,
-                        None => return,
-                    },
-                };
-                if let Some(w) = which(&p) {
-                    break (change, w == Watched::TlsFile);
+            // The first time round, a write between the config's load and the watch above
+            // made no event: the file is looked at once the watch is on, as after an event
+            // (a write still going on is waited out the same way).
+            let (mut change, mut tls_changed) = if std::mem::take(&mut first) {
+                (Change::Changing, false)
+            } else {
+                loop {
+                    let (p, change) = tokio::select! {
+                        _ = shutdown.changed() => return,
+                        event = rx.recv() => match event {
+                            Some(event) => event,
+                            None => return,
+                        },
+                    };
+                    if let Some(w) = which(&p) {
+                        break (change, w == Watched::TlsFile);
+                    }
                 }
             };
             // Until the writers are done: a close (or rename) followed by SETTLE of quiet.
