@@ -89,7 +89,22 @@ impl Gateway {
                 .expect("a client"),
         };
         gateway.wait_ready().await?;
+        if config.contains("${PORTICO_TLS}") {
+            gateway.wait_tls_listener().await?;
+        }
         Ok(gateway)
+    }
+
+    /// A TLS listener is bound by its own service, which may come up after the plain one.
+    async fn wait_tls_listener(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(self.tls_addr).await.is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("the TLS listener was not up in 20s:\n{}", self.stderr()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 
     async fn wait_ready(&mut self) -> Result<(), String> {
