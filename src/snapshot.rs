@@ -73,6 +73,10 @@ pub struct Route {
     /// Set when the route takes WebSocket upgrades (`websocket = true`): how long the
     /// upgraded connection may go with no bytes either way.
     pub tunnel_idle_timeout: Option<Duration>,
+    /// `rewrite`, compiled.
+    pub rewrite: Option<crate::proxy::rewrite::Rewrite>,
+    /// The largest request body this route takes: its own `max_request_body` or the server's.
+    pub max_request_body: u64,
 }
 
 /// `tunnel_idle_timeout` when a WebSocket route does not set it.
@@ -396,6 +400,26 @@ pub fn compile(
             }
         }
         let strip_segments = compile_strip_prefix(route, *index, matcher.as_ref(), &mut problems);
+        let rewrite = match &route.rewrite {
+            None => None,
+            Some(_) if route.strip_prefix.is_some() => {
+                problems.at(
+                    at("rewrite"),
+                    "a route has rewrite or strip_prefix, not both",
+                );
+                None
+            }
+            Some(spec) => match crate::proxy::rewrite::Rewrite::compile(&spec.pattern, &spec.to) {
+                Ok(rewrite) => Some(rewrite),
+                Err(e) => {
+                    problems.at(at("rewrite"), e);
+                    None
+                }
+            },
+        };
+        if route.max_request_body.is_some_and(|b| b.0 == 0) {
+            problems.at(at("max_request_body"), "must be greater than zero");
+        }
         if let (Some(matcher), Some((upstream, compose)), Some(strip_segments)) =
             (matcher, target, strip_segments)
         {
@@ -413,6 +437,10 @@ pub fn compile(
                     cache,
                     timeout: route.timeout.map(|t| t.0),
                     tunnel_idle_timeout,
+                    rewrite,
+                    max_request_body: route
+                        .max_request_body
+                        .map_or(server.max_request_body, |b| b.0),
                 }),
             ));
         }

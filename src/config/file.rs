@@ -546,6 +546,18 @@ pub struct RouteSection {
     pub websocket: bool,
     /// An upgraded connection with no bytes either way this long is closed (default 5m).
     pub tunnel_idle_timeout: Option<ConfigDuration>,
+    /// A regex path rewrite before the request goes upstream (instead of `strip_prefix`).
+    pub rewrite: Option<RewriteSpec>,
+    /// This route's limit on request bodies, instead of `server.max_request_body`.
+    pub max_request_body: Option<ByteSize>,
+}
+
+/// `rewrite = { pattern = "^/api/v1/(.*)$", to = "/v1/$1" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteSpec {
+    pub pattern: String,
+    pub to: String,
 }
 
 /// `compose = { timeout = "2s", calls = [...] }`: one call, many services, one answer.

@@ -16,6 +16,7 @@ mod record;
 mod request;
 pub mod request_headers;
 mod response;
+pub mod rewrite;
 pub mod target;
 mod upstream;
 

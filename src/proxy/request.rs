@@ -72,16 +72,6 @@ impl Portico {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared_length.is_some_and(|n| n > snapshot.server.max_request_body) {
-            let detail = format!(
-                "the request body is larger than {} bytes",
-                snapshot.server.max_request_body
-            );
-            return self
-                .reject(session, ctx, ErrorCode::PayloadTooLarge, &detail, &[])
-                .await;
-        }
-
         let route = match match_route(snapshot, req, req.uri.path()) {
             RouteMatch::Found(route) => Arc::clone(route),
             RouteMatch::NotFound => {
@@ -107,6 +97,15 @@ impl Portico {
             }
         };
         ctx.phases.mark(Phase::Route);
+        if declared_length.is_some_and(|n| n > route.max_request_body) {
+            let detail = format!(
+                "the request body is larger than {} bytes",
+                route.max_request_body
+            );
+            return self
+                .reject(session, ctx, ErrorCode::PayloadTooLarge, &detail, &[])
+                .await;
+        }
         // A gRPC call's own deadline shortens the route's.
         let grpc_timeout = ctx.grpc.then(|| super::grpc::timeout(req)).flatten();
         if super::forwarding::is_websocket_upgrade(req) {
@@ -367,7 +366,10 @@ impl Portico {
         }
         if let Some(chunk) = chunk {
             ctx.body_bytes += chunk.len() as u64;
-            if ctx.body_bytes > server.max_request_body {
+            let limit = ctx
+                .route()
+                .map_or(server.max_request_body, |r| r.max_request_body);
+            if ctx.body_bytes > limit {
                 return Err(
                     crate::proxy::failure::GatewayError::new(ErrorCode::PayloadTooLarge)
                         .into_error("request body over max_request_body"),

@@ -55,7 +55,21 @@ impl Portico {
         };
         // The target goes upstream as it was routed, never as the client's raw bytes.
         let routed = &session.req_header().uri;
-        if route.strip_segments > 0 {
+        let rewritten = match &route.rewrite {
+            Some(rewrite) => rewrite
+                .apply(routed.path(), routed.query())
+                .map_err(|why| {
+                    GatewayError::new(ErrorCode::BadRequest)
+                        .into_error(format!("the rewritten path is refused: {}", why.detail()))
+                })?,
+            None => None,
+        };
+        if let Some(target) = rewritten {
+            let uri: Uri = target.parse().map_err(|e| {
+                Error::because(ErrorType::InternalError, "rewriting the upstream path", e)
+            })?;
+            upstream.set_uri(uri);
+        } else if route.strip_segments > 0 {
             let path = strip_segments(routed.path(), route.strip_segments);
             let uri = match routed.query() {
                 Some(q) => format!("{path}?{q}"),

@@ -100,7 +100,10 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(self.tls_addr).await.is_err() {
             if Instant::now() > deadline {
-                return Err(format!("the TLS listener was not up in 20s:\n{}", self.stderr()));
+                return Err(format!(
+                    "the TLS listener was not up in 20s:\n{}",
+                    self.stderr()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

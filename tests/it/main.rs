@@ -26,6 +26,7 @@ mod policy;
 mod rate_limit;
 mod reload;
 mod resilience;
+mod rewrite;
 mod routing;
 mod slow;
 mod soak;
