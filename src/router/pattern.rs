@@ -47,6 +47,12 @@ impl PathPattern {
                     ));
                 }
                 segments.push(Segment::Capture(name.into()));
+            } else if segment.contains('*') {
+                // `/api/**` would be a literal segment `**`, matching nothing a user meant.
+                return Err(format!(
+                    "\"{segment}\" in \"{text}\": routes have no wildcards; a path matches by prefix, so \"/{}\" already covers everything under it",
+                    text.trim_start_matches('/').split("/*").next().unwrap_or_default()
+                ));
             } else if segment.contains(['{', '}', '%', ';', '\\', '?', '#']) {
                 return Err(format!(
                     "segment \"{segment}\" in \"{text}\" has a character routes cannot match"
@@ -189,10 +195,16 @@ mod tests {
     #[test]
     fn bad_patterns_are_named() {
         for bad in [
-            "api", "/a//b", "/a/../b", "/{}", "/{a-b}", "/{x}/{x}", "/a%2f", "/a;b",
+            "api", "/a//b", "/a/../b", "/{}", "/{a-b}", "/{x}/{x}", "/a%2f", "/a;b", "/api/**",
+            "/api/*/x",
         ] {
             assert!(PathPattern::parse(bad).is_err(), "{bad}");
         }
+        let wildcard = PathPattern::parse("/api/v1/**").unwrap_err();
+        assert!(
+            wildcard.contains("\"/api/v1\" already covers"),
+            "{wildcard}"
+        );
     }
 
     #[test]
