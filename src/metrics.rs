@@ -22,6 +22,8 @@ pub struct Metrics {
     pub circuit_breaker_state: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub compose_calls: IntCounterVec,
+    /// Answers a route's `fallback` gave instead of the gateway's 502/503/504.
+    pub fallback_responses: IntCounterVec,
     /// gRPC calls answered, by route and `grpc-status` (its name).
     pub grpc_requests: IntCounterVec,
     pub config_generation: IntGauge,
@@ -102,6 +104,13 @@ impl Metrics {
             ),
             &["route", "grpc_status"],
         )?;
+        let fallback_responses = IntCounterVec::new(
+            Opts::new(
+                "portico_fallback_responses_total",
+                "Answers a route's fallback gave instead of a 502, 503 or 504, by route and the code it stood in for.",
+            ),
+            &["route", "code"],
+        )?;
         let compose_calls = IntCounterVec::new(
             Opts::new(
                 "portico_compose_calls_total",
@@ -178,6 +187,7 @@ impl Metrics {
         registry.register(Box::new(upstream_requests.clone()))?;
         registry.register(Box::new(upstream_target_healthy.clone()))?;
         registry.register(Box::new(upstream_targets.clone()))?;
+        registry.register(Box::new(fallback_responses.clone()))?;
         registry.register(Box::new(discovery_refreshes.clone()))?;
         registry.register(Box::new(circuit_breaker_state.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
@@ -194,6 +204,7 @@ impl Metrics {
             upstream_requests,
             upstream_target_healthy,
             upstream_targets,
+            fallback_responses,
             discovery_refreshes,
             circuit_breaker_state,
             config_reloads,

@@ -77,6 +77,63 @@ pub struct Route {
     pub rewrite: Option<crate::proxy::rewrite::Rewrite>,
     /// The largest request body this route takes: its own `max_request_body` or the server's.
     pub max_request_body: u64,
+    /// `fallback`, read: what the route answers instead of the gateway's 502/503/504.
+    pub fallback: Option<Arc<Fallback>>,
+}
+
+/// A route's stand-in answer for when its upstream cannot give one (down, open, too slow).
+pub struct Fallback {
+    pub status: http::StatusCode,
+    pub content_type: http::HeaderValue,
+    pub body: bytes::Bytes,
+}
+
+/// The largest fallback body: it is held in memory with the config.
+const MAX_FALLBACK_BODY: u64 = 1 << 20;
+
+fn compile_fallback(
+    spec: &config::file::FallbackSpec,
+    config_dir: &Path,
+    at: &str,
+    problems: &mut Problems,
+) -> Option<Arc<Fallback>> {
+    let status = match http::StatusCode::from_u16(spec.status) {
+        Ok(s) if (200..=599).contains(&spec.status) => s,
+        _ => {
+            problems.at(format!("{at}.status"), "must be a status from 200 to 599");
+            return None;
+        }
+    };
+    let content_type = spec.content_type.as_deref().unwrap_or("application/json");
+    let Ok(content_type) = http::HeaderValue::from_str(content_type) else {
+        problems.at(format!("{at}.content_type"), "is not a valid header value");
+        return None;
+    };
+    let path = config_dir.join(&spec.body_file);
+    let body = match std::fs::metadata(&path) {
+        Ok(m) if m.len() > MAX_FALLBACK_BODY => {
+            problems.at(
+                format!("{at}.body_file"),
+                format!("{} is over 1 MiB", path.display()),
+            );
+            return None;
+        }
+        _ => match std::fs::read(&path) {
+            Ok(body) => body,
+            Err(e) => {
+                problems.at(
+                    format!("{at}.body_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                return None;
+            }
+        },
+    };
+    Some(Arc::new(Fallback {
+        status,
+        content_type,
+        body: body.into(),
+    }))
 }
 
 /// `tunnel_idle_timeout` when a WebSocket route does not set it.
@@ -417,6 +474,10 @@ pub fn compile(
                 }
             },
         };
+        let fallback = route
+            .fallback
+            .as_ref()
+            .and_then(|f| compile_fallback(f, &config_dir, &at("fallback"), &mut problems));
         if route.max_request_body.is_some_and(|b| b.0 == 0) {
             problems.at(at("max_request_body"), "must be greater than zero");
         }
@@ -441,6 +502,7 @@ pub fn compile(
                     max_request_body: route
                         .max_request_body
                         .map_or(server.max_request_body, |b| b.0),
+                    fallback,
                 }),
             ));
         }

@@ -550,6 +550,22 @@ pub struct RouteSection {
     pub rewrite: Option<RewriteSpec>,
     /// This route's limit on request bodies, instead of `server.max_request_body`.
     pub max_request_body: Option<ByteSize>,
+    /// What the route answers instead of the gateway's 502/503/504.
+    pub fallback: Option<FallbackSpec>,
+}
+
+/// `fallback = { status = 200, body_file = "fallback/posts.json", content_type = "application/json" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackSpec {
+    #[serde(default = "default_fallback_status")]
+    pub status: u16,
+    pub body_file: String,
+    pub content_type: Option<String>,
+}
+
+fn default_fallback_status() -> u16 {
+    200
 }
 
 /// `rewrite = { pattern = "^/api/v1/(.*)$", to = "/v1/$1" }`.

@@ -114,6 +114,28 @@ impl Portico {
                     Vec::new()
                 };
             extra.extend(request::answer_headers(session, ctx));
+            let fallback = ctx.route().and_then(|r| {
+                r.fallback
+                    .as_ref()
+                    .map(|f| (Arc::clone(&r.name), Arc::clone(f)))
+            });
+            let stands_in = matches!(
+                code,
+                ErrorCode::BadGateway | ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout
+            );
+            if let (Some((route, fallback)), true, false) = (fallback, stands_in, ctx.grpc) {
+                let cors = request::answer_headers(session, ctx);
+                match request::respond_fallback(session, ctx, &fallback, cors).await {
+                    Ok(()) => self
+                        .state
+                        .metrics
+                        .fallback_responses
+                        .with_label_values(&[&route, code.as_str()])
+                        .inc(),
+                    Err(write_error) => log::debug!("could not send the fallback: {write_error}"),
+                }
+                return Some(code);
+            }
             let detail = failure::detail(code);
             if let Err(write_error) =
                 problem::respond(session, code, detail, ctx.id(), &extra).await

@@ -250,6 +250,35 @@ async fn respond(session: &mut Session, ctx: &RequestCtx, answer: Answer) -> Res
     session.write_response_header(Box::new(resp), true).await
 }
 
+/// A route's `fallback` in place of the gateway's 502/503/504: marked `Portico-Fallback: 1`
+/// and `Cache-Control: no-store`, so no cache keeps it as the upstream's answer.
+pub(super) async fn respond_fallback(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    fallback: &crate::snapshot::Fallback,
+    extra: Vec<(HeaderName, HeaderValue)>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(fallback.status, Some(extra.len() + 5))?;
+    resp.insert_header(http::header::CONTENT_TYPE, fallback.content_type.clone())?;
+    resp.insert_header(http::header::CONTENT_LENGTH, fallback.body.len())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header("portico-fallback", "1")?;
+    resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+    for (name, value) in extra {
+        resp.append_header(name, value)?;
+    }
+    let head_only = session.req_header().method == Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(fallback.body.clone()), true)
+            .await?;
+    }
+    Ok(())
+}
+
 /// What a slow client may hold: the answer goes out at `min_send_rate` at least (or each
 /// write within `send_timeout`), and a body must arrive within `body_timeout`. A client that
 /// sends its whole request and then closes its side (HTTP/1.0 tools do) still gets its

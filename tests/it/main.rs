@@ -15,6 +15,7 @@ mod connections;
 mod consul;
 mod discovery;
 mod failures;
+mod fallback;
 mod grpc;
 mod headers;
 mod heads;
