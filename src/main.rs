@@ -70,6 +70,7 @@ fn daemonize() -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    portico::server::ignore_hangups_until_handled();
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)

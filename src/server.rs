@@ -185,3 +185,17 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     );
     server.run_forever()
 }
+
+/// SIGHUP means "reload" once the `sighup reload` service listens for it, but until then
+/// its default action ends the process: an operator's (or a deploy script's) HUP in the
+/// first moments after start (while the config loads, the services start) would kill the
+/// gateway. `main` ignores it first thing; the service's handler replaces this disposition
+/// when it starts, and a change to the file made meanwhile is still seen by the watcher.
+#[allow(unsafe_code)]
+pub fn ignore_hangups_until_handled() {
+    // SAFETY: setting a signal's disposition to SIG_IGN touches no memory of ours, and no
+    // other thread installs a SIGHUP handler before the services start.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
