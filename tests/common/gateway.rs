@@ -410,6 +410,15 @@ impl Drop for Gateway {
     }
 }
 
+/// `config` (with the kit's defaults) written to a file and checked with `portico -t`: exit
+/// code and everything printed.
+pub fn validate_text(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("portico.toml");
+    std::fs::write(&path, with_defaults(config)).expect("write the config");
+    validate(&path)
+}
+
 /// Run `portico -t -c FILE`: exit code and everything printed.
 pub fn validate(path: &std::path::Path) -> (i32, String) {
     validate_with_env(path, &[])

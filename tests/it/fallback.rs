@@ -88,16 +88,9 @@ async fn the_upstreams_own_errors_and_answers_pass_unchanged() {
 
 #[test]
 fn a_fallback_whose_file_cannot_be_read_is_a_config_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portico.toml");
-    std::fs::write(
-        &path,
-        crate::common::gateway::with_defaults(
+    let (code, out) = crate::common::gateway::validate_text(
             "[upstreams.app]\ntargets = [\"127.0.0.1:1\"]\n\n[[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"app\"\nfallback = { status = 700, body_file = \"x.json\" }\n\n[[routes]]\nname = \"b\"\npath = \"/b\"\nupstream = \"app\"\nfallback = { body_file = \"missing.json\" }\n",
-        ),
-    )
-    .unwrap();
-    let (code, out) = crate::common::gateway::validate(&path);
+    );
     assert_ne!(code, 0);
     assert!(out.contains("routes[0].fallback.status"), "{out}");
     assert!(

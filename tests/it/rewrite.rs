@@ -98,16 +98,9 @@ async fn a_route_takes_bodies_up_to_its_own_limit() {
 
 #[test]
 fn rewrite_mistakes_are_config_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portico.toml");
-    std::fs::write(
-        &path,
-        crate::common::gateway::with_defaults(
+    let (code, out) = crate::common::gateway::validate_text(
             "[upstreams.app]\ntargets = [\"127.0.0.1:1\"]\n\n[[routes]]\nname = \"a\"\npath = \"/a\"\nupstream = \"app\"\nrewrite = { pattern = \"^/a/(.*)$\", to = \"/b/$2\" }\n\n[[routes]]\nname = \"b\"\npath = \"/b\"\nupstream = \"app\"\nstrip_prefix = \"/b\"\nrewrite = { pattern = \"^/b\", to = \"/\" }\n",
-        ),
-    )
-    .unwrap();
-    let (code, out) = crate::common::gateway::validate(&path);
+    );
     assert_ne!(code, 0);
     assert!(
         out.contains("routes[0].rewrite") && out.contains("$2"),
