@@ -113,7 +113,7 @@ impl Portico {
                 } else {
                     Vec::new()
                 };
-            extra.extend(request::answer_headers(session, ctx));
+            let plugin_headers = request::answer_headers(session, ctx);
             let fallback = ctx.route().and_then(|r| {
                 r.fallback
                     .as_ref()
@@ -124,8 +124,7 @@ impl Portico {
                 ErrorCode::BadGateway | ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout
             );
             if let (Some((route, fallback)), true, false) = (fallback, stands_in, ctx.grpc) {
-                let cors = request::answer_headers(session, ctx);
-                match request::respond_fallback(session, ctx, &fallback, cors).await {
+                match request::respond_fallback(session, ctx, &fallback, plugin_headers).await {
                     Ok(()) => self
                         .state
                         .metrics
@@ -136,6 +135,7 @@ impl Portico {
                 }
                 return Some(code);
             }
+            extra.extend(plugin_headers);
             let detail = failure::detail(code);
             if let Err(write_error) =
                 problem::respond(session, code, detail, ctx.id(), &extra).await

@@ -41,8 +41,6 @@ pub struct DiscoveryStatus {
     pub last_refresh: Option<SystemTime>,
     /// What the last lookup failed with; cleared by the next success.
     pub last_error: Option<String>,
-    /// Whether a lookup ever succeeded: until then the upstream has no target.
-    pub resolved: bool,
 }
 
 impl Upstream {
@@ -91,7 +89,6 @@ impl Discovery {
             Ok(()) => {
                 status.last_refresh = Some(SystemTime::now());
                 status.last_error = None;
-                status.resolved = true;
             }
             Err(e) => status.last_error = Some(e),
         }

@@ -25,6 +25,7 @@ use futures_util::FutureExt;
 use http::HeaderName;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
+use pingora_load_balancing::discovery::Static as StaticSet;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
 use pingora_load_balancing::{Backend, Backends};
 
@@ -153,8 +154,6 @@ pub struct UpstreamPool {
     health: Option<HealthSchedule>,
     /// Rotates the start of least-connections scans so ties spread out.
     tie_breaker: AtomicUsize,
-    /// What the TLS files held when the pool was built (`tls::TlsMaterial::fingerprint`).
-    tls_fingerprint: Option<u64>,
     settings: TargetSettings,
     /// Whether targets differ in priority (SRV), so `select` must find the group to use.
     prioritized: bool,
@@ -171,7 +170,8 @@ impl UpstreamPool {
     /// that finds them changed builds the pool again, with new connections.
     pub fn tls_files_unchanged(&self, config_dir: &std::path::Path) -> bool {
         let now = tls::load(self.spec.protocol, self.spec.tls.as_ref(), config_dir);
-        now.ok().map(|m| m.map(|m| m.fingerprint)) == Some(self.tls_fingerprint)
+        let built = self.settings.tls.as_ref().map(|m| m.fingerprint);
+        now.ok().map(|m| m.map(|m| m.fingerprint)) == Some(built)
     }
 
     /// Build a pool from its config. Target host names are resolved here, once.
@@ -313,21 +313,14 @@ impl UpstreamPool {
     pub fn with_found(&self, found: &[Found]) -> Result<UpstreamPool, String> {
         let targets = found
             .iter()
-            .map(|f| {
-                let kept = self.targets.iter().find(|t| {
-                    t.found_addr() == Some(f.addr)
-                        && t.weight == f.weight
-                        && t.priority == f.priority
-                });
-                match kept {
-                    Some(t) => Arc::clone(t),
-                    None => Arc::new(Target::new(
-                        f.addr.to_string().into(),
-                        f,
-                        &self.spec,
-                        &self.settings,
-                    )),
-                }
+            .map(|f| match self.targets.iter().find(|t| t.is(f)) {
+                Some(t) => Arc::clone(t),
+                None => Arc::new(Target::new(
+                    f.addr.to_string().into(),
+                    f,
+                    &self.spec,
+                    &self.settings,
+                )),
             })
             .collect();
         Self::assemble(
@@ -354,7 +347,7 @@ impl UpstreamPool {
                 .filter(|t| t.priority == priority)
                 .map(|t| t.backend.clone())
                 .collect();
-            let balancer = Balancer::new(spec.balance, Backends::new(discovery_static(set)));
+            let balancer = Balancer::new(spec.balance, Backends::new(StaticSet::new(set)));
             // Static discovery completes without waiting; the selector is ready afterwards.
             match balancer.update().now_or_never() {
                 Some(Ok(())) => {}
@@ -384,7 +377,6 @@ impl UpstreamPool {
                 running: AtomicBool::new(false),
             }),
             tie_breaker: AtomicUsize::new(0),
-            tls_fingerprint: settings.tls.as_ref().map(|m| m.fingerprint),
             settings,
             prioritized,
         })
@@ -593,8 +585,12 @@ impl Target {
         }
     }
 
-    fn found_addr(&self) -> Option<SocketAddr> {
-        self.backend.addr.as_inet().copied()
+    /// Whether this is the target discovery found as `found`: the same address, weight
+    /// and priority (a target that stays keeps its state across generations).
+    fn is(&self, found: &Found) -> bool {
+        self.backend.addr.as_inet() == Some(&found.addr)
+            && self.weight == found.weight
+            && self.priority == found.priority
     }
 
     /// Run this target's health check once and count it: the verdict after it, and whether
@@ -621,12 +617,6 @@ impl Target {
         self.healthy.store(now, Ordering::Relaxed);
         (now, now != was)
     }
-}
-
-/// A fixed set for pingora's balancer: discovery is Portico's, and each change of the set
-/// is a new pool generation with a balancer of its own.
-fn discovery_static(set: BTreeSet<Backend>) -> Box<pingora_load_balancing::discovery::Static> {
-    pingora_load_balancing::discovery::Static::new(set)
 }
 
 /// Counts one attempt in flight to one target for as long as it lives, so the count is

@@ -9,7 +9,7 @@
 //! nothing new cannot spin).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use http::Uri;
@@ -133,14 +133,12 @@ impl Watch {
     }
 
     /// The next answer: at once the first time (and after a reset), else when the service
-    /// changes or `WAIT` passes. The instances found (all of them, possibly none) and
-    /// whether the index moved.
-    pub async fn next(&mut self) -> Result<(Vec<Found>, bool), String> {
+    /// changes or `WAIT` passes. The instances found (all of them, possibly none).
+    pub async fn next(&mut self) -> Result<Vec<Found>, String> {
         let path = format!("{}&index={}", self.path, self.index);
         let (index, body) = self.get(&path).await?;
         let entries: Vec<Entry> = serde_json::from_slice(&body)
             .map_err(|e| format!("Consul's answer is not a list of instances: {e}"))?;
-        let moved = index != self.index;
         self.index = next_index(self.index, index);
         let mut found = Vec::new();
         for entry in entries {
@@ -171,7 +169,7 @@ impl Watch {
                 host,
             });
         }
-        Ok((found, moved))
+        Ok(found)
     }
 
     async fn get(&self, path: &str) -> Result<(u64, bytes::Bytes), String> {
@@ -261,11 +259,6 @@ fn encode(text: &str) -> String {
         }
     }
     out
-}
-
-/// When the next query may start, given when this one did.
-pub fn next_start(started: Instant) -> Instant {
-    started + MIN_INTERVAL
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ impl Source {
             }
             Source::Consul(watch) => {
                 let watch = watch.as_mut().map_err(|e| e.clone())?;
-                let (found, _moved) = watch.next().await.inspect_err(|_| watch.reset())?;
+                let found = watch.next().await.inspect_err(|_| watch.reset())?;
                 Ok(Answer {
                     found,
                     valid_until: None,
@@ -200,7 +200,9 @@ async fn watch(upstream: Weak<Upstream>, state: Arc<GatewayState>) {
                     Some(until) => until
                         .saturating_duration_since(Instant::now())
                         .clamp(section.min_ttl.0, section.max_ttl.0),
-                    None => consul::next_start(started).saturating_duration_since(Instant::now()),
+                    None => {
+                        (started + consul::MIN_INTERVAL).saturating_duration_since(Instant::now())
+                    }
                 }
             }
             Err(e) => {
@@ -223,11 +225,7 @@ fn apply(live: &Upstream, mut found: Vec<Found>, state: &GatewayState) {
     found.dedup_by(|a, b| a.addr == b.addr);
     let current = live.current();
     let unchanged = current.targets.len() == found.len()
-        && current.targets.iter().zip(&found).all(|(t, f)| {
-            t.backend.addr.as_inet() == Some(&f.addr)
-                && t.weight == f.weight
-                && t.priority == f.priority
-        });
+        && current.targets.iter().zip(&found).all(|(t, f)| t.is(f));
     let name = &live.name;
     if !unchanged {
         match current.with_found(&found) {
