@@ -39,6 +39,34 @@ pub enum StartError {
     AccessLog(std::io::Error),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// Fail at once, naming the address, when another process holds one of ours (as nginx and
+/// HAProxy do). Pingora would retry the bind for 30 s while the admin API answers, so the
+/// instance looks alive and ready while it serves nothing. Not on `-u`: the listeners then
+/// come from the running instance. The check binds as Pingora does (with SO_REUSEADDR, so a
+/// port left in TIME_WAIT passes) and lets go at once.
+fn check_listen_addresses(
+    addrs: impl IntoIterator<Item = std::net::SocketAddr>,
+) -> Result<(), StartError> {
+    for addr in addrs {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        };
+        socket
+            .and_then(|s| {
+                s.set_reuseaddr(true)?;
+                s.bind(addr)
+            })
+            .map_err(|error| StartError::Listen { addr, error })?;
+    }
+    Ok(())
 }
 
 /// Build the server for a compiled snapshot and run it until it is told to stop. `metrics`
@@ -48,6 +76,11 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     let access_log =
         AccessLog::start(&server_settings.access_log).map_err(StartError::AccessLog)?;
     let admin_listen = snapshot.admin_listen;
+    if !options.upgrade {
+        let tls = snapshot.tls.iter().flat_map(|t| t.listen.iter().copied());
+        let plain = server_settings.listen.iter().copied();
+        check_listen_addresses(plain.chain(tls).chain([admin_listen]))?;
+    }
     let state = GatewayState::new(snapshot, options.config_path, metrics, access_log);
     // The config is valid and about to serve: what its plugins run in the background starts.
     state.current().start();

@@ -126,9 +126,19 @@ impl Gateway {
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 200);
-            // The proxy listener is up too once it accepts a connection.
-            if ready && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            // The proxy listener is up too once this process holds it: a connection that is
+            // accepted could reach another test's server, which took the port after the kit
+            // chose it (the gateway then waits to bind, and says so).
+            if ready
+                && self
+                    .child
+                    .as_ref()
+                    .is_some_and(|c| listens(c.id(), self.addr.port()))
+            {
                 return Ok(());
+            }
+            if self.stderr().contains("is in use") {
+                return Err(format!("Address already in use:\n{}", self.stderr()));
             }
             if Instant::now() > deadline {
                 return Err(format!("portico was not ready in 20s:\n{}", self.stderr()));
@@ -408,6 +418,38 @@ impl Drop for Gateway {
             eprintln!("--- gateway stderr ---\n{}--- end ---", self.stderr());
         }
     }
+}
+
+/// Whether process `pid` holds a listening TCP socket on `port` (any address): its socket
+/// inodes, from `/proc/PID/fd`, against the listening entries of `/proc/net/tcp{,6}`.
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let inodes: std::collections::HashSet<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // local_address, st (0A: LISTEN), inode
+                fields.len() > 9
+                    && fields[1].ends_with(&port)
+                    && fields[3] == "0A"
+                    && inodes.contains(fields[9])
+            })
+        })
+    })
 }
 
 /// `config` (with the kit's defaults) written to a file and checked with `portico -t`: exit

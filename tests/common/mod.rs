@@ -63,3 +63,23 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }
+
+/// A port on 127.0.0.1 where connections are refused, for as long as this lives: a socket is
+/// bound there and never listens. A port that was merely free a moment ago will not do for a
+/// dead target: another test's server may take it, and the dead target answers.
+pub struct RefusedPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+pub fn refused_port() -> RefusedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("a free port on 127.0.0.1");
+    let port = socket.local_addr().expect("a bound address").port();
+    RefusedPort {
+        port,
+        _socket: socket,
+    }
+}

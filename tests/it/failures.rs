@@ -3,14 +3,15 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    eventually, free_port, one_route, spawn_upstream, upstream::spawn_ok, Gateway, Reply,
+    eventually, one_route, refused_port, spawn_upstream, upstream::spawn_ok, Gateway, Reply,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_upstream_is_a_502() {
-    let dead = free_port();
+    let dead = refused_port();
     let gw = Gateway::start(&format!(
-        "[upstreams.dead]\ntargets = [\"127.0.0.1:{dead}\"]\n\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"dead\"\n"
+        "[upstreams.dead]\ntargets = [\"127.0.0.1:{}\"]\n\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"dead\"\n",
+        dead.port
     ))
     .await;
     let resp = gw.get("/x").await;
@@ -20,7 +21,7 @@ async fn an_unreachable_upstream_is_a_502() {
     assert_eq!(body["code"], "bad_gateway");
     let text = body.to_string();
     assert!(
-        !text.contains(&dead.to_string()),
+        !text.contains(&dead.port.to_string()),
         "no internal address in the answer: {text}"
     );
 }

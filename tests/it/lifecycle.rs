@@ -288,3 +288,41 @@ async fn dash_d_runs_in_the_background_with_its_threads_alive() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listen_address_another_process_holds_ends_the_start_naming_it() {
+    // Another server already listens where the gateway is told to.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let [admin] = crate::common::free_ports();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portico.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"{}\"]\nupgrade_sock = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{}",
+            addr,
+            dir.path().join("upgrade.sock").display(),
+            one_route("app", "127.0.0.1:1".parse().unwrap(), "", "/")
+        ),
+    )
+    .unwrap();
+    // It ends at once with the address named, not after Pingora's 30 s of retries with its
+    // admin API answering as if it served.
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new(crate::common::gateway::binary())
+            .arg("-c")
+            .arg(&config)
+            .output(),
+    )
+    .await
+    .expect("the gateway ends within 10 s")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+}

@@ -223,11 +223,11 @@ async fn a_post_whose_body_went_out_is_never_sent_again() {
 async fn a_connect_failure_is_retried_for_any_method() {
     let good = FaultyUpstream::start("good", Fault::Healthy).await;
     // Nothing listens on the other target: its connections are refused.
-    let refused = crate::common::free_port();
+    let refused = crate::common::refused_port();
     let gw = Gateway::start(&format!(
-        "[upstreams.app]\ntargets = [\"127.0.0.1:{refused}\", \"{}\"]\nretry = {{ attempts = 1 }}\n\n\
+        "[upstreams.app]\ntargets = [\"127.0.0.1:{}\", \"{}\"]\nretry = {{ attempts = 1 }}\n\n\
          [[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"app\"\n",
-        good.addr
+        refused.port, good.addr
     ))
     .await;
     for _ in 0..4 {
