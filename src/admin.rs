@@ -136,6 +136,7 @@ impl AdminApi {
                     "path": matcher.path.to_string(),
                     "methods": matcher.methods.as_ref().map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
                     "upstream": route.upstream.as_ref().map(|u| &*u.name),
+                    "split": route.split.as_ref().map(|s| s.upstreams().map(|(u, weight)| json!({ "upstream": &*u.name, "weight": weight })).collect::<Vec<_>>()),
                     "compose": route.compose.as_ref().map(|c| c.calls.iter().map(|call| &*call.key).collect::<Vec<_>>()),
                     "plugins": route.plugins.iter().map(|(name, _)| &**name).collect::<Vec<_>>(),
                     "cache": route.cache.is_some(),

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub compose_calls: IntCounterVec,
     /// Answers a route's `fallback` gave instead of the gateway's 502/503/504.
     pub fallback_responses: IntCounterVec,
+    /// Requests on split routes, by route and the variant's upstream.
+    pub split_requests: IntCounterVec,
     /// gRPC calls answered, by route and `grpc-status` (its name).
     pub grpc_requests: IntCounterVec,
     pub config_generation: IntGauge,
@@ -61,6 +63,13 @@ impl Metrics {
                 10.0,
             ]),
             &["route"],
+        )?;
+        let split_requests = IntCounterVec::new(
+            Opts::new(
+                "portico_split_requests_total",
+                "Requests on routes with a split, by route and the variant's upstream.",
+            ),
+            &["route", "upstream"],
         )?;
         let upstream_requests = IntCounterVec::new(
             Opts::new(
@@ -188,6 +197,7 @@ impl Metrics {
         registry.register(Box::new(upstream_target_healthy.clone()))?;
         registry.register(Box::new(upstream_targets.clone()))?;
         registry.register(Box::new(fallback_responses.clone()))?;
+        registry.register(Box::new(split_requests.clone()))?;
         registry.register(Box::new(discovery_refreshes.clone()))?;
         registry.register(Box::new(circuit_breaker_state.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
@@ -205,6 +215,7 @@ impl Metrics {
             upstream_target_healthy,
             upstream_targets,
             fallback_responses,
+            split_requests,
             discovery_refreshes,
             circuit_breaker_state,
             config_reloads,

@@ -15,6 +15,7 @@ use portico_plugins::Plugin;
 use crate::cache::CachePolicy;
 use crate::compose::Composition;
 use crate::config::{self, ConfigErrors, ParsedConfig, PluginBody, Problems, RouteSection};
+use crate::proxy::split::{Split, SplitKey, MAX_VARIANTS};
 use crate::router::{HostMatch, PathPattern, RouteMatcher, RouteTable};
 use crate::upstream::live::{Discovery, Upstream};
 use crate::upstream::UpstreamPool;
@@ -60,6 +61,8 @@ pub struct Route {
     pub name: Arc<str>,
     /// Set for a proxied route.
     pub upstream: Option<Arc<Upstream>>,
+    /// Set for a route that splits its requests among upstreams (`split`).
+    pub split: Option<Arc<Split>>,
     /// Set for a composition route.
     pub compose: Option<Arc<Composition>>,
     pub pattern: PathPattern,
@@ -90,6 +93,64 @@ pub struct Fallback {
 
 /// The largest fallback body: it is held in memory with the config.
 const MAX_FALLBACK_BODY: u64 = 1 << 20;
+
+/// `split` and `split_key`: variants naming known upstreams, at least one with a weight.
+fn compile_split(
+    route: &config::RouteSection,
+    index: usize,
+    pools: &BTreeMap<String, Arc<Upstream>>,
+    broken_upstreams: &[String],
+    problems: &mut Problems,
+) -> Option<Arc<Split>> {
+    let at = |key: &str| format!("routes[{index}].{key}");
+    let Some(specs) = &route.split else {
+        if route.split_key.is_some() {
+            problems.at(at("split_key"), "needs a split");
+        }
+        return None;
+    };
+    let key = match route.split_key.as_deref().map(SplitKey::parse) {
+        None => Some(None),
+        Some(Ok(key)) => Some(Some(key)),
+        Some(Err(e)) => {
+            problems.at(at("split_key"), e);
+            None
+        }
+    };
+    let before = problems.count();
+    if specs.is_empty() || specs.len() > MAX_VARIANTS {
+        problems.at(
+            at("split"),
+            format!("needs from 1 to {MAX_VARIANTS} variants"),
+        );
+    }
+    if specs.iter().all(|v| v.weight == 0) {
+        problems.at(
+            at("split"),
+            "at least one variant needs a weight above zero",
+        );
+    }
+    let mut variants = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        if specs[..i].iter().any(|v| v.upstream == spec.upstream) {
+            problems.at(
+                at(&format!("split[{i}].upstream")),
+                format!("upstream \"{}\" is already a variant", spec.upstream),
+            );
+        }
+        match pools.get(&spec.upstream) {
+            Some(pool) => variants.push((Arc::clone(pool), spec.weight)),
+            None if broken_upstreams.contains(&spec.upstream) => {}
+            None => problems.at(
+                at(&format!("split[{i}].upstream")),
+                format!("no upstream named \"{}\"", spec.upstream),
+            ),
+        }
+    }
+    let key = key?;
+    (problems.count() == before && variants.len() == specs.len())
+        .then(|| Arc::new(Split::new(variants, key, &route.path)))
+}
 
 fn compile_fallback(
     spec: &config::file::FallbackSpec,
@@ -143,11 +204,13 @@ impl Route {
     /// Whether only Pingora's proxy can serve this route: it caches (the cache lives there),
     /// or its upstream speaks HTTP/2.
     pub fn needs_proxy(&self) -> bool {
+        let h2 = |u: &Upstream| u.protocol != config::UpstreamProtocol::H1;
         self.cache.is_some()
+            || self.upstream.as_deref().is_some_and(h2)
             || self
-                .upstream
+                .split
                 .as_ref()
-                .is_some_and(|u| u.protocol != config::UpstreamProtocol::H1)
+                .is_some_and(|s| s.upstreams().any(|(u, _)| h2(u)))
     }
 }
 
@@ -389,10 +452,17 @@ pub fn compile(
             }
             (true, t) => Some(t.map_or(DEFAULT_TUNNEL_IDLE_TIMEOUT, |t| t.0)),
         };
-        // A route proxies to an upstream or composes several calls: exactly one of them.
+        let split = compile_split(route, *index, &pools, &broken_upstreams, &mut problems);
+        // A route proxies to an upstream, splits among several or composes several calls:
+        // exactly one of them.
         let target = match (&route.upstream, &route.compose) {
+            (None, None) if route.split.is_some() => split.map(|s| (None, None, Some(s))),
+            (Some(_), _) | (_, Some(_)) if route.split.is_some() => {
+                problems.at(at("split"), "a route has one of upstream, split or compose");
+                None
+            }
             (Some(name), None) => match pools.get(name) {
-                Some(pool) => Some((Some(Arc::clone(pool)), None)),
+                Some(pool) => Some((Some(Arc::clone(pool)), None, None)),
                 None => {
                     if !broken_upstreams.contains(name) {
                         problems.at(at("upstream"), format!("no upstream named \"{name}\""));
@@ -408,7 +478,7 @@ pub fn compile(
                 None
             }
             (None, Some(spec)) => match Composition::compile(spec, &captures, &pools) {
-                Ok(c) => Some((None, Some(Arc::new(c)))),
+                Ok(c) => Some((None, Some(Arc::new(c)), None)),
                 Err(errors) => {
                     for (key, message) in errors {
                         problems.at(at(&key), message);
@@ -419,7 +489,7 @@ pub fn compile(
             _ => {
                 problems.at(
                     format!("routes[{index}]"),
-                    "needs exactly one of `upstream` or `compose`",
+                    "needs exactly one of `upstream`, `split` or `compose`",
                 );
                 None
             }
@@ -481,7 +551,7 @@ pub fn compile(
         if route.max_request_body.is_some_and(|b| b.0 == 0) {
             problems.at(at("max_request_body"), "must be greater than zero");
         }
-        if let (Some(matcher), Some((upstream, compose)), Some(strip_segments)) =
+        if let (Some(matcher), Some((upstream, compose, split)), Some(strip_segments)) =
             (matcher, target, strip_segments)
         {
             let pattern = matcher.path.clone();
@@ -491,6 +561,7 @@ pub fn compile(
                 Arc::new(Route {
                     name: route.name.as_str().into(),
                     upstream,
+                    split,
                     compose,
                     pattern,
                     strip_segments,

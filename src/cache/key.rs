@@ -68,15 +68,21 @@ impl<'a> RequestIdentity<'a> {
         hash_key(self.url_bytes())
     }
 
-    /// The full key of a request on `route`, with the values of `key_headers` in it.
+    /// The full key of a request on `route`, with the values of `key_headers` in it, and
+    /// on a split route the chosen variant's upstream.
     pub fn cache_key(
         &self,
         route: &str,
         key_headers: &[HeaderName],
+        variant: Option<&str>,
         req: &RequestHeader,
     ) -> CacheKey {
         let mut primary = self.url_bytes();
         let url = UrlHash(hash_key(&primary));
+        if let Some(upstream) = variant {
+            primary.push(b'@');
+            part(&mut primary, upstream.as_bytes());
+        }
         for name in key_headers {
             part(&mut primary, name.as_str().as_bytes());
             let mut values = req.headers.get_all(name).iter().peekable();
@@ -115,7 +121,7 @@ mod tests {
 
     fn key_of(req: &RequestHeader, key_headers: &[HeaderName]) -> HashBinary {
         RequestIdentity::of(req, req.uri.path())
-            .cache_key("r", key_headers, req)
+            .cache_key("r", key_headers, None, req)
             .primary_bin()
     }
 
@@ -161,7 +167,7 @@ mod tests {
         assert_ne!(key_of(&en, &lang), key_of(&none, &lang));
         let url = |r: &RequestHeader| {
             RequestIdentity::of(r, r.uri.path())
-                .cache_key("r", &lang, r)
+                .cache_key("r", &lang, None, r)
                 .extensions
                 .get::<UrlHash>()
                 .unwrap()

@@ -83,6 +83,11 @@ impl<'a> Problems<'a> {
         }
     }
 
+    /// How many problems so far.
+    pub fn count(&self) -> usize {
+        self.errors.len()
+    }
+
     /// A problem about the value at `path`.
     pub fn at(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();

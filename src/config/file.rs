@@ -533,8 +533,12 @@ pub struct RouteSection {
     /// Request headers that must be present with exactly these values.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Where the route proxies to; a route has `upstream` or `compose`, not both.
+    /// Where the route proxies to; a route has one of `upstream`, `split` or `compose`.
     pub upstream: Option<String>,
+    /// A weighted share of the requests to each of several upstreams (A/B, canary).
+    pub split: Option<Vec<SplitSpec>>,
+    /// What keeps a client on its variant: `cookie:NAME`, `header:NAME`, `consumer`, `ip`.
+    pub split_key: Option<String>,
     pub compose: Option<ComposeSpec>,
     pub strip_prefix: Option<String>,
     /// A deadline for the whole request upstream, retries included.
@@ -552,6 +556,14 @@ pub struct RouteSection {
     pub max_request_body: Option<ByteSize>,
     /// What the route answers instead of the gateway's 502/503/504.
     pub fallback: Option<FallbackSpec>,
+}
+
+/// `{ upstream = "posts-b", weight = 10 }`, one variant of a `split`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    pub upstream: String,
+    pub weight: u32,
 }
 
 /// `fallback = { status = 200, body_file = "fallback/posts.json", content_type = "application/json" }`.

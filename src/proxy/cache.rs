@@ -62,7 +62,19 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
         return Error::e_explain(ErrorType::InternalError, "cache key without a cached route");
     };
     let req = session.req_header();
-    Ok(RequestIdentity::of(req, req.uri.path()).cache_key(&route.name, &policy.key_headers, req))
+    // On a split route each variant's answers are its own: a client on the canary never
+    // gets the stable version's stored answer, nor the other way round.
+    let variant = ctx
+        .routed
+        .as_ref()
+        .and_then(|r| r.variant.as_ref())
+        .map(|u| &*u.name);
+    Ok(RequestIdentity::of(req, req.uri.path()).cache_key(
+        &route.name,
+        &policy.key_headers,
+        variant,
+        req,
+    ))
 }
 
 /// A request with credentials may only be answered from a stored response that its origin

@@ -12,6 +12,7 @@ use super::phases::PhasesRun;
 use crate::cache::CacheResult;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::exchange::Exchange;
+use crate::upstream::live::Upstream;
 
 pub struct RequestCtx {
     pub started: Instant,
@@ -58,6 +59,17 @@ pub struct Routed {
     pub route: Arc<Route>,
     pub plugin_cx: PluginCtx,
     pub exchange: Option<Exchange>,
+    /// On a route with `split`: the variant chosen once the plugins ran.
+    pub variant: Option<Arc<Upstream>>,
+    /// The split cookie to set on the answer, when the client came without one.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+impl Routed {
+    /// The upstream this request goes to: the route's, or its split's chosen variant.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.route.upstream.as_ref().or(self.variant.as_ref())
+    }
 }
 
 /// Counts a request as active from its context's creation to its drop, so a draining

@@ -17,6 +17,7 @@ mod request;
 pub mod request_headers;
 mod response;
 pub mod rewrite;
+pub mod split;
 pub mod target;
 mod upstream;
 

@@ -15,6 +15,7 @@ use super::forwarding::{
     TRACEPARENT, X_REQUEST_ID,
 };
 use super::phases::Phase;
+use super::split::Split;
 use super::{request_headers, target, Portico};
 use crate::problem;
 use crate::router::RouteMatch;
@@ -122,12 +123,12 @@ impl Portico {
         let client_ip = ctx
             .client_ip
             .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let deadline = match (route.timeout, grpc_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|t| ctx.started + t);
         let exchange = route.upstream.as_ref().map(|upstream| {
-            let deadline = match (route.timeout, grpc_timeout) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
-            .map(|t| ctx.started + t);
             Exchange::new(
                 upstream.current(),
                 deadline,
@@ -140,8 +141,42 @@ impl Portico {
             plugin_cx,
             route: Arc::clone(&route),
             exchange,
+            variant: None,
+            set_cookie: None,
         });
-        self.plugins_phase(session, ctx, &route).await
+        let answered = self.plugins_phase(session, ctx, &route).await?;
+        if let (false, Some(split)) = (answered, &route.split) {
+            // After the plugins: a split by consumer needs to know who is calling.
+            self.choose_variant(session, ctx, split, deadline);
+        }
+        Ok(answered)
+    }
+
+    /// The split's variant for this request, and the exchange with it.
+    fn choose_variant(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        split: &Split,
+        deadline: Option<std::time::Instant>,
+    ) {
+        let Some(routed) = ctx.routed.as_mut() else {
+            return;
+        };
+        let consumer = routed.plugin_cx.identity.as_ref().map(|i| &*i.consumer);
+        let choice = split.choose(session.req_header(), consumer, routed.plugin_cx.client_ip);
+        self.state
+            .metrics
+            .split_requests
+            .with_label_values(&[&routed.route.name, &choice.upstream.name])
+            .inc();
+        routed.exchange = Some(Exchange::new(
+            choice.upstream.current(),
+            deadline,
+            &self.state.metrics.upstream_requests,
+        ));
+        routed.variant = Some(choice.upstream);
+        routed.set_cookie = choice.set_cookie;
     }
 
     /// The route's plugins in order, then a composition's answer. `Ok(true)`: answered.

@@ -55,6 +55,9 @@ impl Portico {
             }
         });
         if let Some(routed) = ctx.routed.as_mut() {
+            if let Some(cookie) = routed.set_cookie.take() {
+                resp.append_header(http::header::SET_COOKIE, cookie)?;
+            }
             for (name, plugin) in routed.route.plugins.iter().rev() {
                 if let Err(e) = plugin.on_response(resp, &mut routed.plugin_cx).await {
                     log::error!(

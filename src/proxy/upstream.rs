@@ -111,12 +111,7 @@ fn hash_input(session: &Session, ctx: &RequestCtx) -> Vec<u8> {
     let Some(routed) = ctx.routed.as_ref() else {
         return Vec::new();
     };
-    let Some(key) = routed
-        .route
-        .upstream
-        .as_ref()
-        .and_then(|u| u.hash_key.as_ref())
-    else {
+    let Some(key) = routed.upstream().and_then(|u| u.hash_key.as_ref()) else {
         return Vec::new();
     };
     let req = session.req_header();

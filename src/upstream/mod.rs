@@ -391,6 +391,13 @@ impl UpstreamPool {
             .is_some_and(|t| t.healthy.load(Ordering::Relaxed))
     }
 
+    /// Whether any target passes its health check (none does in an empty set).
+    pub fn has_healthy_target(&self) -> bool {
+        self.targets
+            .iter()
+            .any(|t| t.healthy.load(Ordering::Relaxed))
+    }
+
     /// Choose a target for one attempt: healthy, its circuit allowing it, and not in
     /// `tried` (unless every allowed target was tried, as with a single target). `hash_input`
     /// is the consistent-hashing key (empty for the other algorithms).

@@ -31,6 +31,7 @@ mod rewrite;
 mod routing;
 mod slow;
 mod soak;
+mod split;
 mod tls;
 mod upstream_pool;
 mod upstream_protocols;
