@@ -26,6 +26,8 @@ pub struct Metrics {
     pub fallback_responses: IntCounterVec,
     /// Requests on split routes, by route and the variant's upstream.
     pub split_requests: IntCounterVec,
+    /// Mirrored copies, by route and result: sent, failed, dropped.
+    pub mirror_requests: IntCounterVec,
     /// gRPC calls answered, by route and `grpc-status` (its name).
     pub grpc_requests: IntCounterVec,
     pub config_generation: IntGauge,
@@ -63,6 +65,13 @@ impl Metrics {
                 10.0,
             ]),
             &["route"],
+        )?;
+        let mirror_requests = IntCounterVec::new(
+            Opts::new(
+                "portico_mirror_requests_total",
+                "Copies of requests sent to a route's mirror, by result: sent (the mirror answered), failed (it did not), dropped (not sent: too many in flight, or a body over 1 MiB).",
+            ),
+            &["route", "result"],
         )?;
         let split_requests = IntCounterVec::new(
             Opts::new(
@@ -198,6 +207,7 @@ impl Metrics {
         registry.register(Box::new(upstream_targets.clone()))?;
         registry.register(Box::new(fallback_responses.clone()))?;
         registry.register(Box::new(split_requests.clone()))?;
+        registry.register(Box::new(mirror_requests.clone()))?;
         registry.register(Box::new(discovery_refreshes.clone()))?;
         registry.register(Box::new(circuit_breaker_state.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
@@ -216,6 +226,7 @@ impl Metrics {
             upstream_targets,
             fallback_responses,
             split_requests,
+            mirror_requests,
             discovery_refreshes,
             circuit_breaker_state,
             config_reloads,

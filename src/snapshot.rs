@@ -15,6 +15,7 @@ use portico_plugins::Plugin;
 use crate::cache::CachePolicy;
 use crate::compose::Composition;
 use crate::config::{self, ConfigErrors, ParsedConfig, PluginBody, Problems, RouteSection};
+use crate::proxy::mirror::Mirror;
 use crate::proxy::split::{Split, SplitKey, MAX_VARIANTS};
 use crate::router::{HostMatch, PathPattern, RouteMatcher, RouteTable};
 use crate::upstream::live::{Discovery, Upstream};
@@ -63,6 +64,8 @@ pub struct Route {
     pub upstream: Option<Arc<Upstream>>,
     /// Set for a route that splits its requests among upstreams (`split`).
     pub split: Option<Arc<Split>>,
+    /// `mirror`: copies of a share of the requests to another upstream.
+    pub mirror: Option<Arc<Mirror>>,
     /// Set for a composition route.
     pub compose: Option<Arc<Composition>>,
     pub pattern: PathPattern,
@@ -150,6 +153,49 @@ fn compile_split(
     let key = key?;
     (problems.count() == before && variants.len() == specs.len())
         .then(|| Arc::new(Split::new(variants, key, &route.path)))
+}
+
+/// `mirror`: a known HTTP/1 upstream (copies go through the composition client) and a
+/// share above 0 and at most 100.
+fn compile_mirror(
+    route: &config::RouteSection,
+    index: usize,
+    pools: &BTreeMap<String, Arc<Upstream>>,
+    broken_upstreams: &[String],
+    problems: &mut Problems,
+) -> Option<Arc<Mirror>> {
+    let spec = route.mirror.as_ref()?;
+    let at = |key: &str| format!("routes[{index}].mirror.{key}");
+    let percent_ok = spec.percent > 0.0 && spec.percent <= 100.0;
+    if !percent_ok {
+        problems.at(at("percent"), "must be above 0 and at most 100");
+    }
+    if route.compose.is_some() {
+        problems.at(
+            format!("routes[{index}].mirror"),
+            "a compose route sends nothing upstream to copy",
+        );
+        return None;
+    }
+    match pools.get(&spec.upstream) {
+        Some(pool) if pool.protocol != config::UpstreamProtocol::H1 => {
+            problems.at(
+                at("upstream"),
+                "a mirror upstream speaks HTTP/1 (protocol = \"h1\")",
+            );
+            None
+        }
+        Some(pool) => percent_ok.then(|| Arc::new(Mirror::new(Arc::clone(pool), spec.percent))),
+        None => {
+            if !broken_upstreams.contains(&spec.upstream) {
+                problems.at(
+                    at("upstream"),
+                    format!("no upstream named \"{}\"", spec.upstream),
+                );
+            }
+            None
+        }
+    }
 }
 
 fn compile_fallback(
@@ -544,6 +590,7 @@ pub fn compile(
                 }
             },
         };
+        let mirror = compile_mirror(route, *index, &pools, &broken_upstreams, &mut problems);
         let fallback = route
             .fallback
             .as_ref()
@@ -562,6 +609,7 @@ pub fn compile(
                     name: route.name.as_str().into(),
                     upstream,
                     split,
+                    mirror,
                     compose,
                     pattern,
                     strip_segments,

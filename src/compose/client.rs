@@ -58,6 +58,30 @@ pub async fn send(
     request: &RequestHeader,
     deadline: Instant,
 ) -> Result<Bytes, PartError> {
+    exchange(sender, upstream, request, Bytes::new(), deadline, true).await
+}
+
+/// A request with `body`, through the exchange like `send`, but never sent twice: only a
+/// connection that failed is tried again (a mirrored copy, say, which may write).
+pub async fn send_once(
+    sender: &Sender<'_>,
+    upstream: &Upstream,
+    request: &RequestHeader,
+    body: Bytes,
+    deadline: Instant,
+) -> Result<Bytes, PartError> {
+    exchange(sender, upstream, request, body, deadline, false).await
+}
+
+/// `replayable`: the request may be sent again after it may have reached a target.
+async fn exchange(
+    sender: &Sender<'_>,
+    upstream: &Upstream,
+    request: &RequestHeader,
+    body: Bytes,
+    deadline: Instant,
+    replayable: bool,
+) -> Result<Bytes, PartError> {
     let mut exchange = Exchange::new(upstream.current(), Some(deadline), sender.requests);
     loop {
         // Consistent hashing keys a sub-request by its path.
@@ -78,7 +102,7 @@ pub async fn send(
             }
         };
         let left = exchange.time_left();
-        let sent = tokio::time::timeout(left, send_on(stream, &peer, request)).await;
+        let sent = tokio::time::timeout(left, send_on(stream, &peer, request, &body)).await;
         let sent = sent.unwrap_or_else(|_| {
             let mut e = Error::explain(ErrorType::ReadTimedout, "the call's deadline passed");
             e.esource = pingora_error::ErrorSource::Upstream;
@@ -102,9 +126,8 @@ pub async fn send(
                 exchange.end(None, 200);
                 return Err(PartError::new("too_large"));
             }
-            // Calls are GETs: safe to send again.
             Err(e) => {
-                if exchange.retry_after(&e, Stage::Sent, true) {
+                if exchange.retry_after(&e, Stage::Sent, replayable) {
                     continue;
                 }
                 return Err(part_error(&e));
@@ -128,6 +151,7 @@ async fn send_on(
     stream: Stream,
     peer: &HttpPeer,
     request: &RequestHeader,
+    body: &[u8],
 ) -> pingora_error::Result<SubAnswer> {
     let mut session = HttpSession::new_with_options(stream, peer);
     session.read_timeout = peer.options.read_timeout;
@@ -136,6 +160,9 @@ async fn send_on(
         .write_request_header(Box::new(request.clone()))
         .await
         .map_err(|e| e.into_up())?;
+    if !body.is_empty() {
+        session.write_body(body).await.map_err(|e| e.into_up())?;
+    }
     session.finish_body().await.map_err(|e| e.into_up())?;
     let (head, mut done) = read_final_head(&mut session)
         .await

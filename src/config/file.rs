@@ -539,6 +539,8 @@ pub struct RouteSection {
     pub split: Option<Vec<SplitSpec>>,
     /// What keeps a client on its variant: `cookie:NAME`, `header:NAME`, `consumer`, `ip`.
     pub split_key: Option<String>,
+    /// Copies of a share of the requests to another upstream; their answers are discarded.
+    pub mirror: Option<MirrorSpec>,
     pub compose: Option<ComposeSpec>,
     pub strip_prefix: Option<String>,
     /// A deadline for the whole request upstream, retries included.
@@ -556,6 +558,19 @@ pub struct RouteSection {
     pub max_request_body: Option<ByteSize>,
     /// What the route answers instead of the gateway's 502/503/504.
     pub fallback: Option<FallbackSpec>,
+}
+
+/// `mirror = { upstream = "posts-shadow", percent = 5 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    pub upstream: String,
+    #[serde(default = "default_mirror_percent")]
+    pub percent: f64,
+}
+
+fn default_mirror_percent() -> f64 {
+    100.0
 }
 
 /// `{ upstream = "posts-b", weight = 10 }`, one variant of a `split`.

@@ -63,6 +63,8 @@ pub struct Routed {
     pub variant: Option<Arc<Upstream>>,
     /// The split cookie to set on the answer, when the client came without one.
     pub set_cookie: Option<HeaderValue>,
+    /// This request is copied to the route's mirror: what is gathered for the copy.
+    pub mirror: Option<Box<crate::proxy::mirror::Copy>>,
 }
 
 impl Routed {

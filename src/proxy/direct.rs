@@ -212,7 +212,8 @@ impl Direct {
         reusable: bool,
         error: Option<Box<Error>>,
     ) -> Served {
-        self.portico.record_phase(&session, error.as_deref(), ctx);
+        self.portico
+            .record_phase(&mut session, error.as_deref(), ctx);
         if let Some(e) = error {
             session.downstream_session.on_proxy_failure(e);
         }

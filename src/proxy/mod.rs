@@ -11,6 +11,7 @@ pub mod direct;
 pub mod failure;
 pub mod forwarding;
 pub mod grpc;
+pub mod mirror;
 pub mod phases;
 mod record;
 mod request;

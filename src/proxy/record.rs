@@ -16,8 +16,20 @@ use crate::access_log::AccessRecord;
 use crate::metrics::method_label;
 
 impl Portico {
-    pub(crate) fn record_phase(&self, session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    pub(crate) fn record_phase(
+        &self,
+        session: &mut Session,
+        e: Option<&Error>,
+        ctx: &mut RequestCtx,
+    ) {
         ctx.phases.mark(Phase::Record);
+        // The client's exchange is over: the copy leaves now, on its own.
+        if let Some(routed) = ctx.routed.as_mut() {
+            if let (Some(copy), Some(mirror)) = (routed.mirror.take(), &routed.route.mirror) {
+                let body_whole = session.downstream_session.is_body_done();
+                mirror.send(&self.state, &routed.route.name, *copy, body_whole);
+            }
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -143,13 +143,23 @@ impl Portico {
             exchange,
             variant: None,
             set_cookie: None,
+            mirror: None,
         });
         let answered = self.plugins_phase(session, ctx, &route).await?;
-        if let (false, Some(split)) = (answered, &route.split) {
+        if answered {
+            return Ok(true);
+        }
+        if let Some(split) = &route.split {
             // After the plugins: a split by consumer needs to know who is calling.
             self.choose_variant(session, ctx, split, deadline);
         }
-        Ok(answered)
+        if let (Some(mirror), Some(routed)) = (&route.mirror, ctx.routed.as_mut()) {
+            // Only what the plugins let through is copied.
+            if mirror.sample() {
+                routed.mirror = Some(Box::default());
+            }
+        }
+        Ok(false)
     }
 
     /// The split's variant for this request, and the exchange with it.
@@ -430,6 +440,9 @@ impl Portico {
         }
         if let Some(chunk) = chunk {
             ctx.body_bytes += chunk.len() as u64;
+            if let Some(copy) = ctx.routed.as_mut().and_then(|r| r.mirror.as_mut()) {
+                copy.add_body(chunk);
+            }
             let limit = ctx
                 .route()
                 .map_or(server.max_request_body, |r| r.max_request_body);

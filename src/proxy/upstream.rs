@@ -102,6 +102,11 @@ impl Portico {
                 }
             }
         }
+        // A copy goes to the mirror as the upstream got it (rewritten, forwarded, shaped by
+        // the plugins); a retry shapes it again, and the last one stands.
+        if let Some(copy) = ctx.routed.as_mut().and_then(|r| r.mirror.as_mut()) {
+            copy.head = Some(upstream.clone());
+        }
         Ok(())
     }
 }

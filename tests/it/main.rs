@@ -23,6 +23,7 @@ mod health;
 mod http2;
 mod hygiene;
 mod lifecycle;
+mod mirror;
 mod policy;
 mod rate_limit;
 mod reload;
