@@ -97,9 +97,13 @@ impl Mirror {
                 .with_label_values(&[route, outcome.as_str()])
                 .inc();
         };
-        let Some(mut head) = copy.head.filter(|_| body_whole && !copy.too_large) else {
-            return count(Outcome::Dropped);
+        // Nothing went upstream (a cache hit, a refusal after the plugins): nothing to copy.
+        let Some(mut head) = copy.head else {
+            return;
         };
+        if !body_whole || copy.too_large {
+            return count(Outcome::Dropped);
+        }
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return count(Outcome::Dropped);
