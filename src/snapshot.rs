@@ -74,6 +74,8 @@ pub struct Route {
     pub plugins: Vec<(Arc<str>, Arc<dyn Plugin>)>,
     /// Set when the route lists a `cache` plugin.
     pub cache: Option<Arc<CachePolicy>>,
+    /// Set when the route lists a `compress` plugin.
+    pub compress: Option<Arc<crate::proxy::compress::CompressPolicy>>,
     /// Total deadline upstream, retries included.
     pub timeout: Option<Duration>,
     /// Set when the route takes WebSocket upgrades (`websocket = true`): how long the
@@ -542,6 +544,7 @@ pub fn compile(
         };
         let mut plugins = Vec::new();
         let mut cache = None;
+        let mut compress = None;
         for (i, name) in route.plugins.iter().enumerate() {
             match file.plugins.get(name).map(|p| &p.plugin) {
                 Some(PluginBody::Chain(plugin)) => {
@@ -564,6 +567,15 @@ pub fn compile(
                     } else {
                         cache = Some(Arc::clone(policy));
                     }
+                }
+                Some(PluginBody::Compress(policy)) => {
+                    if compress.is_some() {
+                        problems.at(
+                            at(&format!("plugins[{i}]")),
+                            "a route takes at most one compress plugin",
+                        );
+                    }
+                    compress = Some(Arc::clone(policy));
                 }
                 None if file.broken_plugins.contains(name) => {}
                 None => problems.at(
@@ -615,6 +627,7 @@ pub fn compile(
                     strip_segments,
                     plugins,
                     cache,
+                    compress,
                     timeout: route.timeout.map(|t| t.0),
                     tunnel_idle_timeout,
                     rewrite,

@@ -711,6 +711,7 @@ pub struct PluginInstance {
 pub enum PluginBody {
     Chain(std::sync::Arc<dyn portico_plugins::Plugin>),
     Cache(std::sync::Arc<crate::cache::CachePolicy>),
+    Compress(std::sync::Arc<crate::proxy::compress::CompressPolicy>),
 }
 
 impl fmt::Debug for PluginInstance {

@@ -394,8 +394,8 @@ fn files_fingerprint(kind: &str, config: &toml_edit::InlineTable) -> String {
     out
 }
 
-/// The cache is built here, by the gateway: it works through Pingora's cache hooks rather
-/// than the plugin chain. Every other kind is the plugins crate's.
+/// The cache and compression are built here, by the gateway: they work on the answer's
+/// body through the pipeline's hooks rather than the plugin chain. Every other kind is the plugins crate's.
 fn build_plugin(
     name: &str,
     kind: &str,
@@ -409,6 +409,12 @@ fn build_plugin(
         let policy =
             crate::cache::CachePolicy::compile(config).map_err(toml_edit::de::Error::custom)?;
         return Ok(PluginBody::Cache(Arc::new(policy)));
+    }
+    if kind == "compress" {
+        let config = crate::proxy::compress::CompressConfig::deserialize(config)?;
+        let policy = crate::proxy::compress::CompressPolicy::compile(config)
+            .map_err(toml_edit::de::Error::custom)?;
+        return Ok(PluginBody::Compress(Arc::new(policy)));
     }
     portico_plugins::build_plugin(name, kind, config, env).map(PluginBody::Chain)
 }

@@ -50,6 +50,8 @@ pub struct RequestCtx {
     pub grpc: bool,
     pub grpc_status: Option<u32>,
     pub phases: PhasesRun,
+    /// Compresses the answer's body (`compress`), once its head chose a coding.
+    pub encoder: Option<Box<dyn pingora_core::protocols::http::compression::Encode + Send + Sync>>,
     _active: ActiveRequest,
 }
 
@@ -118,6 +120,7 @@ impl RequestCtx {
             routed: None,
             body_bytes: 0,
             cache_considered: false,
+            encoder: None,
             cache: None,
             failed_parts: None,
             tunnel: None,

@@ -338,7 +338,11 @@ impl Direct {
                 // Done, or trailers (which HTTP/1 proxying drops, as Pingora's proxy does).
                 Ok(_) => (None, true),
             };
+            let mut body = body;
             if let Err(e) = self.portico.body_phase(&body, ctx) {
+                return Attempt::failed(false, e);
+            }
+            if let Err(e) = self.portico.compress_phase(&mut body, end, ctx) {
                 return Attempt::failed(false, e);
             }
             if let Err(e) = session.write_response_body(body, end).await {

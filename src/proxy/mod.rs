@@ -6,6 +6,7 @@
 
 pub mod cache;
 mod composed;
+pub mod compress;
 pub mod ctx;
 pub mod direct;
 pub mod failure;
@@ -345,6 +346,18 @@ impl ProxyHttp for Portico {
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         self.body_phase(body, ctx)?;
+        Ok(None)
+    }
+
+    /// On the way to the client (a cache hit's body too): compressed if the head said so.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        self.compress_phase(body, end_of_stream, ctx)?;
         Ok(None)
     }
 

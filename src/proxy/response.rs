@@ -66,8 +66,26 @@ impl Portico {
                     );
                 }
             }
+            // Last: the plugins may have set what decides it (a Content-Type, say).
+            if let Some(policy) = &routed.route.compress {
+                ctx.encoder = policy.start(session.req_header(), resp);
+            }
         }
         Ok(())
+    }
+
+    /// A piece of the answer's body on its way to the client: compressed when the response
+    /// phase chose a coding for it (`compress`). Both drivers call this after every read.
+    pub(crate) fn compress_phase(
+        &self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        match ctx.encoder.as_deref_mut() {
+            Some(encoder) => super::compress::body(encoder, body, end),
+            None => Ok(()),
+        }
     }
 
     /// The route's total deadline also covers a body that trickles in: each read may be

@@ -235,8 +235,14 @@ async fn answer(
     };
     let mut builder = Response::builder()
         .status(status)
-        .header("x-upstream", name)
-        .header("content-type", "text/plain");
+        .header("x-upstream", name);
+    // text/plain unless the reply names its own type.
+    if !extra
+        .iter()
+        .any(|(h, _)| h.eq_ignore_ascii_case("content-type"))
+    {
+        builder = builder.header("content-type", "text/plain");
+    }
     for (header, value) in extra {
         builder = builder.header(header, value);
     }

@@ -10,6 +10,7 @@ mod auth;
 mod balancing;
 mod cache;
 mod compose;
+mod compress;
 mod config_cli;
 mod connections;
 mod consul;
