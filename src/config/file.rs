@@ -198,6 +198,10 @@ pub enum Balance {
     Random,
     LeastConn,
     ConsistentHash,
+    /// Power of two choices over in-flight requests.
+    P2c,
+    /// Power of two choices over peak-EWMA latency times in-flight requests.
+    Ewma,
 }
 
 impl Balance {
@@ -208,6 +212,8 @@ impl Balance {
             Balance::Random => "random",
             Balance::LeastConn => "least_conn",
             Balance::ConsistentHash => "consistent_hash",
+            Balance::P2c => "p2c",
+            Balance::Ewma => "ewma",
         }
     }
 }
@@ -222,6 +228,8 @@ pub struct UpstreamSection {
     #[serde(default = "default_balance")]
     pub balance: Balance,
     pub hash_key: Option<String>,
+    /// A target that joins or recovers ramps its share up over this long.
+    pub slow_start: Option<ConfigDuration>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: ConfigDuration,
     #[serde(default = "default_read_timeout")]

@@ -16,7 +16,8 @@ pub enum Balancer {
     RoundRobin(LoadBalancer<RoundRobin>),
     Random(LoadBalancer<Random>),
     ConsistentHash(LoadBalancer<KetamaHashing>),
-    /// The choice is the pool's (`select_least_conn`); the balancer only holds the set.
+    /// The choice is the pool's (least_conn, p2c, ewma: `UpstreamPool::select`); the
+    /// balancer only holds the set.
     LeastConn(LoadBalancer<RoundRobin>),
 }
 
@@ -28,7 +29,9 @@ impl Balancer {
             Balance::ConsistentHash => {
                 Balancer::ConsistentHash(LoadBalancer::from_backends(backends))
             }
-            Balance::LeastConn => Balancer::LeastConn(LoadBalancer::from_backends(backends)),
+            Balance::LeastConn | Balance::P2c | Balance::Ewma => {
+                Balancer::LeastConn(LoadBalancer::from_backends(backends))
+            }
         }
     }
 

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod exchange;
 pub mod health;
 pub mod live;
+pub mod load;
 pub mod pool;
 pub mod sweep;
 pub mod tls;
@@ -72,6 +73,10 @@ pub struct Target {
     pub peer: HttpPeer,
     pub weight: usize,
     pub in_flight: AtomicUsize,
+    /// Its answer times, for `balance = "ewma"`.
+    pub latency: load::PeakEwma,
+    /// Since it joined the pool or last recovered, for `slow_start`.
+    pub ramp: load::Ramp,
     /// The health checks' last verdict (healthy until one says otherwise): what the request
     /// path reads, and what a change is logged against.
     pub(crate) healthy: AtomicBool,
@@ -154,6 +159,8 @@ pub struct UpstreamPool {
     health: Option<HealthSchedule>,
     /// Rotates the start of least-connections scans so ties spread out.
     tie_breaker: AtomicUsize,
+    /// `slow_start`, when set and above zero.
+    slow_start: Option<Duration>,
     settings: TargetSettings,
     /// Whether targets differ in priority (SRV), so `select` must find the group to use.
     prioritized: bool,
@@ -199,6 +206,12 @@ impl UpstreamPool {
             )),
             (Some(d), true) => errors.extend(discovery::spec_errors(d)),
             (None, false) => {}
+        }
+        if spec.balance == Balance::ConsistentHash && spec.slow_start.is_some() {
+            errors.push((
+                "slow_start".into(),
+                "does not apply to consistent_hash: each key stays on its target".into(),
+            ));
         }
         let hash_key = match (&spec.balance, &spec.hash_key) {
             (Balance::ConsistentHash, None) => {
@@ -315,12 +328,13 @@ impl UpstreamPool {
             .iter()
             .map(|f| match self.targets.iter().find(|t| t.is(f)) {
                 Some(t) => Arc::clone(t),
-                None => Arc::new(Target::new(
-                    f.addr.to_string().into(),
-                    f,
-                    &self.spec,
-                    &self.settings,
-                )),
+                None => {
+                    let target =
+                        Target::new(f.addr.to_string().into(), f, &self.spec, &self.settings);
+                    // Joined a pool that serves: under slow_start it ramps up.
+                    target.ramp.restart(Instant::now());
+                    Arc::new(target)
+                }
             })
             .collect();
         Self::assemble(
@@ -377,6 +391,7 @@ impl UpstreamPool {
                 running: AtomicBool::new(false),
             }),
             tie_breaker: AtomicUsize::new(0),
+            slow_start: spec.slow_start.map(|d| d.0).filter(|d| !d.is_zero()),
             settings,
             prioritized,
         })
@@ -433,11 +448,32 @@ impl UpstreamPool {
                 // balancer would answer the same through a dedup set and a backend clone.
                 accept(0).then_some(0)
             } else if self.spec.balance == Balance::LeastConn {
-                self.select_least_conn(accept)
+                self.select_by_cost(accept, |i| self.load(i, now))
+            } else if self.spec.balance == Balance::P2c {
+                self.select_two_choices(accept, group, |i| self.load(i, now))
+            } else if self.spec.balance == Balance::Ewma {
+                let cost = |i: usize| self.targets[i].latency.estimate(now) * self.load(i, now);
+                self.select_two_choices(accept, group, cost)
             } else if let Some((_, balancer)) = self.balancers.iter().find(|(p, _)| *p == group) {
+                // Slow start for round robin and random: a ramping target turns away a
+                // share of what it is offered, while a ramped one is there to take it.
+                let ramping = self.slow_start.filter(|_| {
+                    self.spec.balance != Balance::ConsistentHash
+                        && (0..self.targets.len()).any(|i| {
+                            self.is_healthy(i)
+                                && self.targets[i].priority == group
+                                && self.ramp(i, now) >= 1.0
+                        })
+                });
+                let offered = |i: usize| {
+                    ramping.is_none_or(|_| {
+                        let f = self.ramp(i, now);
+                        f >= 1.0 || fastrand::f64() < f
+                    }) && accept(i)
+                };
                 balancer
                     .select_with(hash_input, &|backend| {
-                        self.index_of(backend).is_some_and(accept)
+                        self.index_of(backend).is_some_and(offered)
                     })
                     .and_then(|backend| self.index_of(&backend))
             } else {
@@ -507,19 +543,72 @@ impl UpstreamPool {
     }
 
     /// The healthy, accepted target with the fewest requests in flight per unit of weight.
-    fn select_least_conn(&self, accept: impl Fn(usize) -> bool) -> Option<usize> {
+    /// The healthy target of least `cost` that `accept` takes; ties rotate.
+    fn select_by_cost(
+        &self,
+        accept: impl Fn(usize) -> bool,
+        cost: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
         let n = self.targets.len();
         let start = self.tie_breaker.fetch_add(1, Ordering::Relaxed) % n.max(1);
-        let mut candidates: Vec<(usize, usize)> = (0..n)
+        let mut candidates: Vec<(usize, f64)> = (0..n)
             .map(|offset| (start + offset) % n)
             .filter(|&i| self.is_healthy(i))
-            .map(|i| (i, self.targets[i].in_flight.load(Ordering::Relaxed) + 1))
+            .map(|i| (i, cost(i)))
             .collect();
-        // Compare (in_flight + 1) / weight without division; stable, so ties keep rotation.
-        candidates.sort_by(|&(a, la), &(b, lb)| {
-            (la * self.targets[b].weight).cmp(&(lb * self.targets[a].weight))
-        });
+        // Stable: ties keep the rotation.
+        candidates.sort_by(|a, b| a.1.total_cmp(&b.1));
         candidates.into_iter().map(|(i, _)| i).find(|&i| accept(i))
+    }
+
+    /// Power of two choices: two distinct healthy targets of `group` at random, the one of
+    /// lower `cost` if `accept` takes it, else the other (Envoy's least-request default). Only
+    /// when neither will, every target by cost.
+    fn select_two_choices(
+        &self,
+        accept: impl Fn(usize) -> bool,
+        group: u16,
+        cost: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
+        let n = self.targets.len();
+        let candidate = |i: usize| self.is_healthy(i) && self.targets[i].priority == group;
+        // A few random draws find two candidates unless most targets are out.
+        let mut picked: [Option<usize>; 2] = [None, None];
+        for _ in 0..8 {
+            let i = fastrand::usize(..n);
+            if !candidate(i) || picked[0] == Some(i) {
+                continue;
+            }
+            if picked[0].is_none() {
+                picked[0] = Some(i);
+            } else {
+                picked[1] = Some(i);
+                break;
+            }
+        }
+        if let [Some(a), Some(b)] = picked {
+            let (first, second) = if cost(b) < cost(a) { (b, a) } else { (a, b) };
+            if accept(first) {
+                return Some(first);
+            }
+            if accept(second) {
+                return Some(second);
+            }
+        }
+        self.select_by_cost(accept, cost)
+    }
+
+    /// In-flight requests per unit of weight, the weight ramped under `slow_start`.
+    fn load(&self, index: usize, now: Instant) -> f64 {
+        let t = &self.targets[index];
+        let weight = t.weight.max(1) as f64 * self.ramp(index, now);
+        (t.in_flight.load(Ordering::Relaxed) + 1) as f64 / weight
+    }
+
+    /// How far the target has ramped under `slow_start` (1 without it).
+    fn ramp(&self, index: usize, now: Instant) -> f64 {
+        self.slow_start
+            .map_or(1.0, |s| self.targets[index].ramp.factor(s, now))
     }
 
     /// A request is now in flight to the chosen target; the guard records how it ends.
@@ -531,6 +620,7 @@ impl UpstreamPool {
             pool: Arc::clone(self),
             index: chosen.index,
             permit: chosen.permit,
+            started: Instant::now(),
         }
     }
 
@@ -583,6 +673,8 @@ impl Target {
             backend,
             weight: found.weight,
             in_flight: AtomicUsize::new(0),
+            latency: load::PeakEwma::new(Instant::now()),
+            ramp: load::Ramp::ramped(),
             healthy: AtomicBool::new(true),
             breaker: settings.breaker.map(|b| Breaker::new(b, Instant::now())),
             connections: ConnectionPool::new(spec.max_connections as usize, settings.max_idle),
@@ -622,6 +714,10 @@ impl Target {
             was
         };
         self.healthy.store(now, Ordering::Relaxed);
+        if now && !was {
+            // Back in rotation: under slow_start it ramps up again.
+            self.ramp.restart(Instant::now());
+        }
         (now, now != was)
     }
 }
@@ -633,6 +729,7 @@ pub struct InFlight {
     pool: Arc<UpstreamPool>,
     index: usize,
     permit: Option<Permit>,
+    started: Instant,
 }
 
 impl InFlight {
@@ -642,9 +739,20 @@ impl InFlight {
 
     /// Record how the attempt ended.
     pub fn finish(mut self, outcome: Outcome) {
+        let now = Instant::now();
+        // An answer, or none in time, says how fast the target is; a refused connection
+        // does not (it would look fastest of all).
+        if self.pool.spec.balance == Balance::Ewma
+            && matches!(
+                outcome,
+                Outcome::Success | Outcome::Status5xx | Outcome::Timeout
+            )
+        {
+            self.target().latency.observe(now - self.started, now);
+        }
         if let (Some(permit), Some(breaker)) = (self.permit.take(), self.target().breaker.as_ref())
         {
-            if let Some(t) = breaker.record(permit, outcome, Instant::now()) {
+            if let Some(t) = breaker.record(permit, outcome, now) {
                 self.pool.log_transition(self.index, t);
             }
         }
