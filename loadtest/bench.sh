@@ -15,6 +15,8 @@
 #   newconn   a new connection per request (Connection: close) at 64 connections
 #   idle      1,000 idle keep-alive connections: RSS before and after (idle_conns.py)
 #   cache     cache hits: nginx proxy_cache vs Portico's cache plugin (when this build has one)
+#   gzip      a 16 KiB JSON answer gzipped at level 1 for clients that ask (Accept-Encoding:
+#             gzip): nginx's `gzip on` vs Portico's compress plugin, 64 connections
 #   tls       keep-alive HTTPS at 64 connections (wrk, TLS 1.3): nginx and Portico terminating
 #             TLS with the same certificate (ECDSA P-256, made for the run), and Portico plain
 #   tlsnew    a new TLS connection per request (wrk, Connection: close; wrk never resumes a
@@ -27,8 +29,10 @@
 #             takes its share of the same CPUs, so the figure is a floor, not a ceiling)
 #   pairs     same window: Portico and one other proxy serve at once on the proxy core, 32
 #             connections each, and each one's CPU per request is compared: bare Pingora, and
-#             Portico with a local and a Redis rate limit (limits so high nothing is refused)
-#             and with its full chain (JWT HS256 + local rate limit + metrics + JSON access log)
+#             Portico with a local and a Redis rate limit (limits so high nothing is refused),
+#             with its full chain (JWT HS256 + local rate limit + metrics + JSON access log),
+#             with cors + ip_filter (every request with an allowed Origin), and with a 90/10
+#             split keyed by client address
 # The proxies' configs are in loadtest/peers/; the report and chart come from report.py.
 #
 # Every proxy is pinned to CPU 0; the backend, redis-server and the load generators share CPU 1,
@@ -66,22 +70,22 @@ START_TIME=$SECONDS
 # --- the plan --------------------------------------------------------------------------------
 # The default run must stay under 7 minutes after the build: 3 rounds of 4 s for the scenarios
 # the targets are judged on (3 of 3 s for the TLS ones), 2 shorter rounds for the others.
-SCENARIOS=(c64 rate10k c1 c256 bytes16k newconn cache tls tlsnew h2)
+SCENARIOS=(c64 rate10k c1 c256 bytes16k newconn cache gzip tls tlsnew h2)
 PROXIES="nginx haproxy bare portico"
 declare -A SC_TARGETS=([c64]="direct $PROXIES" [rate10k]="$PROXIES" [c1]="$PROXIES"
     [c256]="$PROXIES" [bytes16k]="$PROXIES" [newconn]="$PROXIES" [cache]="ngxcache pcache"
-    [tls]="portico ngxtls ptls" [tlsnew]="ngxtls ptls" [h2]="ngxtls ptls")
+    [gzip]="ngxgzip pgzip" [tls]="portico ngxtls ptls" [tlsnew]="ngxtls ptls" [h2]="ngxtls ptls")
 declare -A SC_CONNS=([c64]=64 [rate10k]=64 [c1]=1 [c256]=256 [bytes16k]=64 [newconn]=64 [cache]=64
-    [tls]=64 [tlsnew]=64 [h2]=1)
-declare -A SC_PATH=([bytes16k]=/bytes/16384)
-declare -A SC_DURATION=([c64]=4 [rate10k]=4 [c1]=2 [c256]=3 [bytes16k]=3 [newconn]=3 [cache]=3
+    [gzip]=64 [tls]=64 [tlsnew]=64 [h2]=1)
+declare -A SC_PATH=([bytes16k]=/bytes/16384 [gzip]=/json/16384)
+declare -A SC_DURATION=([c64]=4 [rate10k]=4 [c1]=2 [c256]=3 [bytes16k]=3 [newconn]=3 [cache]=3 [gzip]=3
     [tls]=3 [tlsnew]=3 [h2]=3)
-declare -A SC_ROUNDS=([c64]=3 [rate10k]=3 [c1]=2 [c256]=2 [bytes16k]=2 [newconn]=2 [cache]=3
+declare -A SC_ROUNDS=([c64]=3 [rate10k]=3 [c1]=2 [c256]=2 [bytes16k]=2 [newconn]=2 [cache]=3 [gzip]=2
     [tls]=3 [tlsnew]=3 [h2]=3)
 # HTTP/2 streams per connection (h2load -m): under both proxies' stream limits (128, 100).
 H2_STREAMS=64
 # Same-window pairs: Portico against each of these, at once (see "same window" below).
-PAIRS=(bare local redis full)
+PAIRS=(bare local redis full policy split)
 PAIR_SECS=4
 PAIR_ROUNDS=3
 SCALE_SECS=4
@@ -192,13 +196,13 @@ URL[direct]="http://$BACKEND_ADDR"
 command_used proxy "backend: $(quoted "${PIN_LOAD[@]}" "$BACKEND_BIN" backend=127.0.0.1:0)"
 log "backend on $BACKEND_ADDR (pid $BACKEND_PID)"
 
-ALL_TARGETS=(nginx haproxy bare portico local redis full ngxcache pcache ngxtls ptls)
-read -r -a PORTS < <(free_ports 19) || true
-[ "${#PORTS[@]}" -eq 19 ] || die "could not get free ports from python3"
+ALL_TARGETS=(nginx haproxy bare portico local redis full policy split ngxcache pcache ngxgzip pgzip ngxtls ptls)
+read -r -a PORTS < <(free_ports 26) || true
+[ "${#PORTS[@]}" -eq 26 ] || die "could not get free ports from python3"
 declare -A PORT=() ADMIN_PORT=()
 i=0
 for t in "${ALL_TARGETS[@]}"; do PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
-for t in portico local redis full pcache ptls; do ADMIN_PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
+for t in portico local redis full policy split pcache pgzip ptls; do ADMIN_PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
 REDIS_PORT="${PORTS[$i]}"
 PTLS_PLAIN_PORT="${PORTS[$((i + 1))]}"
 # The TLS targets are reached over https, with the run's own certificate (curl -k: the checks
@@ -268,12 +272,15 @@ start_bare() {
 }
 
 # Portico: peers/portico.toml, plus peers/portico-VARIANT.toml for everything but plain.
-declare -A PLUGINS=([portico]="" [local]='"limit"' [redis]='"limit"' [full]='"auth", "limit"' [pcache]='"cache"')
+declare -A PLUGINS=([portico]="" [local]='"limit"' [redis]='"limit"' [full]='"auth", "limit"' [pcache]='"cache"'
+    [policy]='"web", "office"' [pgzip]='"squeeze"')
 declare -A FRAGMENT=([local]=portico-local.toml [redis]=portico-redis.toml [full]=portico-full.toml
-    [pcache]=portico-cache.toml)
-# Portico terminating TLS has a whole config of its own (its [server] differs).
-declare -A BASE=([ptls]=portico-tls.toml)
-declare -A AUTH_HEADER=()
+    [pcache]=portico-cache.toml [policy]=portico-policy.toml [pgzip]=portico-gzip.toml)
+# Portico terminating TLS, and splitting its route, have whole configs of their own.
+declare -A BASE=([ptls]=portico-tls.toml [split]=portico-split.toml)
+# The header each target's load sends (the policy route's: an allowed Origin, as a browser's).
+declare -A AUTH_HEADER=([policy]="Origin: https://app.example.com" [ngxgzip]="Accept-Encoding: gzip"
+    [pgzip]="Accept-Encoding: gzip")
 BENCH_JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
 # An HS256 token valid for an hour, minted with the standard library only.
 BENCH_TOKEN="$(BENCH_JWT_SECRET="$BENCH_JWT_SECRET" python3 -c '
@@ -321,6 +328,8 @@ start_portico() {
 
 [ -n "${WHY[nginx]:-}" ] || start_nginx nginx nginx.conf
 [ -n "${WHY[ngxcache]:-}" ] || start_nginx ngxcache nginx-cache.conf
+[ -n "${WHY[nginx]:-}" ] || start_nginx ngxgzip nginx-gzip.conf
+[ -z "${WHY[nginx]:-}" ] || WHY[ngxgzip]="${WHY[nginx]}"
 [ -n "${WHY[ngxtls]:-}" ] || [ -n "${WHY[nginx]:-}" ] || start_nginx ngxtls nginx-tls.conf
 [ -z "${WHY[nginx]:-}" ] || WHY[ngxtls]="${WHY[nginx]}"
 [ -n "${WHY[haproxy]:-}" ] || start_haproxy
@@ -340,7 +349,7 @@ if [ -z "$GATEWAY_WHY" ] && [ -z "$REDIS_WHY" ]; then
 fi
 
 CACHE_EXPECTED_GAP=0
-for t in portico local redis full pcache ptls; do
+for t in portico local redis full policy split pcache pgzip ptls; do
     if [ -n "$GATEWAY_WHY" ]; then
         WHY[$t]="$GATEWAY_WHY"
     elif [ "$t" = redis ] && [ -n "$REDIS_WHY" ]; then
@@ -693,6 +702,26 @@ if [ -n "${URL[full]:-}" ]; then
     check "full: /metrics counted $served requests on route bench; the access log file has $lines JSON lines ($dropped dropped)"
     python3 -c 'import json,sys; json.loads(open(sys.argv[1]).readline())' "$WORK/access.log" 2>/dev/null ||
         warn "full: the access log's first line is not JSON"
+fi
+# The gzip pair: both answer /json/16384 gzipped, and it inflates to the backend's 16 KiB.
+for t in ngxgzip pgzip; do
+    [ -n "${URL[$t]:-}" ] || continue
+    got="$(curl -sS -H 'Accept-Encoding: gzip' -D "$WORK/$t.headers" "${URL[$t]}/json/16384" | gzip -dc | wc -c)" || true
+    enc="$(tr -d '\r' <"$WORK/$t.headers" | awk -F': ' 'tolower($1) == "content-encoding" { print $2 }')"
+    check "$t: GET /json/16384 with Accept-Encoding: gzip: content-encoding ${enc:-none}, ${got:-0} bytes once inflated"
+    [ "$enc" = gzip ] && [ "${got:-0}" = 16384 ] || warn "$t: /json/16384 was not gzip inflating to 16384 bytes"
+done
+if [ -n "${URL[policy]:-}" ]; then
+    cors="$(curl -sS -D - -o /dev/null -H "${AUTH_HEADER[policy]}" "${URL[policy]}/" | tr -d '\r' |
+        awk -F': ' 'tolower($1) == "access-control-allow-origin" { print $2 }')"
+    check "policy: GET / with an allowed Origin answered access-control-allow-origin: ${cors:-none}"
+    [ "$cors" = "https://app.example.com" ] || warn "policy: the cors plugin did not answer the allowed origin"
+fi
+if [ -n "${URL[split]:-}" ]; then
+    stable="$(metric split portico_split_requests_total 'upstream="stable"')"
+    canary="$(metric split portico_split_requests_total 'upstream="canary"')"
+    check "split: /metrics portico_split_requests_total stable $stable, canary $canary (one client address: all on one variant)"
+    [ $((stable + canary)) -gt 0 ] || warn "split: no request went through the split"
 fi
 [ -z "${URL[pcache]:-}" ] || check "pcache: /metrics portico_cache_lookups_total hit = $(metric pcache portico_cache_lookups_total 'result="hit"')"
 [ -z "${URL[ngxcache]:-}" ] || cache_check ngxcache X-Cache-Status "after measuring"

@@ -29,8 +29,12 @@ LABELS = {
     "local": "Portico + rate_limit local",
     "redis": "Portico + rate_limit redis",
     "full": "Portico full chain",
+    "policy": "Portico + cors + ip_filter",
+    "split": "Portico + split 90/10",
     "ngxcache": "nginx proxy_cache",
     "pcache": "Portico cache",
+    "ngxgzip": "nginx gzip level 1",
+    "pgzip": "Portico compress gzip",
     "ngxtls": "nginx TLS",
     "ptls": "Portico TLS",
 }
@@ -41,6 +45,7 @@ TITLES = {
     "c1": "Plain proxy, 1 connection",
     "c256": "Plain proxy, 256 connections",
     "bytes16k": "16 KiB responses, 64 connections",
+    "gzip": "16 KiB JSON gzipped (level 1) for clients that ask, 64 connections",
     "newconn": "A new connection per request, 64 connections",
     "cache": "Cache hits, 64 connections",
     "tls": "TLS 1.3 keep-alive, 64 connections",
@@ -51,6 +56,9 @@ TITLES = {
 PER_CORE_VS_BARE = 1.25
 P99_VS_NGINX = 1.5
 FULL_VS_PLAIN = 0.85
+# Traffic policy (issue 25): what cors + ip_filter and a split may add to a request's CPU.
+POLICY_COST_MAX = 0.03
+SPLIT_COST_MAX = 0.02
 IDLE_KIB_MAX = 20
 RL_COST = {"local": 5.0, "redis": 15.0}
 TLS_VS_PLAIN = 0.8
@@ -234,7 +242,7 @@ def load_line(run, sc):
     p = run.plan[sc]
     tool = {"rate10k": f"oha -q {run.meta.get('rate', '10000')} --latency-correction", "h2": "h2load -t1"}.get(sc, "wrk -t1")
     extra = {"newconn": ", Connection: close", "tlsnew": ", Connection: close (wrk never resumes a TLS session)",
-             "h2": " -m64 (h2load gives no percentiles)",
+             "h2": " -m64 (h2load gives no percentiles)", "gzip": ", Accept-Encoding: gzip",
              "tls": " (Portico: plain HTTP on its own listener, for the TLS cost)"}.get(sc, "")
     return f"GET {p['path']}, {tool} -c{p['conns']}{extra}, {p['rounds']} round(s) of {p['secs']} s interleaved, medians"
 
@@ -246,7 +254,7 @@ def scenario_tables(run):
         targets = run.plan[sc]["targets"]
         if sc == "c64":
             targets = [t for t in targets if t in ("direct",) + tuple(PROXIES)]
-        base = {"cache": "ngxcache", "tls": "ngxtls", "tlsnew": "ngxtls", "h2": "ngxtls"}.get(sc, "nginx")
+        base = {"cache": "ngxcache", "gzip": "ngxgzip", "tls": "ngxtls", "tlsnew": "ngxtls", "h2": "ngxtls"}.get(sc, "nginx")
         base_rps = run.median(sc, base, "rps")
         if sc == "rate10k":
             t = Table(
@@ -268,7 +276,7 @@ def scenario_tables(run):
                       fmt_ratio(ratio(p99, base_p99)))
             tables.append(t)
             continue
-        vs = {"cache": "vs nginx proxy_cache", "tls": "vs nginx TLS", "tlsnew": "vs nginx TLS",
+        vs = {"cache": "vs nginx proxy_cache", "gzip": "vs nginx gzip", "tls": "vs nginx TLS", "tlsnew": "vs nginx TLS",
               "h2": "vs nginx TLS"}.get(sc, "vs nginx")
         t = Table(TITLES[sc], ["target", "req/s", "p50", "p99", "CPU µs/req", "req/s per core", vs],
                   f"{load_line(run, sc)}. {cpu_note}; req/s per core = 1e6 / CPU µs per request")
@@ -298,10 +306,12 @@ def pairs_table(run):
         f"-d{secs}s` on the load core at the same time; {rounds} round(s), pairs interleaved; CPU µs/req over all "
         "rounds, the last column the median over rounds of Portico's CPU per request / the target's. "
         f"rate_limit: {run.meta.get('rl', '')}; full chain: jwt HS256 (one token, so after the first request "
-        "a verification-cache hit) + that local rate limit + metrics + a JSON access log to a file"
+        "a verification-cache hit) + that local rate limit + metrics + a JSON access log to a file; cors + ip_filter: "
+        "every request with an allowed Origin, the client in the allow-list; split: 90/10 between two upstreams "
+        "(the same backend), keyed by client address"
         + (f". {redis_note(run)}" if redis_note(run) else ""),
     )
-    for tg in ["bare", "local", "redis", "full"]:
+    for tg in ["bare", "local", "redis", "full", "policy", "split"]:
         why = run.pair_not_measured(tg)
         if why:
             t.gap(LABELS[tg], why)
@@ -391,6 +401,14 @@ def targets_table(run):
           f"{fmt_cpu(run.pair_cpu('full', 'a'))} CPU µs/req)" if r else
           "not measured: " + (run.pair_not_measured("full") or "-"),
           verdict(run, None if r is None else r >= FULL_VS_PLAIN))
+    for tg, label, most in [("policy", "cors + ip_filter", POLICY_COST_MAX), ("split", "split 90/10", SPLIT_COST_MAX)]:
+        r = run.pair_ratio(tg)
+        cost = None if r is None else 1 / r - 1
+        t.row(f"{label}, 64 connections", f"costs at most {most:.0%} CPU per request over plain Portico",
+              f"{cost:+.1%} CPU per request in the same windows ({fmt_cpu(run.pair_cpu(tg, 'b'))} vs "
+              f"{fmt_cpu(run.pair_cpu(tg, 'a'))} CPU µs/req)" if r else
+              "not measured: " + (run.pair_not_measured(tg) or "-"),
+              verdict(run, None if cost is None else cost <= most))
     per = idle_kib_per_conn(run, "portico")
     t.row("idle keep-alive connections", f"Portico < {IDLE_KIB_MAX} KiB RSS each",
           f"{per:.1f} KiB each" if per is not None else

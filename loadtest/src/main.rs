@@ -108,6 +108,9 @@ enum Endpoint<'a> {
     Product(&'a str),
     Echo,
     Bytes(usize),
+    /// A JSON document of exactly `n` bytes, repetitive as API answers are (what `compress`
+    /// and nginx's gzip are compared on).
+    Json(usize),
     Delay(u64),
     Status(StatusCode),
     BadRequest(&'static str),
@@ -147,6 +150,11 @@ fn dispatch<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         ["products", id] if !id.is_empty() => Endpoint::Product(id),
         ["bytes", n] => match n.parse::<usize>() {
             Ok(n) if n <= MAX_BYTES => Endpoint::Bytes(n),
+            Ok(_) => Endpoint::BadRequest("n must be at most 16777216 (16 MiB)"),
+            Err(_) => Endpoint::BadRequest("n must be a non-negative integer"),
+        },
+        ["json", n] => match n.parse::<usize>() {
+            Ok(n) if n <= MAX_BYTES => Endpoint::Json(n),
             Ok(_) => Endpoint::BadRequest("n must be at most 16777216 (16 MiB)"),
             Err(_) => Endpoint::BadRequest("n must be a non-negative integer"),
         },
@@ -256,6 +264,36 @@ fn json_body(value: &Value) -> Bytes {
 
 /// One shared buffer of `x` for `/bytes/{n}`: every answer is a cheap slice of it. Built on first
 /// use so a demo that never asks for bytes does not pay 16 MiB.
+/// `[{"id":0,"name":"user 0","active":true},...]` padded with spaces to exactly `n` bytes,
+/// from one document made once.
+fn json_bytes(n: usize) -> Bytes {
+    static DOC: OnceLock<Bytes> = OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        let mut out = String::from("[");
+        let mut i = 0;
+        while out.len() < MAX_BYTES {
+            out.push_str(&format!(
+                "{{\"id\":{i},\"name\":\"user {i}\",\"active\":true}},"
+            ));
+            i += 1;
+        }
+        Bytes::from(out)
+    });
+    if n < 2 {
+        return Bytes::from(vec![b' '; n]);
+    }
+    // Cut at the last whole object that fits, close the array, pad to n.
+    let cut = doc[..n - 1]
+        .iter()
+        .rposition(|&b| b == b'}')
+        .map_or(1, |i| i + 1);
+    let mut out = Vec::with_capacity(n);
+    out.extend_from_slice(&doc[..cut]);
+    out.push(b']');
+    out.resize(n, b' ');
+    Bytes::from(out)
+}
+
 fn x_bytes(n: usize) -> Bytes {
     static XS: OnceLock<Bytes> = OnceLock::new();
     XS.get_or_init(|| Bytes::from(vec![b'x'; MAX_BYTES]))
@@ -324,6 +362,7 @@ impl Backend {
             Endpoint::Product(id) => self.json(ok, &product(id)),
             Endpoint::Echo => self.echo(request).await,
             Endpoint::Bytes(n) => self.respond(ok, OCTET_STREAM, x_bytes(n)),
+            Endpoint::Json(n) => self.respond(ok, APPLICATION_JSON, json_bytes(n)),
             Endpoint::Delay(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 self.json(ok, &json!({"delayed_ms": ms}))
@@ -514,6 +553,18 @@ mod tests {
     use tokio::net::TcpStream;
 
     #[test]
+    fn json_documents_are_valid_json_of_exactly_the_length_asked() {
+        for n in [0, 1, 2, 100, 16384] {
+            let doc = json_bytes(n);
+            assert_eq!(doc.len(), n);
+            if n >= 2 {
+                let value: Value = serde_json::from_slice(&doc).unwrap();
+                assert!(value.is_array());
+            }
+        }
+    }
+
+    #[test]
     fn dispatch_table() {
         let get = Method::GET;
         let cases: &[(&Method, &str, Endpoint)] = &[
@@ -536,6 +587,7 @@ mod tests {
             (&Method::DELETE, "/echo/a/b/c/d", Endpoint::Echo),
             (&get, "/echoes", Endpoint::NotFound),
             (&get, "/bytes/16384", Endpoint::Bytes(16384)),
+            (&get, "/json/16384", Endpoint::Json(16384)),
             (&get, "/bytes/0", Endpoint::Bytes(0)),
             (&get, "/bytes/16777216", Endpoint::Bytes(MAX_BYTES)),
             (
