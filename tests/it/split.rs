@@ -55,6 +55,29 @@ async fn variant_with(gw: &Gateway, header: (&str, &str)) -> String {
     variant(&resp)
 }
 
+/// For each value of `header`, the variant its first request landed on, asserting its next
+/// `again` requests landed there too: how many values each variant got.
+async fn stuck_to(
+    gw: &Gateway,
+    header: &str,
+    values: &[String],
+    again: usize,
+) -> BTreeMap<String, usize> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for value in values {
+        let first = variant_with(gw, (header, value)).await;
+        for _ in 0..again {
+            assert_eq!(
+                variant_with(gw, (header, value)).await,
+                first,
+                "{header}: {value} moved"
+            );
+        }
+        *seen.entry(first).or_default() += 1;
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_are_shared_by_weight_and_counted_per_variant() {
     let (gw, _a, _b) = split_gateway((90, 10), "", "").await;
@@ -130,19 +153,8 @@ async fn the_same_header_value_always_lands_on_the_same_variant_and_the_log_name
         log.display()
     );
     let (gw, _a, _b) = split_gateway((50, 50), "split_key = \"header:x-user\"", &server).await;
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for user in 0..60 {
-        let user = format!("user-{user}");
-        let first = variant_with(&gw, ("x-user", &user)).await;
-        for _ in 0..4 {
-            assert_eq!(
-                variant_with(&gw, ("x-user", &user)).await,
-                first,
-                "{user} moved"
-            );
-        }
-        *seen.entry(first).or_default() += 1;
-    }
+    let users: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
+    let seen = stuck_to(&gw, "x-user", &users, 4).await;
     // 60 users at 50/50: both variants have some (all on one: odds 2 in 10^18).
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen.values().all(|&n| n >= 15), "{seen:?}");
@@ -176,15 +188,8 @@ async fn each_consumer_stays_on_its_variant() {
         &format!("{consumers}\n[plugins.keys]\nkind = \"api_key\"\nheader = \"x-api-key\"\n"),
     )
     .await;
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for i in 0..40 {
-        let key = format!("key-of-consumer-{i}");
-        let first = variant_with(&gw, ("x-api-key", &key)).await;
-        for _ in 0..3 {
-            assert_eq!(variant_with(&gw, ("x-api-key", &key)).await, first);
-        }
-        *seen.entry(first).or_default() += 1;
-    }
+    let keys: Vec<String> = (0..40).map(|i| format!("key-of-consumer-{i}")).collect();
+    let seen = stuck_to(&gw, "x-api-key", &keys, 3).await;
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
 
@@ -196,15 +201,8 @@ async fn each_client_address_stays_on_its_variant_through_a_trusted_proxy() {
         "[server]\nlisten = [\"${PORTICO_LISTEN}\"]\naccess_log = \"off\"\ntrusted_proxies = [\"127.0.0.1\"]\n",
     )
     .await;
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for i in 0..40 {
-        let ip = format!("203.0.113.{i}");
-        let first = variant_with(&gw, ("x-forwarded-for", &ip)).await;
-        for _ in 0..3 {
-            assert_eq!(variant_with(&gw, ("x-forwarded-for", &ip)).await, first);
-        }
-        *seen.entry(first).or_default() += 1;
-    }
+    let clients: Vec<String> = (0..40).map(|i| format!("203.0.113.{i}")).collect();
+    let seen = stuck_to(&gw, "x-forwarded-for", &clients, 3).await;
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
 
