@@ -271,6 +271,18 @@ async fn batched_reservations_with_background_refills_stay_within_the_limit() {
     );
 }
 
+/// Until a request is admitted and its count shows up in Redis.
+async fn counted_in_redis(gw: &Gateway, redis: &RedisServer, what: &str) {
+    eventually(what, Duration::from_secs(10), async || {
+        gw.get("/api/x").await.status() == 200
+            && redis
+                .command(&["KEYS", "portico:rl:*"])
+                .await
+                .is_some_and(|r| r.contains("portico:rl:limit:"))
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn when_redis_dies_requests_fall_back_and_when_it_returns_sharing_resumes() {
     let mut redis = RedisServer::start().await;
@@ -283,18 +295,7 @@ async fn when_redis_dies_requests_fall_back_and_when_it_returns_sharing_resumes(
     .await;
     // Counted in Redis (a first call that timed out on a loaded machine counts locally, and
     // the next ones go to Redis again once it answers).
-    eventually(
-        "requests are counted in Redis",
-        Duration::from_secs(10),
-        async || {
-            gw.get("/api/x").await.status() == 200
-                && redis
-                    .command(&["KEYS", "portico:rl:*"])
-                    .await
-                    .is_some_and(|r| r.contains("portico:rl:limit:"))
-        },
-    )
-    .await;
+    counted_in_redis(&gw, &redis, "requests are counted in Redis").await;
 
     redis.kill();
     for _ in 0..30 {
@@ -311,18 +312,7 @@ async fn when_redis_dies_requests_fall_back_and_when_it_returns_sharing_resumes(
     assert!(metrics.contains("decision=\"store_error\""), "{metrics}");
 
     redis.restart().await;
-    eventually(
-        "requests are counted in Redis again",
-        Duration::from_secs(10),
-        async || {
-            gw.get("/api/x").await.status() == 200
-                && redis
-                    .command(&["KEYS", "portico:rl:*"])
-                    .await
-                    .is_some_and(|r| r.contains("portico:rl:limit:"))
-        },
-    )
-    .await;
+    counted_in_redis(&gw, &redis, "requests are counted in Redis again").await;
     assert!(
         gw.stderr().contains("shared rate limiting resumes"),
         "the recovery is logged"
