@@ -9,6 +9,7 @@ pub mod compose;
 pub mod config;
 pub mod connection;
 pub mod lifecycle;
+pub mod log_reopen;
 pub mod metrics;
 pub mod problem;
 pub mod proxy;

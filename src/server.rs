@@ -15,6 +15,7 @@ use crate::access_log::AccessLog;
 use crate::admin::AdminApi;
 use crate::connection::Connections;
 use crate::lifecycle::Drain;
+use crate::log_reopen::LogReopen;
 use crate::metrics::Metrics;
 use crate::proxy::direct::Direct;
 use crate::proxy::Portico;
@@ -199,6 +200,12 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     server.add_service(drain);
     server.add_service(sighup);
     server.add_service(background_service(
+        "sigusr1 log reopen",
+        LogReopen {
+            state: Arc::clone(&state),
+        },
+    ));
+    server.add_service(background_service(
         "config watcher",
         ConfigWatcher {
             state: Arc::clone(&state),
@@ -219,16 +226,18 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     server.run_forever()
 }
 
-/// SIGHUP means "reload" once the `sighup reload` service listens for it, but until then
-/// its default action ends the process: an operator's (or a deploy script's) HUP in the
-/// first moments after start (while the config loads, the services start) would kill the
-/// gateway. `main` ignores it first thing; the service's handler replaces this disposition
-/// when it starts, and a change to the file made meanwhile is still seen by the watcher.
+/// SIGHUP means "reload" once the `sighup reload` service listens for it (SIGUSR1 "reopen the
+/// log" once its service does), but until then their default action ends the process: an
+/// operator's (or a deploy script's, or logrotate's) signal in the first moments after start
+/// (while the config loads, the services start) would kill the gateway. `main` ignores them
+/// first thing; each service's handler replaces this disposition when it starts, and a change
+/// to the file made meanwhile is still seen by the watcher.
 #[allow(unsafe_code)]
 pub fn ignore_hangups_until_handled() {
     // SAFETY: setting a signal's disposition to SIG_IGN touches no memory of ours, and no
-    // other thread installs a SIGHUP handler before the services start.
+    // other thread installs a SIGHUP or SIGUSR1 handler before the services start.
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGUSR1, libc::SIG_IGN);
     }
 }

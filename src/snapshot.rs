@@ -267,6 +267,8 @@ pub struct Snapshot {
     pub reuse: config::Reuse,
     pub server: ServerSettings,
     pub admin_listen: SocketAddr,
+    /// `admin.token`: what the admin endpoints but `/healthz` and `/readyz` require.
+    pub admin_token: Option<crate::admin::token::AdminToken>,
     pub routes: RouteTable<Arc<Route>>,
     pub pools: BTreeMap<String, Arc<Upstream>>,
     /// `[cache] max_size`: the limit of the response store; 0 without a `[cache]` table.
@@ -332,6 +334,17 @@ pub fn compile(
             );
             None
         }
+    };
+    let admin_token = match file.admin.token.as_deref() {
+        Some("") => {
+            problems.at(
+                "admin.token",
+                "is empty; set a long random token or leave admin.token out",
+            );
+            None
+        }
+        Some(token) => Some(crate::admin::token::AdminToken::new(token)),
+        None => None,
     };
     if let Some(previous) = previous {
         fixed_at_start(previous, &server, admin_listen, &mut problems);
@@ -665,6 +678,7 @@ pub fn compile(
             },
             server,
             admin_listen,
+            admin_token,
             routes,
             pools,
             cache_max_size: file.cache.as_ref().map_or(0, |c| c.max_size.0),

@@ -6,6 +6,8 @@ mod line;
 
 use std::io::{BufWriter, Write};
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,6 +57,8 @@ struct Queue {
     records: Mutex<Vec<AccessRecord>>,
     /// Flush requests: each is answered once everything before it is written.
     flushes: Mutex<Vec<SyncSender<()>>>,
+    /// Set by `reopen` (SIGUSR1): the writer opens the file's path again before it writes next.
+    reopen: AtomicBool,
     writer: std::thread::Thread,
 }
 
@@ -69,26 +73,22 @@ impl AccessLog {
     /// Start the writer for `target`. A file is opened for appending now, so a bad path is
     /// reported at start-up, not lost later.
     pub fn start(target: &AccessLogTarget) -> std::io::Result<AccessLog> {
-        let out: Box<dyn Write + Send> = match target {
+        let (out, path): (Box<dyn Write + Send>, _) = match target {
             AccessLogTarget::Off => return Ok(AccessLog { queue: None }),
-            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-            AccessLogTarget::File(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+            AccessLogTarget::Stdout => (Box::new(std::io::stdout()), None),
+            AccessLogTarget::File(path) => (Box::new(open(path)?), Some(path.clone())),
         };
         let (ready_tx, ready_rx) = sync_channel(1);
         let handle = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
                 let Ok(queue) = ready_rx.recv() else { return };
-                write_lines(queue, out)
+                write_lines(queue, out, path)
             })?;
         let queue = Arc::new(Queue {
             records: Mutex::new(Vec::with_capacity(1024)),
             flushes: Mutex::new(Vec::new()),
+            reopen: AtomicBool::new(false),
             writer: handle.thread().clone(),
         });
         ready_tx
@@ -123,13 +123,29 @@ impl AccessLog {
             let _ = wait.recv_timeout(Duration::from_secs(1));
         }
     }
+
+    /// Open the log file again by its path, as logrotate expects after it renamed the file
+    /// (SIGUSR1): lines handed over before go to the old file, the rest to the new one.
+    pub fn reopen(&self) {
+        if let Some(queue) = &self.queue {
+            queue.reopen.store(true, Ordering::Release);
+            queue.writer.unpark();
+        }
+    }
+}
+
+fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn write_lines(queue: Arc<Queue>, out: Box<dyn Write + Send>) {
+fn write_lines(queue: Arc<Queue>, out: Box<dyn Write + Send>, path: Option<PathBuf>) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut batch = Vec::with_capacity(1024);
     let mut text = Vec::with_capacity(64 * 1024);
@@ -146,6 +162,22 @@ fn write_lines(queue: Arc<Queue>, out: Box<dyn Write + Send>) {
         let _ = out.write_all(&text);
         text.clear();
         let _ = out.flush();
+        if queue.reopen.swap(false, Ordering::AcqRel) {
+            if let Some(path) = &path {
+                // A file that cannot be opened (its directory gone, no permission) leaves the
+                // log where it was: lines written to the old file are better than none.
+                match open(path) {
+                    Ok(file) => {
+                        out = BufWriter::with_capacity(64 * 1024, Box::new(file));
+                        log::info!("SIGUSR1: access log {} reopened", path.display());
+                    }
+                    Err(e) => log::error!(
+                        "SIGUSR1: cannot reopen the access log {}: {e}; still writing to the old file",
+                        path.display()
+                    ),
+                }
+            }
+        }
         for done in flushes {
             let _ = done.send(());
         }

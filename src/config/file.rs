@@ -157,6 +157,9 @@ impl Default for ServerSection {
 pub struct AdminSection {
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Required on every admin endpoint but `/healthz` and `/readyz` when set.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 fn default_admin_listen() -> String {
@@ -167,6 +170,7 @@ impl Default for AdminSection {
     fn default() -> Self {
         AdminSection {
             listen: default_admin_listen(),
+            token: None,
         }
     }
 }

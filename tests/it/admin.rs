@@ -113,3 +113,101 @@ async fn sighup_reloads_the_config_file() {
     .await;
     assert_eq!(gw.get("/x").await.headers()["x-upstream"], "b");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_token_guards_every_endpoint_but_health_and_readiness() {
+    let up = spawn_ok("users").await;
+    let config = format!(
+        "[admin]\nlisten = \"${{PORTICO_ADMIN}}\"\ntoken = \"${{ADMIN_TOKEN}}\"\n\n{}",
+        one_route("users", up.addr, "", "/users")
+    );
+    let gw = Gateway::start_with_env(&config, &[("ADMIN_TOKEN", "open-sesame-4f9c")]).await;
+    let admin = |path: &str| gw.client.get(gw.admin_url(path));
+
+    // Load balancers and orchestrators probe without credentials.
+    assert_eq!(admin("/healthz").send().await.unwrap().status(), 200);
+    assert_eq!(admin("/readyz").send().await.unwrap().status(), 200);
+
+    // Without the token: a 401 problem that asks a browser for it.
+    let resp = admin("/status").send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let challenges: Vec<_> = resp
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Basic ")),
+        "{challenges:?}"
+    );
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "unauthorized");
+    for path in ["/metrics", "/", "/openapi.json", "/nope"] {
+        let status = admin(path).send().await.unwrap().status();
+        assert_eq!(status, 401, "{path} without the token");
+    }
+    let reload = gw
+        .client
+        .post(gw.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 401, "a reload without the token");
+
+    // A wrong token, as Bearer or as the Basic password.
+    let wrong = admin("/status")
+        .bearer_auth("open-sesame")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let wrong = admin("/status")
+        .basic_auth("ops", Some("open-sesame-4f9d"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    // The token, as a script sends it and as a browser does.
+    let resp = admin("/status")
+        .bearer_auth("open-sesame-4f9c")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let status: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status["routes"][0]["name"], "users");
+    let resp = admin("/metrics")
+        .basic_auth("anyone", Some("open-sesame-4f9c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("portico_config_generation 1"));
+    let reload = gw
+        .client
+        .post(gw.admin_url("/reload"))
+        .bearer_auth("open-sesame-4f9c")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+
+    // The public listener knows nothing of it.
+    assert_eq!(gw.get("/users/1").await.status(), 200);
+}
+
+#[test]
+fn an_empty_admin_token_is_a_config_error() {
+    let (code, out) = crate::common::gateway::validate_text(
+        "[admin]\nlisten = \"127.0.0.1:9901\"\ntoken = \"\"\n\n[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\n\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"a\"\n",
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("admin.token"), "{out}");
+}

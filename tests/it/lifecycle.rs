@@ -154,6 +154,75 @@ async fn the_access_log_has_one_json_line_per_request_without_secrets() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn logrotate_renames_the_access_log_and_sigusr1_starts_a_new_file() {
+    let up = spawn_upstream("app", |_| Reply::Status(200, "ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let rotated = dir.path().join("access.log.1");
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"{}\"\n\n\
+         [upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npath = \"/api\"\nupstream = \"app\"\n",
+        log.display(),
+        up.addr
+    ))
+    .await;
+    let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let get = async |id: &str| {
+        let resp = gw
+            .client
+            .get(gw.url("/api/x"))
+            .header("x-request-id", id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    };
+
+    get("before-rotation").await;
+    eventually("the first line", Duration::from_secs(5), async || {
+        lines(&log).len() == 1
+    })
+    .await;
+
+    // What logrotate does: rename, then signal. Until the gateway reopens, lines still go to
+    // the renamed file, which it holds open.
+    std::fs::rename(&log, &rotated).unwrap();
+    let mut n = 0;
+    // The signal is sent again until a new file appears: a process that has just started may
+    // not listen for it yet (it ignores it until then, rather than dying of it).
+    eventually("a new access.log", Duration::from_secs(10), async || {
+        gw.signal("USR1");
+        n += 1;
+        get(&format!("after-rotation-{n}")).await;
+        !lines(&log).is_empty()
+    })
+    .await;
+
+    let old = lines(&rotated);
+    assert_eq!(old[0]["request_id"], "before-rotation");
+    let new = lines(&log);
+    assert!(
+        new.iter().all(|l| l["request_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("after-rotation-"))),
+        "the new file has what came after the rotation: {new:?}"
+    );
+    assert!(
+        !new.iter().any(|l| l["request_id"] == "before-rotation"),
+        "nothing written before the rotation is in the new file: {new:?}"
+    );
+    assert!(gw.stderr().contains("reopened"), "{}", gw.stderr());
+    // The process lives on and serves.
+    get("still-serving").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_upgrade_under_load_refuses_not_one_connection() {
     let app = crate::common::upstream::spawn_ok("app").await;
     let mut gw = Gateway::start(&one_route("app", app.addr, "", "/")).await;

@@ -1,6 +1,8 @@
 //! The admin API on `admin.listen`: health, readiness, metrics, status and reload. Never on
 //! the public listener.
 
+pub mod token;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -254,6 +256,26 @@ async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Vec<u8>,
     }
 }
 
+/// 401 for a missing or wrong `admin.token`. Both challenges: Basic makes a browser ask for
+/// the token (as the password), Bearer tells a script what to send.
+fn unauthorized(path: &str) -> Response<Vec<u8>> {
+    let mut resp = problem(
+        ErrorCode::Unauthorized,
+        "this admin endpoint needs admin.token, as Authorization: Bearer or as the HTTP Basic password",
+        path,
+    );
+    let headers = resp.headers_mut();
+    headers.append(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Basic realm=\"portico admin\", charset=\"UTF-8\""),
+    );
+    headers.append(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"portico admin\""),
+    );
+    resp
+}
+
 fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -283,6 +305,13 @@ impl ServeHttp for AdminApi {
         let req = session.req_header();
         let method = req.method.clone();
         let path = req.uri.path().to_string();
+        // Before anything else, so that without the token even which endpoints exist is hidden.
+        let open = matches!(path.as_str(), "/healthz" | "/readyz");
+        if let (false, Some(token)) = (open, &self.state.current().admin_token) {
+            if !token.admits(req.headers.get(http::header::AUTHORIZATION)) {
+                return unauthorized(&path);
+            }
+        }
         let allowed = match path.as_str() {
             "/healthz" | "/readyz" | "/metrics" | "/status" => Method::GET,
             "/reload" | "/cache/purge" => Method::POST,
