@@ -200,6 +200,12 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     server.add_service(drain);
     server.add_service(sighup);
     server.add_service(background_service(
+        "traffic sampler",
+        crate::admin::traffic::TrafficSampler {
+            state: Arc::clone(&state),
+        },
+    ));
+    server.add_service(background_service(
         "sigusr1 log reopen",
         LogReopen {
             state: Arc::clone(&state),

@@ -47,6 +47,8 @@ pub struct GatewayState {
     pub cache: &'static CacheStore,
     /// What the TLS listeners serve from, when the config has `[tls]`.
     pub tls: Option<crate::tls::TlsRuntime>,
+    /// The last minute of request counters, sampled for `/status` and the status page.
+    pub traffic: crate::admin::traffic::Traffic,
 }
 
 impl GatewayState {
@@ -85,6 +87,7 @@ impl GatewayState {
             metrics,
             access_log,
             transport: pingora_core::connectors::TransportConnector::new(None),
+            traffic: Default::default(),
         })
     }
 

@@ -1,7 +1,9 @@
 //! The admin API on `admin.listen`: health, readiness, metrics, status and reload. Never on
 //! the public listener.
 
+mod page;
 pub mod token;
+pub mod traffic;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -189,6 +191,7 @@ impl AdminApi {
                 "errors": last.errors,
             },
             "routes": routes,
+            "traffic": state.traffic.last_minute(&state.metrics),
             "upstreams": upstreams,
             "cache": {
                 "max_size": cache.max_size,
@@ -313,7 +316,7 @@ impl ServeHttp for AdminApi {
             }
         }
         let allowed = match path.as_str() {
-            "/healthz" | "/readyz" | "/metrics" | "/status" => Method::GET,
+            "/" | "/healthz" | "/readyz" | "/metrics" | "/status" => Method::GET,
             "/reload" | "/cache/purge" => Method::POST,
             _ => return problem(ErrorCode::NoRoute, "no admin endpoint here", &path),
         };
@@ -352,6 +355,18 @@ impl ServeHttp for AdminApi {
                 )
             }
             "/status" => json_response(StatusCode::OK, &self.status()),
+            "/" => {
+                let mut resp = response(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    page::STATUS_PAGE.as_bytes().to_vec(),
+                );
+                resp.headers_mut().insert(
+                    http::header::CONTENT_SECURITY_POLICY,
+                    http::HeaderValue::from_static(page::CONTENT_SECURITY_POLICY),
+                );
+                resp
+            }
             "/cache/purge" => self.purge(session, &path).await,
             _ => self.reload(&path).await,
         }
