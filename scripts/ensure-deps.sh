@@ -3,7 +3,10 @@
 #   cmake, a C/C++ compiler and make (pingora's libz-ng-sys builds C with cmake), pkg-config,
 #   redis-server (the Redis-backed tests start a real one), curl (the demo, the benchmark and the
 #   HTTP/2 tests), h2load (nghttp2-client: the HTTP/2 tests and benchmark), dnsmasq
-#   (dnsmasq-base: the real DNS server the service discovery tests start).
+#   (dnsmasq-base: the real DNS server the service discovery tests start), promtool
+#   (prometheus: the observability tests check /metrics, the alert rules and their unit tests
+#   with it; Debian's package also brings a Prometheus server, whose service this script stops
+#   and disables when it has just installed it).
 # Silent when everything is there; one line per package it installs. Cargo cannot come from
 # apt here (Debian's is too old for this workspace), so a missing cargo is an error with advice.
 #
@@ -24,8 +27,9 @@ declare -A PACKAGE_FOR=(
     [curl]=curl
     [h2load]=nghttp2-client
     [dnsmasq]=dnsmasq-base
+    [promtool]=prometheus
 )
-ORDER=(cmake cc c++ make pkg-config redis-server curl h2load dnsmasq)
+ORDER=(cmake cc c++ make pkg-config redis-server curl h2load dnsmasq promtool)
 
 missing=()
 for cmd in "${ORDER[@]}"; do
@@ -59,6 +63,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
         if ! "${SUDO[@]}" apt-get install -y -q --no-install-recommends "$pkg" >"$apt_log" 2>&1; then
             cat "$apt_log" >&2
             die "apt-get install $pkg failed"
+        fi
+        # Only promtool was wanted: not a Prometheus server running on :9090 after `make test`.
+        if [ "$pkg" = prometheus ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+            log "disabling the prometheus service the package started (promtool is what the tests use)"
+            "${SUDO[@]}" systemctl disable --now prometheus.service >"$apt_log" 2>&1 || cat "$apt_log" >&2
         fi
     done
 fi

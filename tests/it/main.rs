@@ -25,6 +25,7 @@ mod http2;
 mod hygiene;
 mod lifecycle;
 mod mirror;
+mod observability;
 mod policy;
 mod rate_limit;
 mod reload;
