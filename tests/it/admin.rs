@@ -211,3 +211,49 @@ fn an_empty_admin_token_is_a_config_error() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("admin.token"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_and_the_last_minute_of_traffic_per_route() {
+    let up = spawn_ok("users").await;
+    let gw = Gateway::start(&one_route("users", up.addr, "", "/users")).await;
+
+    // The page: one self-contained HTML document that reads /status.
+    let page = gw.client.get(gw.admin_url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("fetch(\"/status\""), "the page reads /status");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets"
+    );
+
+    // What it draws: requests per second, 5xx per second and p99 of each route.
+    for _ in 0..10 {
+        assert_eq!(gw.get("/users/1").await.status(), 200);
+    }
+    let mut traffic = serde_json::Value::Null;
+    crate::common::eventually(
+        "the route's traffic in /status",
+        std::time::Duration::from_secs(10),
+        async || {
+            traffic = gw.admin_json("/status").await["traffic"]["users"].clone();
+            traffic["requests_per_s"].as_f64().is_some_and(|r| r > 0.0)
+        },
+    )
+    .await;
+    assert_eq!(traffic["errors_per_s"], 0.0);
+    let p99 = traffic["p99_ms"]
+        .as_f64()
+        .expect("a p99 once there were requests");
+    assert!(p99 > 0.0, "{traffic}");
+    assert!(traffic["seconds"].as_f64().unwrap() <= 65.0, "{traffic}");
+}
