@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod signals;
 pub mod snapshot;
 pub mod state;
 pub mod tls;

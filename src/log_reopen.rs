@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::SignalKind;
 
 use crate::state::GatewayState;
 
@@ -17,23 +17,16 @@ pub struct LogReopen {
 #[async_trait]
 impl BackgroundService for LogReopen {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut signals = match signal(SignalKind::user_defined1()) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("cannot listen for SIGUSR1, the access log cannot be reopened: {e}");
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                received = signals.recv() => {
-                    if received.is_none() {
-                        return;
-                    }
-                    self.state.access_log.reopen();
-                }
-            }
-        }
+        crate::signals::on_each(
+            SignalKind::user_defined1(),
+            "SIGUSR1",
+            "the access log cannot be reopened",
+            &mut shutdown,
+            || {
+                self.state.access_log.reopen();
+                std::future::ready(())
+            },
+        )
+        .await;
     }
 }

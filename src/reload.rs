@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::SignalKind;
 
 use crate::state::GatewayState;
 
@@ -30,27 +30,22 @@ pub struct SighupReload {
 #[async_trait]
 impl BackgroundService for SighupReload {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("cannot listen for SIGHUP, reload with POST /reload instead: {e}");
-                return;
+        let reload = || {
+            log::info!("SIGHUP: reloading {}", self.state.config_path.display());
+            let state = Arc::clone(&self.state);
+            async move {
+                // The outcome is logged, counted and shown in /status by `reload` itself.
+                let _ = tokio::task::spawn_blocking(move || state.reload()).await;
             }
         };
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                received = hangups.recv() => {
-                    if received.is_none() {
-                        return;
-                    }
-                    log::info!("SIGHUP: reloading {}", self.state.config_path.display());
-                    let state = Arc::clone(&self.state);
-                    // The outcome is logged, counted and shown in /status by `reload` itself.
-                    let _ = tokio::task::spawn_blocking(move || state.reload()).await;
-                }
-            }
-        }
+        crate::signals::on_each(
+            SignalKind::hangup(),
+            "SIGHUP",
+            "reload with POST /reload instead",
+            &mut shutdown,
+            reload,
+        )
+        .await;
     }
 }
 

@@ -94,18 +94,22 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
     assert!(status.success(), "{status}");
 }
 
+/// A gateway with one route, `/api` to `upstream`, that writes its access log to `log`.
+async fn logging_gateway(upstream: std::net::SocketAddr, log: &std::path::Path) -> Gateway {
+    Gateway::start(&format!(
+        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"{}\"\n\n\
+         [upstreams.app]\ntargets = [\"{upstream}\"]\n\n[[routes]]\nname = \"r\"\npath = \"/api\"\nupstream = \"app\"\n",
+        log.display(),
+    ))
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_access_log_has_one_json_line_per_request_without_secrets() {
     let up = spawn_upstream("app", |_| Reply::Status(200, "ok")).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let gw = Gateway::start(&format!(
-        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"{}\"\n\n\
-         [upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npath = \"/api\"\nupstream = \"app\"\n",
-        log.display(),
-        up.addr
-    ))
-    .await;
+    let gw = logging_gateway(up.addr, &log).await;
     gw.client
         .get(gw.url("/api/items?api_key=SECRET123"))
         .header("x-request-id", "log-me")
@@ -159,13 +163,7 @@ async fn logrotate_renames_the_access_log_and_sigusr1_starts_a_new_file() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     let rotated = dir.path().join("access.log.1");
-    let gw = Gateway::start(&format!(
-        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"{}\"\n\n\
-         [upstreams.app]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\npath = \"/api\"\nupstream = \"app\"\n",
-        log.display(),
-        up.addr
-    ))
-    .await;
+    let gw = logging_gateway(up.addr, &log).await;
     let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(path)
             .unwrap_or_default()
