@@ -20,4 +20,5 @@ pub mod signals;
 pub mod snapshot;
 pub mod state;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

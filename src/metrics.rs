@@ -32,6 +32,8 @@ pub struct Metrics {
     pub grpc_requests: IntCounterVec,
     pub config_generation: IntGauge,
     pub access_log_dropped: IntCounter,
+    /// Spans the tracer could not queue or the collector did not take.
+    pub tracing_spans_dropped: IntCounter,
     /// Client connections closed at once because `server.max_client_connections` were open.
     pub client_connections_refused: IntCounter,
     pub client_connections: IntGauge,
@@ -151,6 +153,10 @@ impl Metrics {
             "portico_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up.",
         )?;
+        let tracing_spans_dropped = IntCounter::new(
+            "portico_tracing_spans_dropped_total",
+            "Spans dropped: the export queue was full or the collector did not take them.",
+        )?;
         let cache_lookups = IntCounterVec::new(
             Opts::new(
                 "portico_cache_lookups_total",
@@ -215,6 +221,7 @@ impl Metrics {
         registry.register(Box::new(grpc_requests.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        registry.register(Box::new(tracing_spans_dropped.clone()))?;
         let plugins = std::sync::Arc::new(portico_plugins::metrics::PluginMetrics::new(&registry)?);
         Ok(Metrics {
             registry,
@@ -234,6 +241,7 @@ impl Metrics {
             grpc_requests,
             config_generation,
             access_log_dropped,
+            tracing_spans_dropped,
             client_connections_refused,
             client_connections,
             client_connections_max,

@@ -84,7 +84,7 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
     }
     let state = GatewayState::new(snapshot, options.config_path, metrics, access_log);
     // The config is valid and about to serve: what its plugins run in the background starts.
-    state.current().start();
+    state.current().start(&state.metrics);
 
     let conf = ServerConf {
         threads: server_settings.threads,

@@ -60,6 +60,8 @@ pub struct ServerSettings {
 /// A compiled `[[routes]]` entry.
 pub struct Route {
     pub name: Arc<str>,
+    /// `path` as written (`/users/{id}`): the `http.route` of its spans.
+    pub path: Arc<str>,
     /// Set for a proxied route.
     pub upstream: Option<Arc<Upstream>>,
     /// Set for a route that splits its requests among upstreams (`split`).
@@ -278,13 +280,18 @@ pub struct Snapshot {
     pub proxy_routes: bool,
     /// `[tls]`, with its certificates read.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// `[tracing]`: kept from the config before while the section is unchanged.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl Snapshot {
     /// Start what this config's plugins run in the background (a JWKS fetcher): called once
     /// the config is valid and about to serve, never for one that is only validated.
     /// Instances kept from the config before were started already and do nothing.
-    pub fn start(&self) {
+    pub fn start(&self, metrics: &crate::metrics::Metrics) {
+        if let Some(tracer) = &self.tracer {
+            tracer.start(&metrics.tracing_spans_dropped);
+        }
         for instance in self.reuse.plugins.values() {
             if let config::PluginBody::Chain(plugin) = &instance.plugin {
                 plugin.start();
@@ -398,6 +405,25 @@ pub fn compile(
             &mut problems,
         );
     }
+
+    let tracer = file
+        .tracing
+        .as_ref()
+        .and_then(|section| match crate::trace::compile(section) {
+            Ok(settings) => Some(
+                previous
+                    .and_then(|p| p.tracer.as_ref())
+                    .filter(|t| t.settings == settings)
+                    .map(Arc::clone)
+                    .unwrap_or_else(|| Arc::new(crate::trace::Tracer::new(settings))),
+            ),
+            Err(errors) => {
+                for (key, message) in errors {
+                    problems.at(format!("tracing.{key}"), message);
+                }
+                None
+            }
+        });
 
     let dns = file.dns.clone().unwrap_or_default();
     for (key, message) in crate::upstream::discovery::dns_errors(&dns) {
@@ -632,6 +658,7 @@ pub fn compile(
                 matcher,
                 Arc::new(Route {
                     name: route.name.as_str().into(),
+                    path: route.path.as_str().into(),
                     upstream,
                     split,
                     mirror,
@@ -684,6 +711,7 @@ pub fn compile(
             cache_max_size: file.cache.as_ref().map_or(0, |c| c.max_size.0),
             proxy_routes,
             tls,
+            tracer,
         }),
         _ => Err(ConfigErrors::single(
             &origin,

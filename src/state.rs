@@ -181,7 +181,7 @@ impl GatewayState {
         let mut last = self.last_load.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(snapshot) => {
-                snapshot.start();
+                snapshot.start(&self.metrics);
                 if let (Some(runtime), Some(tls)) = (&self.tls, &snapshot.tls) {
                     runtime.apply(tls);
                 }

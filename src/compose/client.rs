@@ -17,6 +17,7 @@ use prometheus::IntCounterVec;
 
 use crate::proxy::direct::read_final_head;
 use crate::proxy::failure::{self, GatewayError};
+use crate::proxy::forwarding::TRACEPARENT;
 use crate::upstream::exchange::{ConnectFailure, Exchange, Stage};
 use crate::upstream::live::Upstream;
 
@@ -48,6 +49,8 @@ impl PartError {
 pub struct Sender<'a> {
     pub transport: &'a TransportConnector,
     pub requests: &'a IntCounterVec,
+    /// The client request's server span, when it is traced: each attempt is a span under it.
+    pub trace: Option<crate::trace::SpanParent>,
 }
 
 /// One GET-like sub-request through the upstream exchange: the same target choice, pool,
@@ -82,7 +85,12 @@ async fn exchange(
     deadline: Instant,
     replayable: bool,
 ) -> Result<Bytes, PartError> {
-    let mut exchange = Exchange::new(upstream.current(), Some(deadline), sender.requests);
+    let trace = sender
+        .trace
+        .as_ref()
+        .map(|t| t.with_method(&request.method));
+    let mut exchange =
+        Exchange::new(upstream.current(), Some(deadline), sender.requests).traced(trace);
     loop {
         // Consistent hashing keys a sub-request by its path.
         let peer = exchange
@@ -102,7 +110,17 @@ async fn exchange(
             }
         };
         let left = exchange.time_left();
-        let sent = tokio::time::timeout(left, send_on(stream, &peer, request, &body)).await;
+        let head = match exchange.traceparent() {
+            // Traced: this attempt's request names its own span as the parent.
+            Some(traceparent) => {
+                let mut head = request.clone();
+                head.insert_header(TRACEPARENT, traceparent)
+                    .map_err(|_| PartError::gateway(ErrorCode::Internal))?;
+                head
+            }
+            None => request.clone(),
+        };
+        let sent = tokio::time::timeout(left, send_on(stream, &peer, head, &body)).await;
         let sent = sent.unwrap_or_else(|_| {
             let mut e = Error::explain(ErrorType::ReadTimedout, "the call's deadline passed");
             e.esource = pingora_error::ErrorSource::Upstream;
@@ -150,14 +168,14 @@ struct SubAnswer {
 async fn send_on(
     stream: Stream,
     peer: &HttpPeer,
-    request: &RequestHeader,
+    request: RequestHeader,
     body: &[u8],
 ) -> pingora_error::Result<SubAnswer> {
     let mut session = HttpSession::new_with_options(stream, peer);
     session.read_timeout = peer.options.read_timeout;
     session.write_timeout = peer.options.write_timeout;
     session
-        .write_request_header(Box::new(request.clone()))
+        .write_request_header(Box::new(request))
         .await
         .map_err(|e| e.into_up())?;
     if !body.is_empty() {

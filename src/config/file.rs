@@ -335,6 +335,30 @@ pub struct ConsulSection {
     pub datacenter: Option<String>,
 }
 
+/// `[tracing]`: spans to an OpenTelemetry collector over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSection {
+    /// The collector's traces URL, `http://` or `https://` (Jaeger: `:4318/v1/traces`).
+    pub otlp_endpoint: String,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// The share of the traces Portico starts that are kept; a caller's sampled flag is
+    /// followed either way. OpenTelemetry's default sampler keeps every trace, and so does this.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Sent with every export (a collector's `authorization`, say).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_service_name() -> String {
+    "portico".into()
+}
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
 /// `upstreams.NAME.protocol`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -691,6 +715,7 @@ pub struct FileConfig {
     pub tls: Option<TlsSection>,
     pub dns: Option<DnsSection>,
     pub consul: Option<ConsulSection>,
+    pub tracing: Option<TracingSection>,
     pub upstreams: BTreeMap<String, UpstreamSection>,
     pub consumers: BTreeMap<String, ConsumerSection>,
     /// Built plugin instances by name, with their kind.

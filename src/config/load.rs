@@ -239,6 +239,7 @@ fn deserialize_sections(
             "tls" => file.tls = deserialize(item, key, problems),
             "dns" => file.dns = deserialize(item, key, problems),
             "consul" => file.consul = deserialize(item, key, problems),
+            "tracing" => file.tracing = deserialize(item, key, problems),
             "upstreams" => {
                 file.upstreams =
                     deserialize_named(item, key, problems, &mut file.broken_upstreams);
@@ -261,7 +262,7 @@ fn deserialize_sections(
             }
             other => problems.at(
                 other,
-                "unknown section (expected server, admin, tls, redis, cache, dns, consul, upstreams, consumers, plugins or routes)",
+                "unknown section (expected server, admin, tls, redis, cache, dns, consul, tracing, upstreams, consumers, plugins or routes)",
             ),
         }
     }

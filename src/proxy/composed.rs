@@ -8,7 +8,7 @@ use pingora_proxy::Session;
 use portico_plugins::ErrorCode;
 
 use super::ctx::RequestCtx;
-use super::forwarding::{edit_request_headers, gateway_request_headers, X_REQUEST_ID};
+use super::forwarding::{edit_request_headers, gateway_request_headers, TRACEPARENT, X_REQUEST_ID};
 use super::Portico;
 use crate::compose::{self, Composition, Merged};
 use crate::snapshot::Route;
@@ -57,6 +57,7 @@ impl Portico {
         let sender = compose::client::Sender {
             transport: &self.state.transport,
             requests: &self.state.metrics.upstream_requests,
+            trace: ctx.span_parent(),
         };
         let answer = composition
             .run(&inputs, &sender, &route.plugins, &base)
@@ -76,6 +77,9 @@ impl Portico {
                 resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
                 resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
                 resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+                if ctx.trace.is_some() {
+                    resp.insert_header(TRACEPARENT, ctx.traceparent.clone())?;
+                }
                 if !failed.is_empty() {
                     let list = failed.join(", ");
                     resp.insert_header("portico-incomplete", list.as_str())?;

@@ -33,6 +33,8 @@ pub struct RequestCtx {
     /// A valid W3C traceparent once identified (the client's, checked, or a new one); empty
     /// before. The access log takes its trace id from it without checking again.
     pub traceparent: HeaderValue,
+    /// A sampled request's server span (`[tracing]`); then `traceparent` is its own.
+    pub trace: Option<Box<crate::trace::ServerSpan>>,
     /// Everything a request has once it has a route; `None` until then.
     pub routed: Option<Routed>,
     /// Request body bytes seen so far, against `max_request_body`.
@@ -103,6 +105,21 @@ impl RequestCtx {
         self.routed.as_ref().map(|r| &r.route)
     }
 
+    /// The parent of this request's upstream attempts, when it is traced.
+    pub fn span_parent(&self) -> Option<crate::trace::SpanParent> {
+        self.trace.as_ref().map(|t| t.parent().clone())
+    }
+
+    /// The `traceparent` to send upstream now: the current attempt's own when the request is
+    /// traced, else the one the request carries.
+    pub fn upstream_traceparent(&self) -> HeaderValue {
+        self.routed
+            .as_ref()
+            .and_then(|r| r.exchange.as_ref())
+            .and_then(Exchange::traceparent)
+            .unwrap_or_else(|| self.traceparent.clone())
+    }
+
     pub fn exchange(&mut self) -> Option<&mut Exchange> {
         self.routed.as_mut()?.exchange.as_mut()
     }
@@ -117,6 +134,7 @@ impl RequestCtx {
             tls: false,
             client_cert: None,
             traceparent: HeaderValue::from_static(""),
+            trace: None,
             routed: None,
             body_bytes: 0,
             cache_considered: false,

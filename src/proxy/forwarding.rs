@@ -422,7 +422,7 @@ pub fn gateway_request_headers(
         .headers
         .get(http::header::HOST)
         .cloned();
-    let ids = (ctx.request_id.clone(), ctx.traceparent.clone());
+    let ids = (ctx.request_id.clone(), ctx.upstream_traceparent());
     let who = Who {
         peer,
         client: ctx.client_ip,

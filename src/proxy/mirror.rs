@@ -158,9 +158,11 @@ async fn deliver(
     head: &RequestHeader,
     body: Bytes,
 ) -> Outcome {
+    // A copy is not part of the client's trace: its answer is thrown away.
     let sender = Sender {
         transport: &state.transport,
         requests: &state.metrics.upstream_requests,
+        trace: None,
     };
     let deadline = Instant::now() + DEADLINE;
     // Sent once: a copy that may have reached the mirror is not sent again.

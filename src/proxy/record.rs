@@ -89,6 +89,34 @@ impl Portico {
             None => (None, None, None),
         };
 
+        if let Some(span) = ctx.trace.take() {
+            let req = session.req_header();
+            let header = |name: http::header::HeaderName| {
+                req.headers.get(name).and_then(|v| v.to_str().ok())
+            };
+            let routed = ctx.routed.as_ref();
+            span.end(crate::trace::ServerEnd {
+                route: routed.map(|r| &*r.route),
+                path: req.uri.path(),
+                scheme: if ctx.tls { "https" } else { "http" },
+                host: header(http::header::HOST).or_else(|| req.uri.host()),
+                client: ctx.client_ip,
+                user_agent: header(http::header::USER_AGENT),
+                protocol: if req.version == http::Version::HTTP_2 {
+                    "2"
+                } else {
+                    "1.1"
+                },
+                status,
+                upstream: upstream.as_deref(),
+                target: target.as_deref(),
+                consumer: routed
+                    .and_then(|r| r.plugin_cx.identity.as_ref())
+                    .map(|id| &*id.consumer),
+                cache: cache_result.map(crate::cache::CacheResult::as_str),
+            });
+        }
+
         if self.state.access_log.enabled() {
             let consumer = ctx
                 .routed

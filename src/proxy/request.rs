@@ -134,6 +134,7 @@ impl Portico {
                 deadline,
                 &self.state.metrics.upstream_requests,
             )
+            .traced(ctx.span_parent())
         });
         let mut plugin_cx = PluginCtx::new(Arc::clone(&route.name), client_ip, ctx.id().to_owned());
         plugin_cx.client_cert = ctx.client_cert.clone();
@@ -170,6 +171,7 @@ impl Portico {
         split: &Split,
         deadline: Option<std::time::Instant>,
     ) {
+        let parent = ctx.span_parent();
         let Some(routed) = ctx.routed.as_mut() else {
             return;
         };
@@ -180,11 +182,14 @@ impl Portico {
             .split_requests
             .with_label_values(&[&routed.route.name, &choice.upstream.name])
             .inc();
-        routed.exchange = Some(Exchange::new(
-            choice.upstream.current(),
-            deadline,
-            &self.state.metrics.upstream_requests,
-        ));
+        routed.exchange = Some(
+            Exchange::new(
+                choice.upstream.current(),
+                deadline,
+                &self.state.metrics.upstream_requests,
+            )
+            .traced(parent),
+        );
         routed.variant = Some(choice.upstream);
         routed.set_cookie = choice.set_cookie;
     }
@@ -266,8 +271,12 @@ pub(super) fn answer_headers(
     session: &Session,
     ctx: &RequestCtx,
 ) -> Vec<(HeaderName, HeaderValue)> {
+    let traced = ctx
+        .trace
+        .is_some()
+        .then(|| (TRACEPARENT, ctx.traceparent.clone()));
     let Some(routed) = ctx.routed.as_ref() else {
-        return Vec::new();
+        return traced.into_iter().collect();
     };
     let req = session.req_header();
     routed
@@ -275,6 +284,7 @@ pub(super) fn answer_headers(
         .plugins
         .iter()
         .flat_map(|(_, plugin)| plugin.answer_headers(req, &routed.plugin_cx))
+        .chain(traced)
         .collect()
 }
 
@@ -377,10 +387,17 @@ fn identify(session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) {
         Some(v) if sane_request_id(v.as_bytes()) => v.clone(),
         _ => new_request_id(),
     };
-    ctx.traceparent = match req.headers.get(TRACEPARENT) {
-        Some(v) if trace_id_of(v.as_bytes()).is_some() => v.clone(),
-        _ => new_traceparent(),
-    };
+    match &snapshot.tracer {
+        Some(tracer) => {
+            (ctx.traceparent, ctx.trace) = tracer.begin(req.headers.get(TRACEPARENT), &req.method);
+        }
+        None => {
+            ctx.traceparent = match req.headers.get(TRACEPARENT) {
+                Some(v) if trace_id_of(v.as_bytes()).is_some() => v.clone(),
+                _ => new_traceparent(),
+            };
+        }
+    }
     // Both are unique to the request: in an HTTP/2 header table (the client's, or an HTTP/2
     // upstream's) an entry for either would never be used again, and adding it would evict
     // entries that would be, on every response (callgrind: the encoder walked every id

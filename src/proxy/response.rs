@@ -7,7 +7,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
-use super::forwarding::{asks_upgrade, edit_response_headers, X_REQUEST_ID};
+use super::forwarding::{asks_upgrade, edit_response_headers, TRACEPARENT, X_REQUEST_ID};
 use super::phases::Phase;
 use super::{cache, Portico};
 
@@ -45,11 +45,17 @@ impl Portico {
     ) -> Result<()> {
         ctx.phases.mark(Phase::Response);
         let request_id = ctx.request_id.clone();
+        let traceparent = ctx.trace.is_some().then(|| ctx.traceparent.clone());
         let cache_result = cache::result(session, ctx);
         ctx.cache = cache_result.or(ctx.cache);
-        // Room for X-Request-Id, X-Cache and the plugins' headers (RateLimit-* are three).
-        edit_response_headers(resp, 6, |headers| {
+        // Room for X-Request-Id, X-Cache, traceparent and the plugins' headers (RateLimit-*
+        // are three).
+        edit_response_headers(resp, 7, |headers| {
             headers.insert(X_REQUEST_ID, request_id);
+            // A sampled trace: the client learns the server span it can find its request by.
+            if let Some(traceparent) = traceparent {
+                headers.insert(TRACEPARENT, traceparent);
+            }
             if let Some(result) = cache_result {
                 headers.insert(cache::X_CACHE, HeaderValue::from_static(result.as_str()));
             }

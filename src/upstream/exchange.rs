@@ -30,6 +30,7 @@ use prometheus::IntCounterVec;
 use super::breaker::Outcome;
 use super::pool::{Checkout, Slot};
 use super::{InFlight, UpstreamPool};
+use crate::trace::{AttemptSpan, AttemptTarget, SpanParent};
 
 /// Attempts recorded as tried; past this (more than any config allows) a retry may go back
 /// to a target already tried.
@@ -101,6 +102,12 @@ pub struct Exchange {
     /// When the first attempt started.
     started: Option<Instant>,
     requests: IntCounterVec,
+    /// A sampled request's server span: each attempt is a client span under it.
+    trace: Option<SpanParent>,
+    /// The current (or last, until it is written) attempt's span.
+    span: Option<AttemptSpan>,
+    /// Attempts started, for `http.request.resend_count`.
+    attempts: u32,
 }
 
 impl Exchange {
@@ -123,7 +130,41 @@ impl Exchange {
             last_target: None,
             started: None,
             requests: requests.clone(),
+            trace: None,
+            span: None,
+            attempts: 0,
         }
+    }
+
+    /// Record each attempt as a client span under `parent` (a sampled request's).
+    pub fn traced(mut self, parent: Option<SpanParent>) -> Self {
+        self.trace = parent;
+        self
+    }
+
+    /// The `traceparent` the current attempt's request carries: its own span's, when the
+    /// request is traced.
+    pub fn traceparent(&self) -> Option<http::HeaderValue> {
+        Some(self.trace.as_ref()?.attempt_header(self.span.as_ref()?))
+    }
+
+    /// Write the last attempt's span, if it is still open.
+    fn end_span(&mut self) {
+        let (Some(parent), Some(span)) = (&self.trace, self.span.take()) else {
+            return;
+        };
+        let Some(target) = self.last_target.and_then(|i| self.pool.targets.get(i)) else {
+            return;
+        };
+        parent.end_attempt(
+            span,
+            &AttemptTarget {
+                upstream: &self.pool.name,
+                target: &target.label,
+                address: target.peer._address.as_inet().copied(),
+                resend_count: self.attempts.saturating_sub(1),
+            },
+        );
     }
 
     pub fn pool(&self) -> &Arc<UpstreamPool> {
@@ -164,6 +205,7 @@ impl Exchange {
         // An attempt still open here ended without a word (a driver that moved on): it says
         // nothing about its target.
         self.attempt = None;
+        self.end_span();
         if self.retry_pending {
             self.retry_pending = false;
             let backoff = self.pool.retry.map_or(Duration::ZERO, |r| r.backoff);
@@ -196,6 +238,8 @@ impl Exchange {
             }
         }
         self.started.get_or_insert_with(Instant::now);
+        self.attempts += 1;
+        self.span = self.trace.as_ref().map(SpanParent::attempt);
         self.attempt = Some(Attempt {
             in_flight,
             slot: None,
@@ -295,6 +339,9 @@ impl Exchange {
     /// The current attempt got an answer with `status`: record it. Whether the answer was a
     /// success is the upstream's to say, so this ends the exchange.
     pub fn answered(&mut self, status: u16) {
+        if let Some(span) = self.span.as_mut() {
+            span.status = Some(status);
+        }
         let outcome = if status >= 500 {
             Outcome::Status5xx
         } else {
@@ -313,6 +360,10 @@ impl Exchange {
             // The upstream had closed the idle connection: the request never reached it.
             self.stale_retries_left -= 1;
             self.attempt = None;
+            if let Some(span) = self.span.as_mut() {
+                span.error = Some("stale_connection");
+            }
+            self.end_span();
             self.tried.pop();
             return true;
         }
@@ -332,13 +383,13 @@ impl Exchange {
     /// The exchange ended without a retry decision (the request ended, however): an
     /// attempt still open is recorded as `error` or `status` say.
     pub fn end(&mut self, error: Option<&Error>, status: u16) {
-        if self.attempt.is_none() {
-            return;
+        if self.attempt.is_some() {
+            match error {
+                Some(e) => self.record(classify(e)),
+                None => self.answered(status),
+            }
         }
-        match error {
-            Some(e) => self.record(classify(e)),
-            None => self.answered(status),
-        }
+        self.end_span();
     }
 
     /// Whether another attempt may go out: attempts left, the deadline, the retry budget.
@@ -364,12 +415,33 @@ impl Exchange {
         let Some(attempt) = self.attempt.take() else {
             return;
         };
+        // An answered attempt's span stays open while its body comes; a failed one ends here.
+        if let Some(span) = self.span.as_mut() {
+            match outcome {
+                Some(Outcome::Success | Outcome::Status5xx) => {}
+                Some(failure) => {
+                    span.error = Some(outcome_label(failure));
+                    self.end_span();
+                }
+                None => {
+                    span.error = Some("cancelled");
+                    self.end_span();
+                }
+            }
+        }
         let Some(outcome) = outcome else { return };
         let target = attempt.in_flight.target();
         self.requests
             .with_label_values(&[&self.pool.name, &target.label, outcome_label(outcome)])
             .inc();
         attempt.in_flight.finish(outcome);
+    }
+}
+
+impl Drop for Exchange {
+    /// An answered attempt's span ends with the exchange (a composition call's, say).
+    fn drop(&mut self) {
+        self.end_span();
     }
 }
 

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod h2;
 pub mod http;
 pub mod origin;
+pub mod otlp;
 pub mod redis;
 pub mod tls;
 pub mod traffic;

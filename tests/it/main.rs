@@ -36,6 +36,7 @@ mod slow;
 mod soak;
 mod split;
 mod tls;
+mod tracing;
 mod upstream_pool;
 mod upstream_protocols;
 mod websocket;
