@@ -6,7 +6,9 @@
 #   (dnsmasq-base: the real DNS server the service discovery tests start), promtool
 #   (prometheus: the observability tests check /metrics, the alert rules and their unit tests
 #   with it; Debian's package also brings a Prometheus server, whose service this script stops
-#   and disables when it has just installed it).
+#   and disables when it has just installed it), openapi-spec-validator (the OpenAPI tests check
+#   /openapi.json with it; Debian 12 has no package, so it comes from PyPI into a virtualenv at
+#   target/tools/openapi-spec-validator, with python3-venv from apt when that is missing).
 # Silent when everything is there; one line per package it installs. Cargo cannot come from
 # apt here (Debian's is too old for this workspace), so a missing cargo is an error with advice.
 #
@@ -41,6 +43,20 @@ for cmd in "${ORDER[@]}"; do
     esac
 done
 
+# openapi-spec-validator: on PATH already, or in our own virtualenv (where the tests look too).
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VALIDATOR_VENV="$ROOT/target/tools/openapi-spec-validator"
+need_validator=false
+if ! command -v openapi-spec-validator >/dev/null 2>&1 &&
+    [ ! -x "$VALIDATOR_VENV/bin/openapi-spec-validator" ]; then
+    need_validator=true
+    if ! command -v python3 >/dev/null 2>&1; then
+        missing+=(python3 python3-venv)
+    elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        missing+=(python3-venv)
+    fi
+fi
+
 if [ "${#missing[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 ||
         die "missing ${missing[*]} and there is no apt-get: install them with your package manager"
@@ -70,6 +86,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
             "${SUDO[@]}" systemctl disable --now prometheus.service >"$apt_log" 2>&1 || cat "$apt_log" >&2
         fi
     done
+fi
+
+if [ "$need_validator" = true ]; then
+    log "installing openapi-spec-validator (PyPI) into ${VALIDATOR_VENV#"$ROOT/"}"
+    pip_log="$(mktemp "${TMPDIR:-/tmp}/ensure-deps.XXXXXX")"
+    # 0.7 and later validate OpenAPI 3.1 documents.
+    if ! { python3 -m venv "$VALIDATOR_VENV" &&
+        "$VALIDATOR_VENV/bin/pip" install -q 'openapi-spec-validator>=0.7,<1'; } >"$pip_log" 2>&1; then
+        cat "$pip_log" >&2
+        rm -f "$pip_log"
+        rm -rf "$VALIDATOR_VENV"
+        die "installing openapi-spec-validator failed"
+    fi
+    rm -f "$pip_log"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

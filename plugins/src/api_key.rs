@@ -12,7 +12,7 @@ use pingora_proxy::Session;
 use serde::Deserialize;
 
 use crate::consumers::Consumers;
-use crate::{ErrorCode, Flow, Identity, Plugin, PluginCtx, PluginError, Rejection};
+use crate::{ErrorCode, Flow, Identity, Plugin, PluginCtx, PluginDoc, PluginError, Rejection};
 
 fn default_header() -> String {
     "x-api-key".into()
@@ -108,6 +108,13 @@ fn remove_query_param(req: &mut RequestHeader, name: &str) -> Option<String> {
 
 #[async_trait]
 impl Plugin for ApiKeyPlugin {
+    fn doc(&self) -> Option<PluginDoc> {
+        Some(PluginDoc::ApiKey {
+            header: self.header.as_str().to_string(),
+            query: self.query.clone(),
+        })
+    }
+
     async fn on_request(
         &self,
         session: &mut Session,

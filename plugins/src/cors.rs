@@ -20,7 +20,7 @@ use pingora_proxy::Session;
 use serde::Deserialize;
 
 use crate::units::ConfigDuration;
-use crate::{Answer, Flow, Plugin, PluginCtx, PluginError};
+use crate::{Answer, Flow, Plugin, PluginCtx, PluginDoc, PluginError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -260,6 +260,16 @@ fn is_preflight(req: &RequestHeader) -> bool {
 
 #[async_trait]
 impl Plugin for CorsPlugin {
+    fn doc(&self) -> Option<PluginDoc> {
+        Some(PluginDoc::Cors {
+            allow_methods: self
+                .methods
+                .iter()
+                .map(|m| m.as_str().to_string())
+                .collect(),
+        })
+    }
+
     async fn on_request(
         &self,
         session: &mut Session,

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use pingora_proxy::Session;
 use serde::Deserialize;
 
-use crate::{ErrorCode, Flow, Plugin, PluginCtx, PluginError, Rejection};
+use crate::{ErrorCode, Flow, Plugin, PluginCtx, PluginDoc, PluginError, Rejection};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +66,10 @@ impl IpFilterPlugin {
 
 #[async_trait]
 impl Plugin for IpFilterPlugin {
+    fn doc(&self) -> Option<PluginDoc> {
+        Some(PluginDoc::IpFilter)
+    }
+
     async fn on_request(
         &self,
         _session: &mut Session,

@@ -8,6 +8,7 @@ mod api_key;
 pub mod consumers;
 mod context;
 mod cors;
+pub mod doc;
 mod error_code;
 pub mod header_edit;
 mod headers;
@@ -20,6 +21,7 @@ mod registry;
 pub mod units;
 
 pub use context::{Identity, PluginCtx};
+pub use doc::PluginDoc;
 pub use error_code::ErrorCode;
 pub use registry::{build_plugin, file_keys, known_kinds, PluginEnv};
 
@@ -133,4 +135,10 @@ pub trait Plugin: Send + Sync + 'static {
     /// validated (`portico -t`) or rejected on reload never starts anything, so background
     /// work (a JWKS fetcher, say) starts here. Default: nothing to start.
     fn start(&self) {}
+
+    /// What this instance adds to the description of the routes that use it
+    /// (`GET /openapi.json`). Default: nothing (a plugin that only edits headers).
+    fn doc(&self) -> Option<PluginDoc> {
+        None
+    }
 }

@@ -1,6 +1,7 @@
-//! The admin API on `admin.listen`: health, readiness, metrics, status and reload. Never on
-//! the public listener.
+//! The admin API on `admin.listen`: health, readiness, metrics, status, reload and the API
+//! description (`/openapi.json`). Never on the public listener.
 
+mod openapi;
 mod page;
 pub mod token;
 pub mod traffic;
@@ -316,7 +317,7 @@ impl ServeHttp for AdminApi {
             }
         }
         let allowed = match path.as_str() {
-            "/" | "/healthz" | "/readyz" | "/metrics" | "/status" => Method::GET,
+            "/" | "/healthz" | "/readyz" | "/metrics" | "/status" | "/openapi.json" => Method::GET,
             "/reload" | "/cache/purge" => Method::POST,
             _ => return problem(ErrorCode::NoRoute, "no admin endpoint here", &path),
         };
@@ -355,6 +356,10 @@ impl ServeHttp for AdminApi {
                 )
             }
             "/status" => json_response(StatusCode::OK, &self.status()),
+            "/openapi.json" => json_response(
+                StatusCode::OK,
+                &openapi::document(&self.state.current(), self.state.generation()),
+            ),
             "/" => {
                 let mut resp = response(
                     StatusCode::OK,

@@ -47,6 +47,14 @@ pub struct Composition {
     pub calls: Vec<Call>,
 }
 
+impl Call {
+    /// Whether the call runs once per item of an earlier answer (`for_each`), so its part of
+    /// the answer is an array.
+    pub fn fans_out(&self) -> bool {
+        self.for_each.is_some()
+    }
+}
+
 /// What a composition needs from the request.
 pub struct Inputs<'a> {
     pub captures: &'a [(Arc<str>, String)],

@@ -69,7 +69,8 @@ fn a_missing_config_file_is_named() {
     );
 }
 
-fn shipped_configs() -> Vec<PathBuf> {
+/// Every config under conf/ that `make run` or the README starts Portico with.
+pub fn shipped_configs() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
     let mut files = Vec::new();
     for dir in [root.clone(), root.join("examples")] {

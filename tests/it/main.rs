@@ -26,6 +26,7 @@ mod hygiene;
 mod lifecycle;
 mod mirror;
 mod observability;
+mod openapi;
 mod policy;
 mod rate_limit;
 mod reload;

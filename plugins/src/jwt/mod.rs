@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::consumers::Consumers;
 use crate::units::ConfigDuration;
-use crate::{ErrorCode, Flow, Identity, Plugin, PluginCtx, PluginError, Rejection};
+use crate::{ErrorCode, Flow, Identity, Plugin, PluginCtx, PluginDoc, PluginError, Rejection};
 use cache::{now_secs, TokenCache, Verified};
 use jwks::{Jwks, JwksSettings};
 use keys::{pem_key, sane_kid, KeySource, VerifyKey};
@@ -120,6 +120,7 @@ pub struct JwtPlugin {
     consumers: Arc<Consumers>,
     leeway: u64,
     cache: Option<TokenCache>,
+    doc: PluginDoc,
 }
 
 /// Tokens larger than this are refused without parsing.
@@ -249,6 +250,12 @@ impl JwtPlugin {
                     .map_err(|_| format!("invalid header name \"{header}\" in forward_claims"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let doc = PluginDoc::BearerJwt {
+            algorithms: cfg.algorithms,
+            issuers,
+            audiences,
+            required_scopes: cfg.required_scopes.clone(),
+        };
         Ok(JwtPlugin {
             algorithms,
             validations,
@@ -260,6 +267,7 @@ impl JwtPlugin {
             consumers,
             leeway,
             cache: TokenCache::new(cfg.cache_size),
+            doc,
         })
     }
 
@@ -457,6 +465,10 @@ impl Plugin for JwtPlugin {
         if let KeySource::Jwks(jwks) = &self.keys {
             jwks.start();
         }
+    }
+
+    fn doc(&self) -> Option<PluginDoc> {
+        Some(self.doc.clone())
     }
 
     async fn on_request(

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::header_edit::edit_response_headers;
 use crate::metrics::PluginMetrics;
 use crate::units::ConfigDuration;
-use crate::{ErrorCode, Flow, Plugin, PluginCtx, PluginError, Rejection};
+use crate::{ErrorCode, Flow, Plugin, PluginCtx, PluginDoc, PluginError, Rejection};
 use local::LocalStore;
 use shared::SharedLimiter;
 use window::Decision;
@@ -104,6 +104,17 @@ impl KeySource {
                 .map_err(|_| bad()),
             Some(("claim", name)) if !name.is_empty() => Ok(KeySource::Claim(name.to_string())),
             _ => Err(bad()),
+        }
+    }
+
+    /// The key as the config writes it.
+    fn text(&self) -> String {
+        match self {
+            KeySource::ClientIp => "ip".into(),
+            KeySource::Consumer => "consumer".into(),
+            KeySource::Route => "route".into(),
+            KeySource::Header(name) => format!("header:{name}"),
+            KeySource::Claim(claim) => format!("claim:{claim}"),
         }
     }
 }
@@ -318,6 +329,15 @@ fn headers(d: &Decision) -> Vec<(HeaderName, HeaderValue)> {
 
 #[async_trait]
 impl Plugin for RateLimitPlugin {
+    fn doc(&self) -> Option<PluginDoc> {
+        Some(PluginDoc::RateLimit {
+            limit: self.limit,
+            window: self.window_text.clone(),
+            key: self.key.text(),
+            limits_by_tier: self.limits_by_tier.clone(),
+        })
+    }
+
     async fn on_request(
         &self,
         session: &mut Session,
