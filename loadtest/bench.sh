@@ -32,7 +32,8 @@
 #             Portico with a local and a Redis rate limit (limits so high nothing is refused),
 #             with its full chain (JWT HS256 + local rate limit + metrics + JSON access log),
 #             with cors + ip_filter (every request with an allowed Origin), and with a 90/10
-#             split keyed by client address
+#             split keyed by client address, and with tracing at sample_ratio 0.01 and 1.0
+#             (spans exported over OTLP/HTTP to the backend)
 # The proxies' configs are in loadtest/peers/; the report and chart come from report.py.
 #
 # Every proxy is pinned to CPU 0; the backend, redis-server and the load generators share CPU 1,
@@ -85,7 +86,7 @@ declare -A SC_ROUNDS=([c64]=3 [rate10k]=3 [c1]=2 [c256]=2 [bytes16k]=2 [newconn]
 # HTTP/2 streams per connection (h2load -m): under both proxies' stream limits (128, 100).
 H2_STREAMS=64
 # Same-window pairs: Portico against each of these, at once (see "same window" below).
-PAIRS=(bare local redis full policy split)
+PAIRS=(bare local redis full policy split trace001 trace1)
 PAIR_SECS=4
 PAIR_ROUNDS=3
 SCALE_SECS=4
@@ -196,13 +197,13 @@ URL[direct]="http://$BACKEND_ADDR"
 command_used proxy "backend: $(quoted "${PIN_LOAD[@]}" "$BACKEND_BIN" backend=127.0.0.1:0)"
 log "backend on $BACKEND_ADDR (pid $BACKEND_PID)"
 
-ALL_TARGETS=(nginx haproxy bare portico local redis full policy split ngxcache pcache ngxgzip pgzip ngxtls ptls)
-read -r -a PORTS < <(free_ports 26) || true
-[ "${#PORTS[@]}" -eq 26 ] || die "could not get free ports from python3"
+ALL_TARGETS=(nginx haproxy bare portico local redis full policy split trace001 trace1 ngxcache pcache ngxgzip pgzip ngxtls ptls)
+read -r -a PORTS < <(free_ports 30) || true
+[ "${#PORTS[@]}" -eq 30 ] || die "could not get free ports from python3"
 declare -A PORT=() ADMIN_PORT=()
 i=0
 for t in "${ALL_TARGETS[@]}"; do PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
-for t in portico local redis full policy split pcache pgzip ptls; do ADMIN_PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
+for t in portico local redis full policy split trace001 trace1 pcache pgzip ptls; do ADMIN_PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
 REDIS_PORT="${PORTS[$i]}"
 PTLS_PLAIN_PORT="${PORTS[$((i + 1))]}"
 # The TLS targets are reached over https, with the run's own certificate (curl -k: the checks
@@ -273,9 +274,11 @@ start_bare() {
 
 # Portico: peers/portico.toml, plus peers/portico-VARIANT.toml for everything but plain.
 declare -A PLUGINS=([portico]="" [local]='"limit"' [redis]='"limit"' [full]='"auth", "limit"' [pcache]='"cache"'
-    [policy]='"web", "office"' [pgzip]='"squeeze"')
+    [policy]='"web", "office"' [pgzip]='"squeeze"' [trace001]="" [trace1]="")
 declare -A FRAGMENT=([local]=portico-local.toml [redis]=portico-redis.toml [full]=portico-full.toml
-    [pcache]=portico-cache.toml [policy]=portico-policy.toml [pgzip]=portico-gzip.toml)
+    [pcache]=portico-cache.toml [policy]=portico-policy.toml [pgzip]=portico-gzip.toml
+    [trace001]=portico-trace.toml [trace1]=portico-trace.toml)
+declare -A SAMPLE_RATIO=([trace001]=0.01 [trace1]=1.0)
 # Portico terminating TLS, and splitting its route, have whole configs of their own.
 declare -A BASE=([ptls]=portico-tls.toml [split]=portico-split.toml)
 # The header each target's load sends (the policy route's: an allowed Origin, as a browser's).
@@ -303,7 +306,8 @@ portico_config() {
     render "$PEERS/portico.toml" "$conf" NAME="$t" WORK="$WORK" PORT="${PORT[$t]}" \
         ADMIN_PORT="${ADMIN_PORT[$t]}" BACKEND="$BACKEND_ADDR" ACCESS_LOG="$access_log" PLUGINS="${PLUGINS[$t]}"
     if [ -n "${FRAGMENT[$t]:-}" ]; then
-        render "$PEERS/${FRAGMENT[$t]}" "$conf.part" RL_LIMIT="$RL_LIMIT" RL_WINDOW="$RL_WINDOW" REDIS_PORT="$REDIS_PORT"
+        render "$PEERS/${FRAGMENT[$t]}" "$conf.part" RL_LIMIT="$RL_LIMIT" RL_WINDOW="$RL_WINDOW" REDIS_PORT="$REDIS_PORT" \
+            BACKEND="$BACKEND_ADDR" SAMPLE_RATIO="${SAMPLE_RATIO[$t]:-}"
         cat "$conf.part" >>"$conf"
     fi
     echo "$conf"
@@ -349,7 +353,7 @@ if [ -z "$GATEWAY_WHY" ] && [ -z "$REDIS_WHY" ]; then
 fi
 
 CACHE_EXPECTED_GAP=0
-for t in portico local redis full policy split pcache pgzip ptls; do
+for t in portico local redis full policy split trace001 trace1 pcache pgzip ptls; do
     if [ -n "$GATEWAY_WHY" ]; then
         WHY[$t]="$GATEWAY_WHY"
     elif [ "$t" = redis ] && [ -n "$REDIS_WHY" ]; then
@@ -716,6 +720,17 @@ if [ -n "${URL[policy]:-}" ]; then
         awk -F': ' 'tolower($1) == "access-control-allow-origin" { print $2 }')"
     check "policy: GET / with an allowed Origin answered access-control-allow-origin: ${cors:-none}"
     [ "$cors" = "https://app.example.com" ] || warn "policy: the cors plugin did not answer the allowed origin"
+fi
+# Tracing: every request at 1.0 was told its trace, and no span was dropped on the way out.
+for t in trace001 trace1; do
+    [ -n "${URL[$t]:-}" ] || continue
+    dropped="$(metric "$t" portico_tracing_spans_dropped_total '')"
+    check "$t: sample_ratio ${SAMPLE_RATIO[$t]}: /metrics portico_tracing_spans_dropped_total $dropped"
+    [ "$dropped" -eq 0 ] || warn "$t: $dropped spans dropped (the queue was full or the export failed)"
+done
+if [ -n "${URL[trace1]:-}" ] && [ -z "${WHY[trace1]:-}" ]; then
+    curl -sS -D - -o /dev/null "${URL[trace1]}/" | grep -qi '^traceparent: 00-' ||
+        warn "trace1: GET / at sample_ratio 1.0 came back without a traceparent"
 fi
 if [ -n "${URL[split]:-}" ]; then
     stable="$(metric split portico_split_requests_total 'upstream="stable"')"

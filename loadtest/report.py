@@ -31,6 +31,8 @@ LABELS = {
     "full": "Portico full chain",
     "policy": "Portico + cors + ip_filter",
     "split": "Portico + split 90/10",
+    "trace001": "Portico + tracing at 0.01",
+    "trace1": "Portico + tracing at 1.0",
     "ngxcache": "nginx proxy_cache",
     "pcache": "Portico cache",
     "ngxgzip": "nginx gzip level 1",
@@ -59,6 +61,8 @@ FULL_VS_PLAIN = 0.85
 # Traffic policy (issue 25): what cors + ip_filter and a split may add to a request's CPU.
 POLICY_COST_MAX = 0.03
 SPLIT_COST_MAX = 0.02
+# Tracing (issue 24): spans exported over OTLP/HTTP, at sample_ratio 0.01 and 1.0.
+TRACE_COST_MAX = {"trace001": 0.03, "trace1": 0.15}
 IDLE_KIB_MAX = 20
 RL_COST = {"local": 5.0, "redis": 15.0}
 TLS_VS_PLAIN = 0.8
@@ -308,10 +312,12 @@ def pairs_table(run):
         f"rate_limit: {run.meta.get('rl', '')}; full chain: jwt HS256 (one token, so after the first request "
         "a verification-cache hit) + that local rate limit + metrics + a JSON access log to a file; cors + ip_filter: "
         "every request with an allowed Origin, the client in the allow-list; split: 90/10 between two upstreams "
-        "(the same backend), keyed by client address"
+        "(the same backend), keyed by client address; tracing: `[tracing]` at sample_ratio 0.01 and 1.0, every "
+        "sampled request a server and a client span, exported by the batch processor over OTLP/HTTP protobuf "
+        "to the backend (its CPU counts in Portico's)"
         + (f". {redis_note(run)}" if redis_note(run) else ""),
     )
-    for tg in ["bare", "local", "redis", "full", "policy", "split"]:
+    for tg in ["bare", "local", "redis", "full", "policy", "split", "trace001", "trace1"]:
         why = run.pair_not_measured(tg)
         if why:
             t.gap(LABELS[tg], why)
@@ -401,7 +407,9 @@ def targets_table(run):
           f"{fmt_cpu(run.pair_cpu('full', 'a'))} CPU µs/req)" if r else
           "not measured: " + (run.pair_not_measured("full") or "-"),
           verdict(run, None if r is None else r >= FULL_VS_PLAIN))
-    for tg, label, most in [("policy", "cors + ip_filter", POLICY_COST_MAX), ("split", "split 90/10", SPLIT_COST_MAX)]:
+    for tg, label, most in [("policy", "cors + ip_filter", POLICY_COST_MAX), ("split", "split 90/10", SPLIT_COST_MAX),
+                            ("trace001", "tracing at sample_ratio 0.01", TRACE_COST_MAX["trace001"]),
+                            ("trace1", "tracing at sample_ratio 1.0", TRACE_COST_MAX["trace1"])]:
         r = run.pair_ratio(tg)
         cost = None if r is None else 1 / r - 1
         t.row(f"{label}, 64 connections", f"costs at most {most:.0%} CPU per request over plain Portico",

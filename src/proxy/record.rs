@@ -108,8 +108,8 @@ impl Portico {
                     "1.1"
                 },
                 status,
-                upstream: upstream.as_deref(),
-                target: target.as_deref(),
+                upstream: upstream.as_ref(),
+                target: target.as_ref(),
                 consumer: routed
                     .and_then(|r| r.plugin_cx.identity.as_ref())
                     .map(|id| &*id.consumer),

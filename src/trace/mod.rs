@@ -182,6 +182,15 @@ impl Tracer {
     }
 }
 
+/// `http.request.method`: the method, or `_OTHER` for one HTTP does not define (semantic
+/// conventions), without an allocation.
+fn method(method: &Method) -> &'static str {
+    match crate::metrics::method_label(method) {
+        "OTHER" => "_OTHER",
+        known => known,
+    }
+}
+
 /// A new span id (never the invalid all-zero one).
 fn new_span_id() -> SpanId {
     SpanId::from(fastrand::u64(1..))
@@ -263,16 +272,13 @@ impl SpanParent {
     /// Write `attempt`'s client span, which ended now.
     pub fn end_attempt(&self, attempt: AttemptSpan, sent: &AttemptTarget<'_>) {
         let mut attributes = Vec::with_capacity(9);
-        attributes.push(KeyValue::new(
-            "http.request.method",
-            self.method.to_string(),
-        ));
+        attributes.push(KeyValue::new("http.request.method", method(&self.method)));
         if let Some(address) = sent.address {
             attributes.push(KeyValue::new("server.address", address.ip().to_string()));
             attributes.push(KeyValue::new("server.port", i64::from(address.port())));
         }
-        attributes.push(KeyValue::new("portico.upstream", sent.upstream.to_string()));
-        attributes.push(KeyValue::new("portico.target", sent.target.to_string()));
+        attributes.push(KeyValue::new("portico.upstream", Arc::clone(sent.upstream)));
+        attributes.push(KeyValue::new("portico.target", Arc::clone(sent.target)));
         if sent.resend_count > 0 {
             attributes.push(KeyValue::new(
                 "http.request.resend_count",
@@ -357,8 +363,8 @@ pub struct AttemptSpan {
 
 /// Where an attempt went, for its span.
 pub struct AttemptTarget<'a> {
-    pub upstream: &'a str,
-    pub target: &'a str,
+    pub upstream: &'a Arc<str>,
+    pub target: &'a Arc<str>,
     pub address: Option<std::net::SocketAddr>,
     /// How many attempts went before this one.
     pub resend_count: u32,
@@ -382,8 +388,8 @@ pub struct ServerEnd<'a> {
     pub user_agent: Option<&'a str>,
     pub protocol: &'static str,
     pub status: u16,
-    pub upstream: Option<&'a str>,
-    pub target: Option<&'a str>,
+    pub upstream: Option<&'a Arc<str>>,
+    pub target: Option<&'a Arc<str>>,
     pub consumer: Option<&'a str>,
     pub cache: Option<&'static str>,
 }
@@ -401,13 +407,13 @@ impl ServerSpan {
         let mut put = |key: &'static str, value: opentelemetry::Value| {
             attributes.push(KeyValue::new(key, value));
         };
-        put("http.request.method", parent.method.to_string().into());
+        put("http.request.method", method(&parent.method).into());
         put("url.path", end.path.to_string().into());
         put("url.scheme", end.scheme.into());
         put("network.protocol.version", end.protocol.into());
         if let Some(route) = end.route {
-            put("http.route", route.path.to_string().into());
-            put("portico.route", route.name.to_string().into());
+            put("http.route", Arc::clone(&route.path).into());
+            put("portico.route", Arc::clone(&route.name).into());
         }
         if let Some(host) = end.host {
             put("server.address", host.to_string().into());
@@ -430,10 +436,10 @@ impl ServerSpan {
             put("error.type", error.into());
         }
         if let Some(upstream) = end.upstream {
-            put("portico.upstream", upstream.to_string().into());
+            put("portico.upstream", Arc::clone(upstream).into());
         }
         if let Some(target) = end.target {
-            put("portico.target", target.to_string().into());
+            put("portico.target", Arc::clone(target).into());
         }
         if let Some(consumer) = end.consumer {
             put("portico.consumer", consumer.to_string().into());
@@ -444,7 +450,7 @@ impl ServerSpan {
         // Named after the route (SPEC.md); a request no route took, after its method.
         let name: Cow<'static, str> = match end.route {
             Some(route) => route.name.to_string().into(),
-            None => parent.method.to_string().into(),
+            None => method(&parent.method).into(),
         };
         let status = if failed {
             Status::error("")
