@@ -6,7 +6,8 @@
 #   (dnsmasq-base: the real DNS server the service discovery tests start), promtool
 #   (prometheus: the observability tests check /metrics, the alert rules and their unit tests
 #   with it; Debian's package also brings a Prometheus server, whose service this script stops
-#   and disables when it has just installed it).
+#   and disables when it has just installed it), openssl (scripts/demo-token.sh mints the demo's
+#   JWT with it).
 # Silent when everything is there; one line per package it installs. Cargo cannot come from
 # apt here (Debian's is too old for this workspace), so a missing cargo is an error with advice.
 #
@@ -28,8 +29,9 @@ declare -A PACKAGE_FOR=(
     [h2load]=nghttp2-client
     [dnsmasq]=dnsmasq-base
     [promtool]=prometheus
+    [openssl]=openssl
 )
-ORDER=(cmake cc c++ make pkg-config redis-server curl h2load dnsmasq promtool)
+ORDER=(cmake cc c++ make pkg-config redis-server curl h2load dnsmasq promtool openssl)
 
 missing=()
 for cmd in "${ORDER[@]}"; do

@@ -14,6 +14,7 @@ mod compress;
 mod config_cli;
 mod connections;
 mod consul;
+mod demo;
 mod discovery;
 mod failures;
 mod fallback;
