@@ -7,7 +7,7 @@
 #   (prometheus: the observability tests check /metrics, the alert rules and their unit tests
 #   with it; Debian's package also brings a Prometheus server, whose service this script stops
 #   and disables when it has just installed it), openssl (scripts/demo-token.sh mints the demo's
-#   JWT with it).
+#   JWT with it), chromium (the status page test renders the admin page in headless Chromium).
 # Silent when everything is there; one line per package it installs. Cargo cannot come from
 # apt here (Debian's is too old for this workspace), so a missing cargo is an error with advice.
 #
@@ -30,8 +30,9 @@ declare -A PACKAGE_FOR=(
     [dnsmasq]=dnsmasq-base
     [promtool]=prometheus
     [openssl]=openssl
+    [chromium]=chromium
 )
-ORDER=(cmake cc c++ make pkg-config redis-server curl h2load dnsmasq promtool openssl)
+ORDER=(cmake cc c++ make pkg-config redis-server curl h2load dnsmasq promtool openssl chromium)
 
 missing=()
 for cmd in "${ORDER[@]}"; do

@@ -36,6 +36,7 @@ mod routing;
 mod slow;
 mod soak;
 mod split;
+mod status_page;
 mod tls;
 mod upstream_pool;
 mod upstream_protocols;
