@@ -8,7 +8,9 @@
 #   with it; Debian's package also brings a Prometheus server, whose service this script stops
 #   and disables when it has just installed it), openapi-spec-validator (the OpenAPI tests check
 #   /openapi.json with it; Debian 12 has no package, so it comes from PyPI into a virtualenv at
-#   target/tools/openapi-spec-validator, with python3-venv from apt when that is missing).
+#   target/tools/openapi-spec-validator, with python3-venv from apt when that is missing), openssl
+#   (scripts/demo-token.sh mints the demo's JWT with it), chromium (the status page test renders
+#   the admin page in headless Chromium).
 # Silent when everything is there; one line per package it installs. Cargo cannot come from
 # apt here (Debian's is too old for this workspace), so a missing cargo is an error with advice.
 #
@@ -30,8 +32,10 @@ declare -A PACKAGE_FOR=(
     [h2load]=nghttp2-client
     [dnsmasq]=dnsmasq-base
     [promtool]=prometheus
+    [openssl]=openssl
+    [chromium]=chromium
 )
-ORDER=(cmake cc c++ make pkg-config redis-server curl h2load dnsmasq promtool)
+ORDER=(cmake cc c++ make pkg-config redis-server curl h2load dnsmasq promtool openssl chromium)
 
 missing=()
 for cmd in "${ORDER[@]}"; do

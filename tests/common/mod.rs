@@ -3,6 +3,7 @@
 //! No fixed ports, no sleeps for readiness: everything waits by polling with a deadline.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod consul;
 pub mod dns;
 pub mod faults;
