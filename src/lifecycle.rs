@@ -46,6 +46,17 @@ impl BackgroundService for Drain {
         }
         log::info!("drained: every in-flight request finished");
         self.state.access_log.flush();
+        // The spans of the last requests go out before the process does: the processor holds
+        // up to its schedule delay's worth. A collector that does not answer gets 5 s.
+        if let Some(tracer) = self.state.current().tracer.clone() {
+            let flushed = tokio::task::spawn_blocking(move || tracer.flush());
+            if tokio::time::timeout(Duration::from_secs(5), flushed)
+                .await
+                .is_err()
+            {
+                log::warn!("tracing: the collector did not take the last spans in 5 s");
+            }
+        }
         std::process::exit(0);
     }
 }

@@ -101,9 +101,15 @@ pub fn trace_id_of(traceparent: &[u8]) -> Option<&str> {
 
 /// Start a trace: a new `traceparent`, sampled.
 pub fn new_traceparent() -> HeaderValue {
-    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    fill_hex(&mut out[3..35], fastrand::u128(1..));
-    fill_hex(&mut out[36..52], u128::from(fastrand::u64(1..)));
+    traceparent(fastrand::u128(1..), fastrand::u64(1..), 1)
+}
+
+/// The `traceparent` `00-<trace_id>-<span_id>-<flags>`, written by hand (see `fill_hex`).
+pub fn traceparent(trace_id: u128, span_id: u64, flags: u8) -> HeaderValue {
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    fill_hex(&mut out[3..35], trace_id);
+    fill_hex(&mut out[36..52], u128::from(span_id));
+    fill_hex(&mut out[53..55], u128::from(flags));
     hex_value(&out)
 }
 

@@ -101,15 +101,7 @@ impl Portico {
                 scheme: if ctx.tls { "https" } else { "http" },
                 host: header(http::header::HOST).or_else(|| req.uri.host()),
                 client: ctx.client_ip,
-                user_agent: header(http::header::USER_AGENT),
-                protocol: if req.version == http::Version::HTTP_2 {
-                    "2"
-                } else {
-                    "1.1"
-                },
                 status,
-                upstream: upstream.as_ref(),
-                target: target.as_ref(),
                 consumer: routed
                     .and_then(|r| r.plugin_cx.identity.as_ref())
                     .map(|id| &*id.consumer),

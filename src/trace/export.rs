@@ -100,6 +100,16 @@ impl Export {
     }
 }
 
+impl Export {
+    pub fn flush(&self) {
+        if let Some(processor) = &self.processor {
+            if let Err(e) = processor.force_flush() {
+                log::warn!("tracing: the last spans were not sent: {e}");
+            }
+        }
+    }
+}
+
 impl Drop for Export {
     /// What is queued is sent on a thread of its own: the last reference may go on a
     /// request's thread, and a collector that is down would hold it for the export timeout.

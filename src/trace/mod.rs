@@ -174,6 +174,14 @@ impl Tracer {
         )
     }
 
+    /// Send what is queued now, waiting for the export (at most its timeout): for a process
+    /// about to exit.
+    pub fn flush(&self) {
+        if let Some(Some(export)) = self.export.get() {
+            export.flush();
+        }
+    }
+
     fn emit(&self, span: SpanData) {
         // Not started (a config being validated) or could not start: nothing to send to.
         if let Some(Some(export)) = self.export.get() {
@@ -198,8 +206,11 @@ fn new_span_id() -> SpanId {
 
 /// A `traceparent` value: `00-<trace id>-<span id>-<flags>`.
 fn header(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> HeaderValue {
-    let text = format!("00-{trace_id}-{span_id}-{:02x}", flags.to_u8());
-    let mut value = HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    let mut value = crate::proxy::forwarding::traceparent(
+        u128::from_be_bytes(trace_id.to_bytes()),
+        u64::from_be_bytes(span_id.to_bytes()),
+        flags.to_u8(),
+    );
     // Unique to the request: kept out of HTTP/2 header tables (see `proxy::request::identify`).
     value.set_sensitive(true);
     value
@@ -385,11 +396,7 @@ pub struct ServerEnd<'a> {
     pub scheme: &'static str,
     pub host: Option<&'a str>,
     pub client: Option<std::net::IpAddr>,
-    pub user_agent: Option<&'a str>,
-    pub protocol: &'static str,
     pub status: u16,
-    pub upstream: Option<&'a Arc<str>>,
-    pub target: Option<&'a Arc<str>>,
     pub consumer: Option<&'a str>,
     pub cache: Option<&'static str>,
 }
@@ -410,19 +417,14 @@ impl ServerSpan {
         put("http.request.method", method(&parent.method).into());
         put("url.path", end.path.to_string().into());
         put("url.scheme", end.scheme.into());
-        put("network.protocol.version", end.protocol.into());
         if let Some(route) = end.route {
             put("http.route", Arc::clone(&route.path).into());
-            put("portico.route", Arc::clone(&route.name).into());
         }
         if let Some(host) = end.host {
             put("server.address", host.to_string().into());
         }
         if let Some(ip) = end.client {
             put("client.address", ip.to_string().into());
-        }
-        if let Some(agent) = end.user_agent {
-            put("user_agent.original", agent.to_string().into());
         }
         if end.status > 0 {
             put("http.response.status_code", i64::from(end.status).into());
@@ -434,12 +436,6 @@ impl ServerSpan {
                 status => status.to_string(),
             };
             put("error.type", error.into());
-        }
-        if let Some(upstream) = end.upstream {
-            put("portico.upstream", Arc::clone(upstream).into());
-        }
-        if let Some(target) = end.target {
-            put("portico.target", Arc::clone(target).into());
         }
         if let Some(consumer) = end.consumer {
             put("portico.consumer", consumer.to_string().into());
