@@ -84,6 +84,38 @@ pub fn shipped_configs() -> Vec<PathBuf> {
     files
 }
 
+/// The secrets the shipped configs read from the environment, as an operator would set them,
+/// and a certificate for the TLS example, made here (kept while this lives).
+pub struct ShippedEnv {
+    _certs: tempfile::TempDir,
+    cert: String,
+    key: String,
+}
+
+impl ShippedEnv {
+    pub fn new() -> ShippedEnv {
+        let certs = tempfile::tempdir().unwrap();
+        let ca = crate::common::tls::TestCa::new("example CA");
+        let (cert, key) = ca.server(&["localhost"]).write(certs.path(), "localhost");
+        ShippedEnv {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            _certs: certs,
+        }
+    }
+
+    pub fn vars(&self) -> [(&str, &str); 6] {
+        [
+            ("JWT_SECRET", "an-example-secret-of-at-least-32-bytes"),
+            ("ACME_KEY", "acme-example-key-123"),
+            ("GLOBEX_KEY", "globex-example-key-456"),
+            ("TLS_CERT", self.cert.as_str()),
+            ("TLS_KEY", self.key.as_str()),
+            ("CONSUL_TOKEN", "an-example-consul-token"),
+        ]
+    }
+}
+
 #[test]
 fn every_shipped_config_is_valid() {
     let files = shipped_configs();
@@ -91,20 +123,8 @@ fn every_shipped_config_is_valid() {
         files.iter().any(|f| f.ends_with("conf/portico.toml")),
         "{files:?}"
     );
-    // The secrets the examples read from the environment, as an operator would set them, and
-    // a certificate for the TLS example, made here.
-    let certs = tempfile::tempdir().unwrap();
-    let ca = crate::common::tls::TestCa::new("example CA");
-    let (cert, key) = ca.server(&["localhost"]).write(certs.path(), "localhost");
-    let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    let env = [
-        ("JWT_SECRET", "an-example-secret-of-at-least-32-bytes"),
-        ("ACME_KEY", "acme-example-key-123"),
-        ("GLOBEX_KEY", "globex-example-key-456"),
-        ("TLS_CERT", cert.as_str()),
-        ("TLS_KEY", key.as_str()),
-        ("CONSUL_TOKEN", "an-example-consul-token"),
-    ];
+    let secrets = ShippedEnv::new();
+    let env = secrets.vars();
     for file in files {
         let (code, out) = validate_with_env(&file, &env);
         assert_eq!(code, 0, "{} does not load:\n{out}", file.display());

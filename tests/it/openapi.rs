@@ -15,20 +15,8 @@ const ANY_METHOD: [&str; 6] = ["get", "head", "post", "put", "patch", "delete"];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_shipped_config_is_described_by_a_valid_openapi_document() {
-    // The secrets the shipped configs read from the environment, as an operator sets them, and
-    // a certificate for the TLS example.
-    let certs = tempfile::tempdir().unwrap();
-    let ca = crate::common::tls::TestCa::new("example CA");
-    let (cert, key) = ca.server(&["localhost"]).write(certs.path(), "localhost");
-    let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    let env = [
-        ("JWT_SECRET", "an-example-secret-of-at-least-32-bytes"),
-        ("ACME_KEY", "acme-example-key-123"),
-        ("GLOBEX_KEY", "globex-example-key-456"),
-        ("TLS_CERT", cert.as_str()),
-        ("TLS_KEY", key.as_str()),
-        ("CONSUL_TOKEN", "an-example-consul-token"),
-    ];
+    let secrets = crate::config_cli::ShippedEnv::new();
+    let env = secrets.vars();
     let files = crate::config_cli::shipped_configs();
     assert!(files.len() > 1, "{files:?}");
     for file in files {
