@@ -85,7 +85,7 @@ impl Metrics {
         let upstream_requests = IntCounterVec::new(
             Opts::new(
                 "portico_upstream_requests_total",
-                "Requests sent to upstream targets, by outcome: success, http_5xx, connect_error, timeout, error.",
+                "Requests sent to upstream targets, by outcome: success, http_5xx, connect_error, timeout, reset.",
             ),
             &["upstream", "target", "outcome"],
         )?;
