@@ -60,7 +60,8 @@ pub struct ServerSettings {
 /// A compiled `[[routes]]` entry.
 pub struct Route {
     pub name: Arc<str>,
-    /// `path` as written (`/users/{id}`): the `http.route` of its spans.
+    /// Its path template (`/users/{id}`), as `/openapi.json` writes it: the `http.route` of its
+    /// spans, made once here rather than per request.
     pub path: Arc<str>,
     /// Set for a proxied route.
     pub upstream: Option<Arc<Upstream>>,
@@ -658,7 +659,7 @@ pub fn compile(
                 matcher,
                 Arc::new(Route {
                     name: route.name.as_str().into(),
-                    path: route.path.as_str().into(),
+                    path: pattern.to_string().into(),
                     upstream,
                     split,
                     mirror,

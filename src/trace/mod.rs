@@ -303,9 +303,9 @@ impl SpanParent {
             ));
         }
         // error.type: how the attempt failed, or an answer's 5xx status (semantic conventions).
-        let error_type = match (attempt.error, attempt.status) {
-            (Some(error), _) => Some(error.to_string()),
-            (None, Some(status)) if status >= 500 => Some(status.to_string()),
+        let error_type: Option<opentelemetry::Value> = match (attempt.error, attempt.status) {
+            (Some(error), _) => Some(error.into()),
+            (None, Some(status)) if status >= 500 => Some(status.to_string().into()),
             _ => None,
         };
         let status = match error_type {
