@@ -41,8 +41,9 @@ test: deps ## install missing system packages, build the workspace, run all test
 bench: ## Portico side by side with nginx, HAProxy and bare Pingora (wrk, oha); writes loadtest/RESULTS.md (BENCH_ARGS=--quick)
 	bash loadtest/bench.sh $(BENCH_ARGS)
 
-bench-micro: deps ## criterion benchmarks of hot functions (routing, JWT verification, rate-limit decisions)
+bench-micro: deps ## criterion benchmarks of hot functions (routing, JWT verification, rate-limit decisions, GraphQL queries)
 	$(CARGO) bench -p portico --bench router
+	$(CARGO) bench -p portico --bench graphql
 	$(CARGO) bench -p portico-plugins --bench jwt
 	$(CARGO) bench -p portico-plugins --bench rate_limit
 

@@ -10,7 +10,9 @@
 #   /openapi.json with it; Debian 12 has no package, so it comes from PyPI into a virtualenv at
 #   target/tools/openapi-spec-validator, with python3-venv from apt when that is missing), openssl
 #   (scripts/demo-token.sh mints the demo's JWT with it), chromium (the status page test renders
-#   the admin page in headless Chromium).
+#   the admin page in headless Chromium), graphql-core (the GraphQL tests build a client schema
+#   from the gateway's introspection answer with it, a third-party implementation's check; from
+#   PyPI into target/tools/graphql-core, like openapi-spec-validator).
 # Silent when everything is there; one line per package it installs. Cargo cannot come from
 # apt here (Debian's is too old for this workspace), so a missing cargo is an error with advice.
 #
@@ -61,6 +63,18 @@ if ! command -v openapi-spec-validator >/dev/null 2>&1 &&
     fi
 fi
 
+# graphql-core: in our own virtualenv (where the tests look).
+GRAPHQL_VENV="$ROOT/target/tools/graphql-core"
+need_graphql=false
+if ! "$GRAPHQL_VENV/bin/python" -c 'import graphql' >/dev/null 2>&1; then
+    need_graphql=true
+    if ! command -v python3 >/dev/null 2>&1; then
+        missing+=(python3 python3-venv)
+    elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        missing+=(python3-venv)
+    fi
+fi
+
 if [ "${#missing[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 ||
         die "missing ${missing[*]} and there is no apt-get: install them with your package manager"
@@ -102,6 +116,19 @@ if [ "$need_validator" = true ]; then
         rm -f "$pip_log"
         rm -rf "$VALIDATOR_VENV"
         die "installing openapi-spec-validator failed"
+    fi
+    rm -f "$pip_log"
+fi
+
+if [ "$need_graphql" = true ]; then
+    log "installing graphql-core (PyPI) into ${GRAPHQL_VENV#"$ROOT/"}"
+    pip_log="$(mktemp "${TMPDIR:-/tmp}/ensure-deps.XXXXXX")"
+    if ! { python3 -m venv "$GRAPHQL_VENV" &&
+        "$GRAPHQL_VENV/bin/pip" install -q 'graphql-core>=3.2,<4'; } >"$pip_log" 2>&1; then
+        cat "$pip_log" >&2
+        rm -f "$pip_log"
+        rm -rf "$GRAPHQL_VENV"
+        die "installing graphql-core failed"
     fi
     rm -f "$pip_log"
 fi

@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod cache;
 pub mod compose;
 pub mod config;
+pub mod graphql;
 pub mod connection;
 pub mod lifecycle;
 pub mod log_reopen;

@@ -14,6 +14,7 @@ use portico_plugins::Plugin;
 
 use crate::cache::CachePolicy;
 use crate::compose::Composition;
+use crate::graphql::GraphqlSchema;
 use crate::config::{self, ConfigErrors, ParsedConfig, PluginBody, Problems, RouteSection};
 use crate::proxy::mirror::Mirror;
 use crate::proxy::split::{Split, SplitKey, MAX_VARIANTS};
@@ -71,6 +72,8 @@ pub struct Route {
     pub mirror: Option<Arc<Mirror>>,
     /// Set for a composition route.
     pub compose: Option<Arc<Composition>>,
+    /// Set for a route serving a GraphQL schema of Portico's own.
+    pub graphql: Option<Arc<GraphqlSchema>>,
     pub pattern: PathPattern,
     /// How many leading path segments `strip_prefix` removes before the request goes upstream.
     pub strip_segments: usize,
@@ -97,6 +100,31 @@ pub struct Fallback {
     pub status: http::StatusCode,
     pub content_type: http::HeaderValue,
     pub body: bytes::Bytes,
+}
+
+/// `graphql = "NAME"`: a schema compiled above, whose templates read captures this route has.
+fn compile_graphql_route(
+    route: &config::RouteSection,
+    index: usize,
+    schemas: &BTreeMap<String, Arc<GraphqlSchema>>,
+    broken: &[String],
+    captures: &[String],
+    problems: &mut Problems,
+) -> Option<Arc<GraphqlSchema>> {
+    let name = route.graphql.as_ref()?;
+    let at = format!("routes[{index}].graphql");
+    let Some(schema) = schemas.get(name) else {
+        if !broken.contains(name) {
+            problems.at(&at, format!("no schema named \"{name}\" (a [graphql.{name}] table)"));
+        }
+        return None;
+    };
+    for capture in &schema.captures {
+        if !captures.contains(capture) {
+            problems.at(&at, format!("schema \"{name}\" reads {{{capture}}}, which the route's path does not capture"));
+        }
+    }
+    Some(Arc::clone(schema))
 }
 
 /// The largest fallback body: it is held in memory with the config.
@@ -175,10 +203,10 @@ fn compile_mirror(
     if !percent_ok {
         problems.at(at("percent"), "must be above 0 and at most 100");
     }
-    if route.compose.is_some() {
+    if route.compose.is_some() || route.graphql.is_some() {
         problems.at(
             format!("routes[{index}].mirror"),
-            "a compose route sends nothing upstream to copy",
+            "a compose or graphql route sends nothing upstream to copy",
         );
         return None;
     }
@@ -498,6 +526,23 @@ pub fn compile(
         }
     }
 
+    let mut schemas = BTreeMap::new();
+    // Schemas with problems of their own: routes naming them are not told again.
+    let mut broken_schemas = file.broken_graphql.clone();
+    for (name, section) in &file.graphql {
+        match GraphqlSchema::compile(section, &config_dir, &pools) {
+            Ok(schema) => {
+                schemas.insert(name.clone(), Arc::new(schema));
+            }
+            Err(errors) => {
+                broken_schemas.push(name.clone());
+                for (key, message) in errors {
+                    problems.at(format!("graphql.{name}.{key}"), message);
+                }
+            }
+        }
+    }
+
     let mut names = BTreeMap::new();
     let mut compiled: Vec<(usize, RouteMatcher, Arc<Route>)> = Vec::new();
     for (index, route) in &file.routes {
@@ -527,10 +572,10 @@ pub fn compile(
                 );
                 None
             }
-            (true, _) if route.compose.is_some() => {
+            (true, _) if route.compose.is_some() || route.graphql.is_some() => {
                 problems.at(
                     at("websocket"),
-                    "a compose route answers itself: there is no upstream to upgrade to",
+                    "a compose or graphql route answers itself: there is no upstream to upgrade to",
                 );
                 None
             }
@@ -543,7 +588,16 @@ pub fn compile(
         let split = compile_split(route, *index, &pools, &broken_upstreams, &mut problems);
         // A route proxies to an upstream, splits among several or composes several calls:
         // exactly one of them.
+        let graphql = compile_graphql_route(route, *index, &schemas, &broken_schemas, &captures, &mut problems);
         let target = match (&route.upstream, &route.compose) {
+            _ if route.graphql.is_some() => {
+                if route.upstream.is_some() || route.split.is_some() || route.compose.is_some() {
+                    problems.at(at("graphql"), "a route has one of upstream, split, compose or graphql");
+                    None
+                } else {
+                    graphql.as_ref().map(|_| (None, None, None))
+                }
+            }
             (None, None) if route.split.is_some() => split.map(|s| (None, None, Some(s))),
             (Some(_), _) | (_, Some(_)) if route.split.is_some() => {
                 problems.at(at("split"), "a route has one of upstream, split or compose");
@@ -577,7 +631,7 @@ pub fn compile(
             _ => {
                 problems.at(
                     format!("routes[{index}]"),
-                    "needs exactly one of `upstream`, `split` or `compose`",
+                    "needs exactly one of `upstream`, `split`, `compose` or `graphql`",
                 );
                 None
             }
@@ -594,10 +648,10 @@ pub fn compile(
                     let at = at(&format!("plugins[{i}]"));
                     if cache.is_some() {
                         problems.at(at, "a route takes at most one cache plugin");
-                    } else if route.compose.is_some() {
+                    } else if route.compose.is_some() || route.graphql.is_some() {
                         problems.at(
                             at,
-                            "a cache plugin caches upstream answers; a compose route has none",
+                            "a cache plugin caches upstream answers; a compose or graphql route has none",
                         );
                     } else if file.cache.is_none() {
                         problems.at(
@@ -664,6 +718,7 @@ pub fn compile(
                     split,
                     mirror,
                     compose,
+                    graphql,
                     pattern,
                     strip_segments,
                     plugins,

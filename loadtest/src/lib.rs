@@ -56,6 +56,9 @@ enum Endpoint<'a> {
     Product(&'a str),
     /// Products picked for a user, for the composed dashboard of the demo.
     Recommendations(&'a str),
+    /// `POST /recommendations` with `{"userId": .., "orders": [..]}`: the same picks, made
+    /// from the orders sent (the GraphQL example's call that runs after the orders).
+    RecommendFor,
     Echo,
     Bytes(usize),
     /// A JSON document of exactly `n` bytes, repetitive as API answers are (what `compress`
@@ -70,6 +73,9 @@ enum Endpoint<'a> {
 fn dispatch<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
     if path == "/echo" || path.starts_with("/echo/") {
         return Endpoint::Echo;
+    }
+    if method == Method::POST && path == "/recommendations" {
+        return Endpoint::RecommendFor;
     }
     // HEAD rides along with GET; hyper drops the body.
     if method != Method::GET && method != Method::HEAD {
@@ -189,11 +195,13 @@ fn order(id: &str) -> Value {
             })
         })
         .collect();
+    let product_ids: Vec<Value> = items.iter().map(|i| i["product_id"].clone()).collect();
     json!({
         "id": id,
         "user_id": user_id,
         "total": dollars(total_cents),
         "items": items,
+        "product_ids": product_ids,
     })
 }
 
@@ -230,6 +238,12 @@ fn recommendations(user_id: &str) -> Value {
 }
 
 /// JSON bodies end with a newline so `curl` output in a demo terminal stays readable.
+/// The ids of `ids=1,2,3` in a query string, at most 100 of them.
+fn batch_ids(query: &str) -> Option<impl Iterator<Item = &str>> {
+    let ids = query.split('&').find_map(|pair| pair.strip_prefix("ids="))?;
+    Some(ids.split(',').filter(|id| !id.is_empty()).take(100))
+}
+
 fn json_body(value: &Value) -> Bytes {
     let mut body = value.to_string().into_bytes();
     body.push(b'\n');
@@ -329,12 +343,17 @@ impl Backend {
             Endpoint::Health => self.respond(ok, APPLICATION_JSON, self.health.clone()),
             Endpoint::Users => self.respond(ok, APPLICATION_JSON, self.users.clone()),
             Endpoint::Orders => self.respond(ok, APPLICATION_JSON, self.orders.clone()),
-            Endpoint::Products => self.respond(ok, APPLICATION_JSON, self.products.clone()),
+            // `/products?ids=1,2,3`: those products in one answer (a batch endpoint).
+            Endpoint::Products => match request.uri().query().and_then(batch_ids) {
+                Some(ids) => self.json(ok, &Value::Array(ids.map(product).collect())),
+                None => self.respond(ok, APPLICATION_JSON, self.products.clone()),
+            },
             Endpoint::User(id) => self.json(ok, &user(id)),
             Endpoint::Order(id) => self.json(ok, &order(id)),
             Endpoint::UserOrders(id) => self.json(ok, &user_orders(id)),
             Endpoint::Product(id) => self.json(ok, &product(id)),
             Endpoint::Recommendations(id) => self.json(ok, &recommendations(id)),
+            Endpoint::RecommendFor => self.recommend_for(request).await,
             Endpoint::Echo => self.echo(request).await,
             Endpoint::Bytes(n) => self.respond(ok, OCTET_STREAM, x_bytes(n)),
             Endpoint::Json(n) => self.respond(ok, APPLICATION_JSON, json_bytes(n)),
@@ -358,6 +377,28 @@ impl Backend {
                 Bytes::from_static(b"{\"error\":\"not found\"}\n"),
             ),
         })
+    }
+
+    /// The picks for the `userId` of a JSON body, each saying how many orders it was made from.
+    async fn recommend_for(&self, request: Request<Incoming>) -> Resp {
+        let body = match request.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return self.json(StatusCode::BAD_REQUEST, &json!({"error": "unreadable body"})),
+        };
+        let Ok(sent) = serde_json::from_slice::<Value>(&body) else {
+            return self.json(StatusCode::BAD_REQUEST, &json!({"error": "the body must be JSON"}));
+        };
+        let Some(user_id) = sent["userId"].as_str().filter(|id| !id.is_empty()) else {
+            return self.json(StatusCode::BAD_REQUEST, &json!({"error": "userId is missing"}));
+        };
+        let orders = sent["orders"].as_array().map_or(0, Vec::len);
+        let mut picks = recommendations(user_id);
+        if let Value::Array(items) = &mut picks {
+            for pick in items {
+                pick["based_on_orders"] = json!(orders);
+            }
+        }
+        self.json(StatusCode::OK, &picks)
     }
 
     /// Answers with what arrived, so gateway tests can see exactly what was forwarded.
@@ -506,6 +547,7 @@ mod tests {
             (&get, "/products/abc", Endpoint::Product("abc")),
             (&get, "/recommendations/42", Endpoint::Recommendations("42")),
             (&get, "/recommendations", Endpoint::NotFound),
+            (&Method::POST, "/recommendations", Endpoint::RecommendFor),
             (&get, "/echo", Endpoint::Echo),
             (&Method::POST, "/echo", Endpoint::Echo),
             (&Method::DELETE, "/echo/a/b/c/d", Endpoint::Echo),

@@ -25,14 +25,16 @@ pub enum Step {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
+enum Part<S> {
     Text(String),
-    Value(Source),
+    Value(S),
 }
 
+/// Text with placeholders, each classified by the scope it reads from (`S`: a composition's
+/// `Source`, or a GraphQL resolver's own scopes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    parts: Vec<Part>,
+pub struct Template<S = Source> {
+    parts: Vec<Part<S>>,
 }
 
 /// Parse `a.b[0].c` into steps.
@@ -79,24 +81,7 @@ pub fn lookup<'a>(mut value: &'a Value, steps: &[Step]) -> Option<&'a Value> {
 impl Template {
     /// `captures`: the route's capture names; `calls`: every call key of the composition.
     pub fn parse(text: &str, captures: &[String], calls: &[String]) -> Result<Template, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("unclosed \"{{\" in \"{text}\""))?
-                + open;
-            parts.push(Part::Text(rest[..open].to_string()));
-            parts.push(Part::Value(source(
-                &rest[open + 1..close],
-                captures,
-                calls,
-            )?));
-            rest = &rest[close + 1..];
-        }
-        parts.push(Part::Text(rest.to_string()));
-        parts.retain(|p| !matches!(p, Part::Text(t) if t.is_empty()));
-        Ok(Template { parts })
+        Template::parse_with(text, |name| source(name, captures, calls))
     }
 
     /// The other calls this template reads.
@@ -112,9 +97,50 @@ impl Template {
             .iter()
             .any(|p| matches!(p, Part::Value(Source::Item(_))))
     }
+}
+
+impl<S: std::fmt::Debug> Template<S> {
+    /// Split `text` at its `{placeholders}`, each classified by `classify` (given the name
+    /// between the braces, trimmed).
+    pub fn parse_with(
+        text: &str,
+        classify: impl Fn(&str) -> Result<S, String>,
+    ) -> Result<Template<S>, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("unclosed \"{{\" in \"{text}\""))?
+                + open;
+            parts.push(Part::Text(rest[..open].to_string()));
+            parts.push(Part::Value(classify(rest[open + 1..close].trim())?));
+            rest = &rest[close + 1..];
+        }
+        parts.push(Part::Text(rest.to_string()));
+        parts.retain(|p| !matches!(p, Part::Text(t) if t.is_empty()));
+        Ok(Template { parts })
+    }
+
+    /// Every placeholder, in order.
+    pub fn sources(&self) -> impl Iterator<Item = &S> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Value(s) => Some(s),
+            Part::Text(_) => None,
+        })
+    }
+
+    /// The placeholder this template is, when it is nothing but one (`"{sibling.orders}"`):
+    /// a JSON body then takes the value itself, not its text.
+    pub fn only_source(&self) -> Option<&S> {
+        match self.parts.as_slice() {
+            [Part::Value(s)] => Some(s),
+            _ => None,
+        }
+    }
 
     /// Fill in the placeholders; `Err` names the one that has no value.
-    pub fn render(&self, resolve: &dyn Fn(&Source) -> Option<String>) -> Result<String, String> {
+    pub fn render(&self, resolve: &dyn Fn(&S) -> Option<String>) -> Result<String, String> {
         let mut out = String::new();
         for part in &self.parts {
             match part {

@@ -578,6 +578,8 @@ pub struct RouteSection {
     /// Copies of a share of the requests to another upstream; their answers are discarded.
     pub mirror: Option<MirrorSpec>,
     pub compose: Option<ComposeSpec>,
+    /// A schema of `[graphql.NAME]` this route serves.
+    pub graphql: Option<String>,
     pub strip_prefix: Option<String>,
     /// A deadline for the whole request upstream, retries included.
     pub timeout: Option<ConfigDuration>,
@@ -676,6 +678,81 @@ fn default_max_fan_out() -> usize {
     10
 }
 
+/// `[graphql.NAME]`: a GraphQL schema Portico serves itself, its fields resolved by calls to
+/// upstreams (SPEC.md "GraphQL").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlSection {
+    /// The SDL file, relative to the config file's folder.
+    pub schema: String,
+    #[serde(default = "default_graphql_max_depth")]
+    pub max_depth: usize,
+    #[serde(default = "default_graphql_max_complexity")]
+    pub max_complexity: usize,
+    #[serde(default = "default_graphql_max_aliases")]
+    pub max_aliases: usize,
+    #[serde(default = "default_graphql_max_query_size")]
+    pub max_query_size: ByteSize,
+    /// Whether `__schema` and `__type` may be asked (off unless turned on).
+    #[serde(default)]
+    pub introspection: bool,
+    /// An allow-list file of sha256 hash -> query; anything else is refused.
+    pub persisted_queries: Option<String>,
+    #[serde(default)]
+    pub resolvers: Vec<ResolverSpec>,
+}
+
+fn default_graphql_max_depth() -> usize {
+    10
+}
+fn default_graphql_max_complexity() -> usize {
+    1000
+}
+fn default_graphql_max_aliases() -> usize {
+    30
+}
+fn default_graphql_max_query_size() -> ByteSize {
+    ByteSize(16 << 10)
+}
+
+/// One `{ field = "Type.field", ... }` of a schema's `resolvers`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverSpec {
+    pub field: String,
+    pub upstream: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A JSON body (POST): strings are templates, and a string that is one placeholder
+    /// takes its value as it is (an object, a list).
+    pub body: Option<toml::Value>,
+    pub batch: Option<BatchSpec>,
+    /// `"args"`: the field makes no call; it is an object of its arguments.
+    pub object: Option<String>,
+    /// Sibling fields whose answers this call's templates read (`{sibling.NAME}`).
+    #[serde(default)]
+    pub after: Vec<String>,
+    pub timeout: Option<ConfigDuration>,
+}
+
+/// `batch = { keys = "parent.product_ids", key = "product_id", max = 50 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    pub keys: String,
+    pub key: String,
+    #[serde(default = "default_batch_max")]
+    pub max: usize,
+}
+
+fn default_batch_max() -> usize {
+    50
+}
+
 /// `[tls]`: TLS listeners and their certificates (SPEC.md "Listeners, TLS and protocols").
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -717,6 +794,7 @@ pub struct FileConfig {
     pub consul: Option<ConsulSection>,
     pub tracing: Option<TracingSection>,
     pub upstreams: BTreeMap<String, UpstreamSection>,
+    pub graphql: BTreeMap<String, GraphqlSection>,
     pub consumers: BTreeMap<String, ConsumerSection>,
     /// Built plugin instances by name, with their kind.
     pub plugins: BTreeMap<String, PluginInstance>,
@@ -731,6 +809,7 @@ pub struct FileConfig {
     /// reported a second time as dangling.
     pub broken_upstreams: Vec<String>,
     pub broken_plugins: Vec<String>,
+    pub broken_graphql: Vec<String>,
 }
 
 #[derive(Clone)]

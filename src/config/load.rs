@@ -245,6 +245,9 @@ fn deserialize_sections(
                     deserialize_named(item, key, problems, &mut file.broken_upstreams);
             }
             "consumers" => file.consumers = deserialize_named(item, key, problems, &mut ignored),
+            "graphql" => {
+                file.graphql = deserialize_named(item, key, problems, &mut file.broken_graphql);
+            }
             // Built last: plugins may refer to consumers written later in the file.
             "plugins" => plugins = Some(item),
             "routes" => {
@@ -262,7 +265,7 @@ fn deserialize_sections(
             }
             other => problems.at(
                 other,
-                "unknown section (expected server, admin, tls, redis, cache, dns, consul, tracing, upstreams, consumers, plugins or routes)",
+                "unknown section (expected server, admin, tls, redis, cache, dns, consul, tracing, upstreams, consumers, plugins, graphql or routes)",
             ),
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod cache;
 mod composed;
+mod graphql;
 pub mod compress;
 pub mod ctx;
 pub mod direct;

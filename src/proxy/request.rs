@@ -194,7 +194,8 @@ impl Portico {
         routed.set_cookie = choice.set_cookie;
     }
 
-    /// The route's plugins in order, then a composition's answer. `Ok(true)`: answered.
+    /// The route's plugins in order, then a composition's or a GraphQL schema's answer.
+    /// `Ok(true)`: answered.
     async fn plugins_phase(
         &self,
         session: &mut Session,
@@ -232,13 +233,14 @@ impl Portico {
                 }
             }
         }
-        match route.compose.clone() {
-            // Boxed: its future (the composed calls) would otherwise size every request's.
-            Some(composition) => {
-                Box::pin(self.answer_composition(session, ctx, route, &composition)).await
-            }
-            None => Ok(false),
+        // Boxed: their futures (the calls they make) would otherwise size every request's.
+        if let Some(composition) = route.compose.clone() {
+            return Box::pin(self.answer_composition(session, ctx, route, &composition)).await;
         }
+        if let Some(schema) = route.graphql.clone() {
+            return Box::pin(self.answer_graphql(session, ctx, route, &schema)).await;
+        }
+        Ok(false)
     }
 
     /// Answer with a problem now; the request phases then return `Ok(true)`.
