@@ -10,6 +10,7 @@ mod context;
 mod cors;
 pub mod doc;
 mod error_code;
+pub mod graphql;
 pub mod header_edit;
 mod headers;
 mod ip_filter;
