@@ -11,6 +11,7 @@ mod cors;
 pub mod doc;
 mod error_code;
 pub mod graphql;
+mod graphql_guard;
 pub mod header_edit;
 mod headers;
 mod ip_filter;
