@@ -18,6 +18,7 @@ mod demo;
 mod discovery;
 mod failures;
 mod fallback;
+mod graphql_guard;
 mod grpc;
 mod headers;
 mod heads;
