@@ -532,3 +532,42 @@ plugins = ["gql-guard"]
     assert_eq!(&shadow.seen()[0].body[..], body.to_string().as_bytes());
     assert_eq!(&up.seen()[0].body[..], body.to_string().as_bytes());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_persisted_list_rewritten_in_place_is_read_again_on_reload() {
+    let up = graphql_upstream().await;
+    let (old, new) = ("query Old { a }", "query New { b }");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("persisted.json");
+    std::fs::write(&file, json!({ sha256(old): old }).to_string()).unwrap();
+    let gw = guarded(
+        &up,
+        &format!("persisted_queries = \"{}\"", file.display()),
+        None,
+    )
+    .await;
+    let by_hash = |q: &str| json!({ "extensions": {"persistedQuery": {"version": 1, "sha256Hash": sha256(q)}} });
+    assert_eq!(
+        post(&gw, &by_hash(old), Some(GRAPHQL_RESPONSE))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(&gw, &by_hash(new), Some(GRAPHQL_RESPONSE))
+            .await
+            .status(),
+        400
+    );
+
+    std::fs::write(&file, json!({ sha256(new): new }).to_string()).unwrap();
+    assert_eq!(gw.reload().await.status(), 200);
+    assert_eq!(
+        post(&gw, &by_hash(new), Some(GRAPHQL_RESPONSE))
+            .await
+            .status(),
+        200
+    );
+    let (_, _, code, _) = refusal(post(&gw, &by_hash(old), Some(GRAPHQL_RESPONSE)).await).await;
+    assert_eq!(code, "PERSISTED_QUERY_NOT_FOUND");
+}
