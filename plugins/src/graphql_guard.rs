@@ -425,7 +425,9 @@ impl Plugin for GraphqlGuardPlugin {
                 let status = answer::refusal_status(media);
                 (refusal, status, None)
             }
-            Outcome::MethodNotAllowed(refusal, allow) => (refusal, 405, Some(allow)),
+            Outcome::MethodNotAllowed(refusal, allow) => {
+                (refusal, answer::MUTATION_OVER_GET_STATUS, Some(allow))
+            }
         };
         let result = if refusal.is_invalid() {
             "invalid"
