@@ -22,6 +22,9 @@ pub struct PluginCtx {
     pub extensions: http::Extensions,
     /// The subject of the client certificate the TLS handshake verified (mTLS), if any.
     pub client_cert: Option<Arc<str>>,
+    /// The GraphQL operation's name, once a GraphQL plugin has read the request (for the
+    /// access log's `operation`).
+    pub graphql_operation: Option<Arc<str>>,
 }
 
 impl PluginCtx {
@@ -33,6 +36,7 @@ impl PluginCtx {
             identity: None,
             extensions: http::Extensions::new(),
             client_cert: None,
+            graphql_operation: None,
         }
     }
 

@@ -248,6 +248,7 @@ impl CorsPlugin {
         Answer {
             status: StatusCode::NO_CONTENT,
             headers,
+            body: bytes::Bytes::new(),
         }
     }
 }

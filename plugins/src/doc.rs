@@ -32,6 +32,16 @@ pub enum PluginDoc {
     },
     /// `ip_filter`: 403 for a client address it refuses.
     IpFilter,
+    /// `graphql_guard`: GraphQL requests held to limits, and to the persisted queries (how
+    /// many are listed) when there is a list; refusals are GraphQL error documents.
+    GraphqlGuard {
+        max_depth: usize,
+        max_complexity: usize,
+        max_aliases: usize,
+        max_query_size: usize,
+        introspection: bool,
+        persisted_queries: Option<usize>,
+    },
     /// `cors`: preflights (`OPTIONS` with `Access-Control-Request-Method`) answered 204.
     Cors { allow_methods: Vec<String> },
 }

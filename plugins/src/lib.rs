@@ -10,6 +10,8 @@ mod context;
 mod cors;
 pub mod doc;
 mod error_code;
+pub mod graphql;
+mod graphql_guard;
 pub mod header_edit;
 mod headers;
 mod ip_filter;
@@ -37,16 +39,20 @@ pub enum Flow {
     /// Stop here and answer the client with this rejection (written as problem+json by the
     /// gateway, so every early answer looks the same).
     Reject(Rejection),
-    /// Stop here and answer the client with this, which is not an error (a CORS preflight's
-    /// 204): the status and headers as given, no body, never sent upstream.
+    /// Stop here and answer the client with this, which is not a problem+json error (a CORS
+    /// preflight's 204, a GraphQL errors document): the status, headers and body as given,
+    /// never sent upstream.
     Respond(Answer),
 }
 
-/// An answer a plugin gives by itself that is not an error.
+/// An answer a plugin gives by itself that is not a problem+json error.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: http::StatusCode,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The body, written with its `Content-Length`; empty for none. A 204 or 304 never has
+    /// one, whatever this holds.
+    pub body: bytes::Bytes,
 }
 
 /// An answer a plugin asks the gateway to give instead of proxying.

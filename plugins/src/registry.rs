@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::api_key::{ApiKeyConfig, ApiKeyPlugin};
 use crate::cors::{CorsConfig, CorsPlugin};
+use crate::graphql_guard::{GraphqlGuardConfig, GraphqlGuardPlugin};
 use crate::headers::{HeadersConfig, HeadersPlugin};
 use crate::ip_filter::{IpFilterConfig, IpFilterPlugin};
 use crate::jwt::{JwtConfig, JwtPlugin};
@@ -29,6 +30,7 @@ pub fn known_kinds() -> &'static [&'static str] {
         "api_key",
         "cache",
         "cors",
+        "graphql_guard",
         "headers",
         "ip_filter",
         "jwt",
@@ -42,6 +44,7 @@ pub fn known_kinds() -> &'static [&'static str] {
 pub fn file_keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "jwt" => &["public_key"],
+        "graphql_guard" => &["persisted_queries"],
         _ => &[],
     }
 }
@@ -67,6 +70,13 @@ where
         "cors" => {
             Arc::new(CorsPlugin::new(CorsConfig::deserialize(config)?).map_err(D::Error::custom)?)
         }
+        "graphql_guard" => Arc::new(
+            GraphqlGuardPlugin::new(
+                GraphqlGuardConfig::deserialize(config)?,
+                Arc::clone(&env.metrics),
+            )
+            .map_err(D::Error::custom)?,
+        ),
         "ip_filter" => Arc::new(
             IpFilterPlugin::new(IpFilterConfig::deserialize(config)?).map_err(D::Error::custom)?,
         ),

@@ -3,8 +3,8 @@
 //! than the request path spends on the whole record.
 //!
 //! The line is the same as serde_json would write for the record (same field order, `null`
-//! for what is missing, `failed_parts` only for compositions); the tests check it parses back
-//! to the same values.
+//! for what is missing, `failed_parts` only for compositions and `operation` only for
+//! GraphQL); the tests check it parses back to the same values.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -55,6 +55,10 @@ pub fn encode(out: &mut Vec<u8>, record: &AccessRecord) {
     if let Some(parts) = &record.failed_parts {
         out.extend_from_slice(b",\"failed_parts\":");
         push_str(out, parts);
+    }
+    if let Some(operation) = &record.operation {
+        out.extend_from_slice(b",\"operation\":");
+        push_str(out, operation);
     }
     if let Some(subject) = &record.client_cert {
         out.extend_from_slice(b",\"client_cert\":");
@@ -172,6 +176,7 @@ mod tests {
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             ),
             failed_parts: None,
+            operation: None,
             client_cert: None,
         }
     }
@@ -210,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn what_is_missing_is_null_and_failed_parts_only_when_there_are_some() {
+    fn what_is_missing_is_null_and_failed_parts_and_operation_only_when_there_are_some() {
         let mut r = record();
         r.client_ip = None;
         r.route = None;
@@ -235,8 +240,12 @@ mod tests {
         }
         assert!(v.get("failed_parts").is_none());
 
+        assert!(v.get("operation").is_none());
+
         r.failed_parts = Some("orders,reviews".into());
         assert_eq!(parsed(&r)["failed_parts"], "orders,reviews");
+        r.operation = Some(Arc::from("UserOrders"));
+        assert_eq!(parsed(&r)["operation"], "UserOrders");
     }
 
     #[test]

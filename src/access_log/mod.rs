@@ -45,6 +45,8 @@ pub struct AccessRecord {
     pub traceparent: HeaderValue,
     /// For a composition: the keys of the parts that failed.
     pub failed_parts: Option<String>,
+    /// For a GraphQL request: its operation's name, when it has one.
+    pub operation: Option<Arc<str>>,
     /// Over mTLS: the subject of the client certificate the handshake verified.
     pub client_cert: Option<std::sync::Arc<str>>,
 }

@@ -218,6 +218,23 @@ fn describe(
                     "Only some client addresses are admitted (\"{name}\")."
                 ));
             }
+            PluginDoc::GraphqlGuard {
+                max_depth,
+                max_complexity,
+                max_aliases,
+                max_query_size,
+                introspection,
+                persisted_queries,
+            } => {
+                errors.insert(405);
+                let introspection = if *introspection { "allowed" } else { "refused" };
+                let list = persisted_queries.map_or(String::new(), |n| {
+                    format!(" Only the {n} persisted queries are allowed, by text or APQ hash.")
+                });
+                notes.push(format!(
+                    "GraphQL requests are checked by \"{name}\": max_depth {max_depth}, max_complexity {max_complexity}, max_aliases {max_aliases}, max_query_size {max_query_size} bytes, introspection {introspection}.{list} Refusals are GraphQL errors documents: 400 as application/graphql-response+json, 200 as application/json, as Accept asks."
+                ));
+            }
             PluginDoc::Cors { .. } => {}
         }
     }

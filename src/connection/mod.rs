@@ -317,6 +317,7 @@ impl<A> Connections<A> {
                 consumer: None,
                 traceparent: HeaderValue::from_static(""),
                 failed_parts: None,
+                operation: None,
                 client_cert: None,
             };
             if !self.state.access_log.log(record) {

@@ -375,6 +375,14 @@ impl Direct {
         }
         session.enable_retry_buffering();
         if let Some(read_before) = session.get_retry_buffer().filter(|b| !b.is_empty()) {
+            // Nothing went through the body phase yet: a plugin read the body before the
+            // first attempt (`graphql_guard` holds it whole to check it). It goes through
+            // once, as Pingora's proxy sends its retry buffer through the body filter, so
+            // its size is held to the limit and a mirror copies it.
+            if ctx.body_bytes == 0 {
+                self.portico
+                    .request_body_phase(session, Some(&read_before), ctx)?;
+            }
             upstream
                 .write_body(&read_before)
                 .await

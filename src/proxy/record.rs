@@ -132,6 +132,10 @@ impl Portico {
                 consumer,
                 traceparent: std::mem::replace(&mut ctx.traceparent, HeaderValue::from_static("")),
                 failed_parts: ctx.failed_parts.take(),
+                operation: ctx
+                    .routed
+                    .as_mut()
+                    .and_then(|r| r.plugin_cx.graphql_operation.take()),
                 client_cert: ctx.client_cert.clone(),
             };
             if !self.state.access_log.log(record) {

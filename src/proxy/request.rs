@@ -290,8 +290,8 @@ pub(super) fn answer_headers(
         .collect()
 }
 
-/// A plugin's own answer that is not an error (a CORS preflight's 204): its status and
-/// headers, no body.
+/// A plugin's own answer that is not a problem (a CORS preflight's 204, a GraphQL errors
+/// document): its status, headers and body, with the body's Content-Length.
 async fn respond(session: &mut Session, ctx: &RequestCtx, answer: Answer) -> Result<()> {
     let mut headers = answer.headers;
     headers.extend(answer_headers(session, ctx));
@@ -299,12 +299,22 @@ async fn respond(session: &mut Session, ctx: &RequestCtx, answer: Answer) -> Res
     for (name, value) in headers {
         resp.append_header(name, value)?;
     }
-    // A 204 or 304 carries no Content-Length (RFC 9110 sections 8.6 and 15.3.5).
-    if !matches!(answer.status.as_u16(), 204 | 304) {
-        resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    // A 204 or 304 carries no Content-Length and no body (RFC 9110 sections 8.6 and 15.3.5).
+    let bodiless = matches!(answer.status.as_u16(), 204 | 304);
+    if !bodiless {
+        resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
     }
     resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-    session.write_response_header(Box::new(resp), true).await
+    // A HEAD is told the length and gets no body (RFC 9110 section 9.3.2).
+    let with_body =
+        !bodiless && !answer.body.is_empty() && session.req_header().method != Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), !with_body)
+        .await?;
+    if with_body {
+        session.write_response_body(Some(answer.body), true).await?;
+    }
+    Ok(())
 }
 
 /// A route's `fallback` in place of the gateway's 502/503/504: marked `Portico-Fallback: 1`

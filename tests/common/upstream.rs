@@ -26,6 +26,8 @@ pub struct Seen {
     pub uri: String,
     pub headers: http::HeaderMap,
     pub body_len: usize,
+    /// The body, exactly as received.
+    pub body: Bytes,
 }
 
 impl Seen {
@@ -205,6 +207,7 @@ async fn answer(
             .unwrap_or_default(),
         headers: parts.headers,
         body_len: body.len(),
+        body,
     };
     seen.lock().expect("seen lock").push(record.clone());
     let mut extra = Vec::new();

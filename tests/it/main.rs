@@ -19,6 +19,7 @@ mod discovery;
 mod failures;
 mod fallback;
 mod graphql;
+mod graphql_guard;
 mod grpc;
 mod headers;
 mod heads;
