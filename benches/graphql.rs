@@ -73,7 +73,10 @@ fn bench(c: &mut Criterion) {
         max_complexity: 100_000,
         ..Limits::default()
     };
-    let query = format!("{QUERY}{}", " ".repeat(2048usize.saturating_sub(QUERY.len())));
+    let query = format!(
+        "{QUERY}{}",
+        " ".repeat(2048usize.saturating_sub(QUERY.len()))
+    );
     assert!(query.len() >= 2048);
     let variables: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(r#"{"id":"42","other":"7"}"#).unwrap();
@@ -85,17 +88,22 @@ fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    c.bench_function("graphql: parse, check, validate and run a 2 KiB query (no calls)", |b| {
-        b.iter(|| {
-            let checked = check(&query, None, &variables, &limits, Some(&model)).unwrap();
-            let mut request = async_graphql::Request::new(query.clone()).variables(
-                async_graphql::Variables::from_json(serde_json::Value::Object(variables.clone())),
-            );
-            request.set_parsed_query(checked.document);
-            let response = runtime.block_on(schema.execute(request));
-            assert!(response.errors.is_empty(), "{:?}", response.errors);
-        })
-    });
+    c.bench_function(
+        "graphql: parse, check, validate and run a 2 KiB query (no calls)",
+        |b| {
+            b.iter(|| {
+                let checked = check(&query, None, &variables, &limits, Some(&model)).unwrap();
+                let mut request = async_graphql::Request::new(query.clone()).variables(
+                    async_graphql::Variables::from_json(serde_json::Value::Object(
+                        variables.clone(),
+                    )),
+                );
+                request.set_parsed_query(checked.document);
+                let response = runtime.block_on(schema.execute(request));
+                assert!(response.errors.is_empty(), "{:?}", response.errors);
+            })
+        },
+    );
 }
 
 criterion_group!(benches, bench);

@@ -14,8 +14,8 @@ use portico_plugins::Plugin;
 
 use crate::cache::CachePolicy;
 use crate::compose::Composition;
-use crate::graphql::GraphqlSchema;
 use crate::config::{self, ConfigErrors, ParsedConfig, PluginBody, Problems, RouteSection};
+use crate::graphql::GraphqlSchema;
 use crate::proxy::mirror::Mirror;
 use crate::proxy::split::{Split, SplitKey, MAX_VARIANTS};
 use crate::router::{HostMatch, PathPattern, RouteMatcher, RouteTable};
@@ -115,7 +115,10 @@ fn compile_graphql_route(
     let at = format!("routes[{index}].graphql");
     let Some(schema) = schemas.get(name) else {
         if !broken.contains(name) {
-            problems.at(&at, format!("no schema named \"{name}\" (a [graphql.{name}] table)"));
+            problems.at(
+                &at,
+                format!("no schema named \"{name}\" (a [graphql.{name}] table)"),
+            );
         }
         return None;
     };
@@ -588,11 +591,21 @@ pub fn compile(
         let split = compile_split(route, *index, &pools, &broken_upstreams, &mut problems);
         // A route proxies to an upstream, splits among several or composes several calls:
         // exactly one of them.
-        let graphql = compile_graphql_route(route, *index, &schemas, &broken_schemas, &captures, &mut problems);
+        let graphql = compile_graphql_route(
+            route,
+            *index,
+            &schemas,
+            &broken_schemas,
+            &captures,
+            &mut problems,
+        );
         let target = match (&route.upstream, &route.compose) {
             _ if route.graphql.is_some() => {
                 if route.upstream.is_some() || route.split.is_some() || route.compose.is_some() {
-                    problems.at(at("graphql"), "a route has one of upstream, split, compose or graphql");
+                    problems.at(
+                        at("graphql"),
+                        "a route has one of upstream, split, compose or graphql",
+                    );
                     None
                 } else {
                     graphql.as_ref().map(|_| (None, None, None))

@@ -240,7 +240,9 @@ fn recommendations(user_id: &str) -> Value {
 /// JSON bodies end with a newline so `curl` output in a demo terminal stays readable.
 /// The ids of `ids=1,2,3` in a query string, at most 100 of them.
 fn batch_ids(query: &str) -> Option<impl Iterator<Item = &str>> {
-    let ids = query.split('&').find_map(|pair| pair.strip_prefix("ids="))?;
+    let ids = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ids="))?;
     Some(ids.split(',').filter(|id| !id.is_empty()).take(100))
 }
 
@@ -383,13 +385,24 @@ impl Backend {
     async fn recommend_for(&self, request: Request<Incoming>) -> Resp {
         let body = match request.into_body().collect().await {
             Ok(body) => body.to_bytes(),
-            Err(_) => return self.json(StatusCode::BAD_REQUEST, &json!({"error": "unreadable body"})),
+            Err(_) => {
+                return self.json(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "unreadable body"}),
+                )
+            }
         };
         let Ok(sent) = serde_json::from_slice::<Value>(&body) else {
-            return self.json(StatusCode::BAD_REQUEST, &json!({"error": "the body must be JSON"}));
+            return self.json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "the body must be JSON"}),
+            );
         };
         let Some(user_id) = sent["userId"].as_str().filter(|id| !id.is_empty()) else {
-            return self.json(StatusCode::BAD_REQUEST, &json!({"error": "userId is missing"}));
+            return self.json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "userId is missing"}),
+            );
         };
         let orders = sent["orders"].as_array().map_or(0, Vec::len);
         let mut picks = recommendations(user_id);

@@ -68,7 +68,9 @@ pub fn schema(model: &Model, plans: &Plans, introspection: bool) -> Result<Schem
                 builder.register(object)
             }
             Kind::Scalar => builder.register(DynScalar::new(name)),
-            Kind::Enum(values) => builder.register(Enum::new(name).items(values.iter().map(String::as_str))),
+            Kind::Enum(values) => {
+                builder.register(Enum::new(name).items(values.iter().map(String::as_str)))
+            }
             Kind::Input(fields) => {
                 let mut input = InputObject::new(name);
                 for a in fields {

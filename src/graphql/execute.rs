@@ -99,8 +99,11 @@ pub struct CallFailure {
 /// The JSON objects of one list (or one object alone), which batch together.
 pub struct Group {
     items: Vec<Value>,
-    batches: Mutex<HashMap<(usize, String), Arc<OnceCell<Batched>>>>,
+    batches: Mutex<HashMap<BatchKey, Arc<OnceCell<Batched>>>>,
 }
+
+/// A batch of one group: the field's id and its arguments (as JSON text).
+type BatchKey = (usize, String);
 
 /// A batch's answer: each item by the text of its key.
 type Batched = Result<Arc<HashMap<String, Value>>, CallFailure>;
@@ -177,7 +180,9 @@ pub fn resolve<'a>(ctx: ResolverContext<'a>, plan: Arc<FieldPlan>) -> FieldFutur
         }
         Some(Resolver::Args) => {
             let args = args_json(&ctx);
-            FieldFuture::Value(Some(FieldValue::owned_any(Node::alone(Value::Object(args)))))
+            FieldFuture::Value(Some(FieldValue::owned_any(Node::alone(Value::Object(
+                args,
+            )))))
         }
         Some(Resolver::Call { .. }) => FieldFuture::new(async move {
             let Some(Resolver::Call { call, batch, .. }) = plan.resolver.as_deref() else {
@@ -211,7 +216,10 @@ async fn resolve_call<'a>(
                 siblings: &[],
                 keys: None,
             };
-            let answer = state.fetch(theirs, &scope).await.map_err(|e| e.to_error())?;
+            let answer = state
+                .fetch(theirs, &scope)
+                .await
+                .map_err(|e| e.to_error())?;
             siblings.push((Arc::clone(name), answer));
         }
     }
@@ -417,7 +425,11 @@ impl QueryState {
     }
 
     /// The call's request head and body, its templates filled from `scope`.
-    fn render(&self, call: &Call, scope: &Scope<'_>) -> Result<(RequestHeader, Bytes), &'static str> {
+    fn render(
+        &self,
+        call: &Call,
+        scope: &Scope<'_>,
+    ) -> Result<(RequestHeader, Bytes), &'static str> {
         let value = |s: &Source| self.value(s, scope);
         let segment = |s: &Source| -> Option<String> {
             match (s, scope.keys) {
@@ -436,8 +448,14 @@ impl QueryState {
             .render(&segment)
             .map_err(|_| "template_value_missing")?;
         for (i, (name, template)) in call.query.iter().enumerate() {
-            let v = template.render(&segment).map_err(|_| "template_value_missing")?;
-            uri.push(if i == 0 && !uri.contains('?') { '?' } else { '&' });
+            let v = template
+                .render(&segment)
+                .map_err(|_| "template_value_missing")?;
+            uri.push(if i == 0 && !uri.contains('?') {
+                '?'
+            } else {
+                '&'
+            });
             uri.push_str(&encode(name));
             uri.push('=');
             uri.push_str(&v);
@@ -451,7 +469,9 @@ impl QueryState {
         }
         let text = |s: &Source| value(s).as_deref().and_then(as_text);
         for (name, template) in &call.headers {
-            let v = template.render(&text).map_err(|_| "template_value_missing")?;
+            let v = template
+                .render(&text)
+                .map_err(|_| "template_value_missing")?;
             if v.chars().any(char::is_control) {
                 return Err("bad_header_value");
             }
@@ -551,10 +571,7 @@ fn args_json(ctx: &ResolverContext<'_>) -> Map<String, Value> {
 }
 
 /// A service's JSON as the value of a field of type `out`.
-pub fn to_field_value<'a>(
-    json: Value,
-    out: &Out,
-) -> async_graphql::Result<Option<FieldValue<'a>>> {
+pub fn to_field_value<'a>(json: Value, out: &Out) -> async_graphql::Result<Option<FieldValue<'a>>> {
     let wrong = |expected: &str, got: &Value| {
         async_graphql::Error::new(format!(
             "the service gave {} where the schema has {expected}",
@@ -565,10 +582,10 @@ pub fn to_field_value<'a>(
     match out {
         Out::NonNull(inner) => match to_field_value(json, inner)? {
             Some(value) => Ok(Some(value)),
-            None => Err(async_graphql::Error::new(
-                "the service gave null for a non-null field",
-            )
-            .extend_with(|_, e| e.set("code", "UPSTREAM_TYPE_MISMATCH"))),
+            None => Err(
+                async_graphql::Error::new("the service gave null for a non-null field")
+                    .extend_with(|_, e| e.set("code", "UPSTREAM_TYPE_MISMATCH")),
+            ),
         },
         _ if json.is_null() => Ok(None),
         Out::List(item) => {
@@ -615,8 +632,10 @@ pub fn to_field_value<'a>(
         },
         Out::Scalar(scalar) => scalar_value(json, *scalar)
             .map(|v| Some(FieldValue::value(v)))
-            .ok_or_else(|| async_graphql::Error::new("the service gave a value of another type")
-                .extend_with(|_, e| e.set("code", "UPSTREAM_TYPE_MISMATCH"))),
+            .ok_or_else(|| {
+                async_graphql::Error::new("the service gave a value of another type")
+                    .extend_with(|_, e| e.set("code", "UPSTREAM_TYPE_MISMATCH"))
+            }),
     }
 }
 
@@ -637,7 +656,7 @@ fn scalar_value(json: Value, scalar: Scalar) -> Option<GqlValue> {
                     .filter(|f| f.fract() == 0.0 && f.abs() < 2f64.powi(31))
                     .map(|f| f as i64)
             })?;
-            i32::try_from(i).ok().map(|i| GqlValue::from(i))
+            i32::try_from(i).ok().map(GqlValue::from)
         }
         (Scalar::Float, Value::Number(n)) => n.as_f64().map(GqlValue::from),
         (Scalar::String | Scalar::Id, Value::String(s)) => Some(GqlValue::String(s)),
@@ -696,14 +715,29 @@ mod tests {
 
     #[test]
     fn values_are_coerced_as_graphql_allows_and_refused_otherwise() {
-        assert_eq!(scalar_value(json!(7), Scalar::Id), Some(GqlValue::String("7".into())));
-        assert_eq!(scalar_value(json!(3.0), Scalar::Int), Some(GqlValue::from(3)));
+        assert_eq!(
+            scalar_value(json!(7), Scalar::Id),
+            Some(GqlValue::String("7".into()))
+        );
+        assert_eq!(
+            scalar_value(json!(3.0), Scalar::Int),
+            Some(GqlValue::from(3))
+        );
         assert_eq!(scalar_value(json!(3.5), Scalar::Int), None);
         assert_eq!(scalar_value(json!(1u64 << 40), Scalar::Int), None);
         assert_eq!(scalar_value(json!("x"), Scalar::Boolean), None);
-        assert_eq!(scalar_value(json!(true), Scalar::String), Some(GqlValue::String("true".into())));
-        assert!(to_field_value(json!(null), &Out::NonNull(Box::new(Out::Scalar(Scalar::Int)))).is_err());
-        assert!(to_field_value(json!(null), &Out::Scalar(Scalar::Int)).unwrap().is_none());
+        assert_eq!(
+            scalar_value(json!(true), Scalar::String),
+            Some(GqlValue::String("true".into()))
+        );
+        assert!(to_field_value(
+            json!(null),
+            &Out::NonNull(Box::new(Out::Scalar(Scalar::Int)))
+        )
+        .is_err());
+        assert!(to_field_value(json!(null), &Out::Scalar(Scalar::Int))
+            .unwrap()
+            .is_none());
         assert!(to_field_value(json!([1, "a"]), &Out::List(Box::new(Out::Object))).is_err());
     }
 

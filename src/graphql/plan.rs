@@ -66,7 +66,7 @@ pub struct Batch {
 pub enum Resolver {
     /// The field makes this call, once per parent or batched over all of them.
     Call {
-        call: Call,
+        call: Box<Call>,
         batch: Option<Batch>,
         /// Sibling fields whose answers the templates read: (field name, its call).
         after: Vec<Arc<str>>,
@@ -103,7 +103,10 @@ pub fn compile(
     for (i, spec) in specs.iter().enumerate() {
         let at = |key: &str| format!("resolvers[{i}].{key}");
         let Some((type_name, field_name)) = split_field(&spec.field) else {
-            errors.push((at("field"), format!("\"{}\" must be Type.field", spec.field)));
+            errors.push((
+                at("field"),
+                format!("\"{}\" must be Type.field", spec.field),
+            ));
             continue;
         };
         let Some(field) = model.field(&type_name, &field_name) else {
@@ -116,7 +119,10 @@ pub fn compile(
             continue;
         };
         if resolvers.contains_key(&(type_name.clone(), field_name.clone())) {
-            errors.push((at("field"), format!("{} has a resolver already", spec.field)));
+            errors.push((
+                at("field"),
+                format!("{} has a resolver already", spec.field),
+            ));
             continue;
         }
         let resolver = match spec.object.as_deref() {
@@ -134,7 +140,10 @@ pub fn compile(
                 Resolver::Args
             }
             Some(other) => {
-                errors.push((at("object"), format!("\"{other}\": the only kind is \"args\"")));
+                errors.push((
+                    at("object"),
+                    format!("\"{other}\": the only kind is \"args\""),
+                ));
                 continue;
             }
             None => {
@@ -149,22 +158,30 @@ pub fn compile(
                 match compile_call(spec, &scope, pools, &mut captures, &at) {
                     Ok(call) => {
                         let batch = spec.batch.as_ref().and_then(|b| {
-                            compile_batch(b, &scope, &at).map_err(|e| errors.push(e)).ok()
+                            compile_batch(b, &scope, &at)
+                                .map_err(|e| errors.push(e))
+                                .ok()
                         });
                         for sibling in &spec.after {
                             if sibling == &field_name {
                                 errors.push((at("after"), format!("\"{sibling}\" is this field")));
                             } else if model.field(&type_name, sibling).is_none() {
-                                errors.push((at("after"), format!("{type_name} has no field \"{sibling}\"")));
+                                errors.push((
+                                    at("after"),
+                                    format!("{type_name} has no field \"{sibling}\""),
+                                ));
                             } else if !calls.contains(&(type_name.clone(), sibling.clone())) {
                                 errors.push((at("after"), format!("{type_name}.{sibling} makes no call of its own to wait for")));
                             }
                         }
                         if spec.batch.is_some() && !spec.after.is_empty() {
-                            errors.push((at("after"), "a batched call reads no siblings (its parents differ)".into()));
+                            errors.push((
+                                at("after"),
+                                "a batched call reads no siblings (its parents differ)".into(),
+                            ));
                         }
                         Resolver::Call {
-                            call,
+                            call: Box::new(call),
                             batch,
                             after: spec.after.iter().map(|s| Arc::from(s.as_str())).collect(),
                         }
@@ -188,7 +205,10 @@ pub fn compile(
             let Some(theirs) = resolvers.get(&(type_name.clone(), sibling.to_string())) else {
                 continue;
             };
-            if let Resolver::Call { after: back, call, .. } = theirs.as_ref() {
+            if let Resolver::Call {
+                after: back, call, ..
+            } = theirs.as_ref()
+            {
                 if !back.is_empty() {
                     errors.push((format!("resolvers.{type_name}.{field_name}"), format!("waits for {type_name}.{sibling}, which waits for others itself: keep `after` one level deep")));
                 }
@@ -285,7 +305,13 @@ fn compile_call(
     let mut errors = Vec::new();
     let upstream = match spec.upstream.as_deref() {
         None => {
-            errors.push((at("upstream"), format!("{} needs an upstream and a path (or object = \"args\")", spec.field)));
+            errors.push((
+                at("upstream"),
+                format!(
+                    "{} needs an upstream and a path (or object = \"args\")",
+                    spec.field
+                ),
+            ));
             None
         }
         Some(name) => match pools.get(name) {
@@ -305,26 +331,28 @@ fn compile_call(
         "GET" => Method::GET,
         "POST" => Method::POST,
         other => {
-            errors.push((at("method"), format!("\"{other}\": a resolver calls with GET or POST")));
+            errors.push((
+                at("method"),
+                format!("\"{other}\": a resolver calls with GET or POST"),
+            ));
             Method::GET
         }
     };
-    let mut template = |text: &str, key: String| match Template::parse_with(text, |name| {
-        classify(name, scope)
-    }) {
-        Ok(t) => {
-            for s in t.sources() {
-                if let Source::Capture(c) = s {
-                    captures.push(c.clone());
+    let mut template =
+        |text: &str, key: String| match Template::parse_with(text, |name| classify(name, scope)) {
+            Ok(t) => {
+                for s in t.sources() {
+                    if let Source::Capture(c) = s {
+                        captures.push(c.clone());
+                    }
                 }
+                Some(t)
             }
-            Some(t)
-        }
-        Err(e) => {
-            errors.push((key, e));
-            None
-        }
-    };
+            Err(e) => {
+                errors.push((key, e));
+                None
+            }
+        };
     // A path that does not start with "/" is reported below, once.
     let path = spec
         .path
@@ -339,16 +367,18 @@ fn compile_call(
     let mut headers = Vec::new();
     for (name, value) in &spec.headers {
         let parsed = template(value, at(&format!("headers.{name}")));
-        match (HeaderName::from_bytes(name.as_bytes()), parsed) {
-            (Ok(n), Some(t)) => headers.push((n, t)),
-            // An invalid name is reported below, once.
-            _ => {}
+        // An invalid name is reported below, once.
+        if let (Ok(n), Some(t)) = (HeaderName::from_bytes(name.as_bytes()), parsed) {
+            headers.push((n, t));
         }
     }
     let body = match &spec.body {
         None => None,
         Some(_) if method == Method::GET => {
-            errors.push((at("body"), "a GET call sends no body: set method = \"POST\"".into()));
+            errors.push((
+                at("body"),
+                "a GET call sends no body: set method = \"POST\"".into(),
+            ));
             None
         }
         Some(value) => match json_body(value, scope) {
@@ -359,7 +389,7 @@ fn compile_call(
             }
         },
     };
-    for (name, _) in &spec.headers {
+    for name in spec.headers.keys() {
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
             errors.push((at(&format!("headers.{name}")), "invalid header name".into()));
         }
@@ -391,7 +421,10 @@ fn compile_batch(
     at: &dyn Fn(&str) -> String,
 ) -> Result<Batch, (String, String)> {
     if scope.is_root {
-        return Err((at("batch"), "a root field has one parent: there is nothing to batch".into()));
+        return Err((
+            at("batch"),
+            "a root field has one parent: there is nothing to batch".into(),
+        ));
     }
     let keys = match spec.keys.strip_prefix("parent.").map(parse_path) {
         Some(Ok(steps)) => steps,
@@ -399,7 +432,10 @@ fn compile_batch(
         None => {
             return Err((
                 at("batch.keys"),
-                format!("\"{}\" must be parent.PATH: where each parent's keys are", spec.keys),
+                format!(
+                    "\"{}\" must be parent.PATH: where each parent's keys are",
+                    spec.keys
+                ),
             ))
         }
     };

@@ -16,18 +16,21 @@ use portico_plugins::graphql::limits::{FieldShape, Shape};
 /// The built-in scalars every schema has.
 pub const BUILTIN_SCALARS: [&str; 5] = ["Int", "Float", "String", "Boolean", "ID"];
 
+#[derive(Debug)]
 pub struct Model {
     pub query: String,
     pub mutation: Option<String>,
     pub types: BTreeMap<String, TypeDef>,
 }
 
+#[derive(Debug)]
 pub struct TypeDef {
     pub pos: Pos,
     pub description: Option<String>,
     pub kind: Kind,
 }
 
+#[derive(Debug)]
 pub enum Kind {
     Object(Vec<FieldDef>),
     Scalar,
@@ -35,6 +38,7 @@ pub enum Kind {
     Input(Vec<ArgDef>),
 }
 
+#[derive(Debug)]
 pub struct FieldDef {
     pub name: String,
     pub pos: Pos,
@@ -44,6 +48,7 @@ pub struct FieldDef {
     pub deprecated: Option<Option<String>>,
 }
 
+#[derive(Debug)]
 pub struct ArgDef {
     pub name: String,
     pub ty: Type,
@@ -74,14 +79,20 @@ impl Model {
                 }
                 TypeSystemDefinition::Directive(d) => problems.push(at(
                     d.pos,
-                    format!("directive definitions (@{}) are not served", d.node.name.node),
+                    format!(
+                        "directive definitions (@{}) are not served",
+                        d.node.name.node
+                    ),
                 )),
                 TypeSystemDefinition::Type(def) => {
                     let pos = def.pos;
                     let def = def.node;
                     let name = def.name.node.to_string();
                     if def.extend {
-                        problems.push(at(pos, format!("write {name} in one definition, without `extend`")));
+                        problems.push(at(
+                            pos,
+                            format!("write {name} in one definition, without `extend`"),
+                        ));
                         continue;
                     }
                     let kind = match def.kind {
@@ -105,38 +116,48 @@ impl Model {
                                     .collect(),
                             )
                         }
-                        TypeKind::Enum(e) => {
-                            Kind::Enum(e.values.into_iter().map(|v| v.node.value.node.to_string()).collect())
-                        }
+                        TypeKind::Enum(e) => Kind::Enum(
+                            e.values
+                                .into_iter()
+                                .map(|v| v.node.value.node.to_string())
+                                .collect(),
+                        ),
                         TypeKind::InputObject(input) => {
                             Kind::Input(input.fields.into_iter().map(arg).collect())
                         }
                         TypeKind::Interface(_) | TypeKind::Union(_) => {
-                            problems.push(at(pos, format!("{name}: interfaces and unions are not served yet")));
+                            problems.push(at(
+                                pos,
+                                format!("{name}: interfaces and unions are not served yet"),
+                            ));
                             continue;
                         }
                     };
                     if BUILTIN_SCALARS.contains(&name.as_str()) || name.starts_with("__") {
                         problems.push(at(pos, format!("{name} is a built-in name")));
-                    } else if types.contains_key(&name) {
-                        problems.push(at(pos, format!("{name} is defined twice")));
-                    } else {
-                        types.insert(
-                            name,
-                            TypeDef {
+                        continue;
+                    }
+                    match types.entry(name) {
+                        std::collections::btree_map::Entry::Occupied(e) => {
+                            problems.push(at(pos, format!("{} is defined twice", e.key())));
+                        }
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(TypeDef {
                                 pos,
                                 description: def.description.map(|d| d.node),
                                 kind,
-                            },
-                        );
+                            });
+                        }
                     }
                 }
             }
         }
         let query = roots.0.unwrap_or_else(|| "Query".to_string());
-        let mutation = roots
-            .1
-            .or_else(|| types.contains_key("Mutation").then(|| "Mutation".to_string()));
+        let mutation = roots.1.or_else(|| {
+            types
+                .contains_key("Mutation")
+                .then(|| "Mutation".to_string())
+        });
         let model = Model {
             query,
             mutation,
@@ -171,7 +192,15 @@ impl Model {
                         }
                         for a in &field.args {
                             if !self.is_input(named_type(&a.ty)) {
-                                problems.push(at(field.pos, format!("{name}.{}({}): {} is not an input type of this schema", field.name, a.name, named_type(&a.ty))));
+                                problems.push(at(
+                                    field.pos,
+                                    format!(
+                                        "{name}.{}({}): {} is not an input type of this schema",
+                                        field.name,
+                                        a.name,
+                                        named_type(&a.ty)
+                                    ),
+                                ));
                             }
                         }
                     }
@@ -179,7 +208,14 @@ impl Model {
                 Kind::Input(fields) => {
                     for a in fields {
                         if !self.is_input(named_type(&a.ty)) {
-                            problems.push(at(def.pos, format!("{name}.{}: {} is not an input type of this schema", a.name, named_type(&a.ty))));
+                            problems.push(at(
+                                def.pos,
+                                format!(
+                                    "{name}.{}: {} is not an input type of this schema",
+                                    a.name,
+                                    named_type(&a.ty)
+                                ),
+                            ));
                         }
                     }
                 }
@@ -299,13 +335,23 @@ mod tests {
 
     #[test]
     fn mistakes_in_the_sdl_are_named_with_their_place() {
-        let problems = Model::parse(
-            "type Query { user: Usr }\ntype Query { again: Int }\nunion U = Query",
-        )
-        .unwrap_err();
-        assert!(problems.iter().any(|p| p.starts_with("1:14:") && p.contains("Usr")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("defined twice")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("unions")), "{problems:?}");
+        let problems =
+            Model::parse("type Query { user: Usr }\ntype Query { again: Int }\nunion U = Query")
+                .unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("1:14:") && p.contains("Usr")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("defined twice")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("unions")),
+            "{problems:?}"
+        );
         assert!(Model::parse("type Query {").is_err());
         assert!(Model::parse("type Other { a: Int }").unwrap_err()[0].contains("root"));
     }

@@ -203,8 +203,8 @@ impl Portico {
             return Ok(Err((refusal, Some(504))));
         };
         // A request error (validation) has no path and no data: the query never ran.
-        let never_ran =
-            response.data == async_graphql::Value::Null && response.errors.iter().all(|e| e.path.is_empty());
+        let never_ran = response.data == async_graphql::Value::Null
+            && response.errors.iter().all(|e| e.path.is_empty());
         if never_ran && !response.errors.is_empty() {
             let message = response
                 .errors
@@ -212,7 +212,10 @@ impl Portico {
                 .map(|e| e.message.as_str())
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Ok(Err((Refusal::new(code::GRAPHQL_VALIDATION_FAILED, message), None)));
+            return Ok(Err((
+                Refusal::new(code::GRAPHQL_VALIDATION_FAILED, message),
+                None,
+            )));
         }
         let outcome = match (response.errors.is_empty(), &response.data) {
             (true, _) => Outcome::Ok,

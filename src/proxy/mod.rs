@@ -6,12 +6,12 @@
 
 pub mod cache;
 mod composed;
-mod graphql;
 pub mod compress;
 pub mod ctx;
 pub mod direct;
 pub mod failure;
 pub mod forwarding;
+mod graphql;
 pub mod grpc;
 pub mod mirror;
 pub mod phases;

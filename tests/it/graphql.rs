@@ -127,7 +127,12 @@ async fn gateway(shop: &Upstream, extra: &str) -> (Gateway, tempfile::TempDir) {
 
 /// POST a query, accepting the GraphQL response media type; the status and the document.
 async fn ask(gw: &Gateway, query: &str) -> (u16, Value) {
-    ask_with(gw, json!({ "query": query }), "application/graphql-response+json").await
+    ask_with(
+        gw,
+        json!({ "query": query }),
+        "application/graphql-response+json",
+    )
+    .await
 }
 
 async fn ask_with(gw: &Gateway, body: Value, accept: &str) -> (u16, Value) {
@@ -166,8 +171,14 @@ async fn a_dashboard_query_calls_each_service_once_and_recommendations_after_the
     assert!(body.get("errors").is_none(), "{body}");
     let dash = &body["data"]["userDashboard"];
     assert_eq!(dash["userId"], "42");
-    assert_eq!(dash["user"], json!({ "name": "User 42", "email": "42@example.com" }));
-    assert_eq!(dash["recentOrders"][1], json!({ "id": "42-2", "total": 20.0 }));
+    assert_eq!(
+        dash["user"],
+        json!({ "name": "User 42", "email": "42@example.com" })
+    );
+    assert_eq!(
+        dash["recentOrders"][1],
+        json!({ "id": "42-2", "total": 20.0 })
+    );
     // The recommendations service was sent the orders the orders service gave.
     assert_eq!(
         dash["recommendations"],
@@ -175,17 +186,26 @@ async fn a_dashboard_query_calls_each_service_once_and_recommendations_after_the
     );
     let seen = paths_seen(&shop);
     assert_eq!(
-        seen.iter().filter(|p| p.starts_with("/orders/user/42")).count(),
+        seen.iter()
+            .filter(|p| p.starts_with("/orders/user/42"))
+            .count(),
         1,
         "recentOrders and the wait for it share one call: {seen:?}"
     );
     assert_eq!(seen.len(), 3, "user, orders, recommendations: {seen:?}");
-    let recs = shop.seen().into_iter().find(|s| s.uri == "/recommendations").unwrap();
+    let recs = shop
+        .seen()
+        .into_iter()
+        .find(|s| s.uri == "/recommendations")
+        .unwrap();
     assert_eq!(recs.method, "POST");
     assert_eq!(recs.header("content-type"), Some("application/json"));
     // The orders call takes 150 ms; the user call ran beside it, recommendations after it.
     assert!(took >= Duration::from_millis(150), "{took:?}");
-    assert!(recs.header("x-request-id").is_some(), "calls carry the request id");
+    assert!(
+        recs.header("x-request-id").is_some(),
+        "calls carry the request id"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -250,7 +270,10 @@ async fn a_failing_service_is_a_null_with_an_error_at_its_path_and_the_rest_stil
     assert_eq!(body["data"]["status"], Value::Null);
     assert_eq!(body["data"]["user"]["name"], "User 1");
     let errors = body["errors"].as_array().unwrap();
-    let down = errors.iter().find(|e| e["path"] == json!(["status"])).unwrap();
+    let down = errors
+        .iter()
+        .find(|e| e["path"] == json!(["status"]))
+        .unwrap();
     assert_eq!(down["extensions"]["code"], "UPSTREAM_ERROR");
     assert_eq!(down["extensions"]["status"], 503);
     let text = body.to_string();
@@ -271,9 +294,19 @@ async fn a_non_null_failure_propagates_to_the_nearest_nullable_parent() {
     let shop = shop().await;
     let (gw, _dir) = gateway(&shop, "").await;
     // mustProducts is [Product!]: the missing product 13 nulls the list, not just the item.
-    let (_, body) = ask(&gw, r#"{ user(id: "1") { orders { id mustProducts { name } } } }"#).await;
-    assert_eq!(body["data"]["user"]["orders"][0]["mustProducts"][1]["name"], "Product 2");
-    assert_eq!(body["data"]["user"]["orders"][1]["mustProducts"], Value::Null);
+    let (_, body) = ask(
+        &gw,
+        r#"{ user(id: "1") { orders { id mustProducts { name } } } }"#,
+    )
+    .await;
+    assert_eq!(
+        body["data"]["user"]["orders"][0]["mustProducts"][1]["name"],
+        "Product 2"
+    );
+    assert_eq!(
+        body["data"]["user"]["orders"][1]["mustProducts"],
+        Value::Null
+    );
     // mustUser is User!: its failure nulls the whole of data.
     let (status, body) = ask(&gw, r#"{ mustUser(id: "missing") { name } }"#).await;
     assert_eq!(status, 200);
@@ -285,35 +318,51 @@ async fn a_non_null_failure_propagates_to_the_nearest_nullable_parent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_refuse_a_query_before_any_upstream_is_called() {
     let shop = shop().await;
-    let (gw, _dir) = gateway(&shop, "max_depth = 3\nmax_complexity = 50\nmax_aliases = 2\nmax_query_size = \"300B\"").await;
+    let (gw, _dir) = gateway(
+        &shop,
+        "max_depth = 3\nmax_complexity = 50\nmax_aliases = 2\nmax_query_size = \"300B\"",
+    )
+    .await;
     let cases = [
-        (r#"{ user(id: "1") { orders { products { name } } } }"#, "MAX_DEPTH_EXCEEDED"),
-        (r#"{ user(id: "1") { orders(first: 100) { id } } }"#, "MAX_COMPLEXITY_EXCEEDED"),
-        (r#"{ a: user(id: "1") { name } b: user(id: "2") { name } c: user(id: "3") { name } }"#, "MAX_ALIASES_EXCEEDED"),
+        (
+            r#"{ user(id: "1") { orders { products { name } } } }"#,
+            "MAX_DEPTH_EXCEEDED",
+        ),
+        (
+            r#"{ user(id: "1") { orders(first: 100) { id } } }"#,
+            "MAX_COMPLEXITY_EXCEEDED",
+        ),
+        (
+            r#"{ a: user(id: "1") { name } b: user(id: "2") { name } c: user(id: "3") { name } }"#,
+            "MAX_ALIASES_EXCEEDED",
+        ),
     ];
     for (query, code) in cases {
         let (status, body) = ask(&gw, query).await;
         assert_eq!(status, 400, "{query}: {body}");
         assert_eq!(body["errors"][0]["extensions"]["code"], code, "{body}");
-        assert!(body.get("data").is_none(), "a request error has no data: {body}");
+        assert!(
+            body.get("data").is_none(),
+            "a request error has no data: {body}"
+        );
     }
     let long = format!("{{ user(id: \"{}\") {{ name }} }}", "x".repeat(400));
     let (status, body) = ask(&gw, &long).await;
     assert_eq!(status, 400);
     assert_eq!(body["errors"][0]["extensions"]["code"], "QUERY_TOO_LARGE");
     // A client that accepts only application/json is told with a 200, as the spec says.
-    let (status, body) = ask_with(
-        &gw,
-        json!({ "query": cases[0].0 }),
-        "application/json",
-    )
-    .await;
+    let (status, body) = ask_with(&gw, json!({ "query": cases[0].0 }), "application/json").await;
     assert_eq!(status, 200);
-    assert_eq!(body["errors"][0]["extensions"]["code"], "MAX_DEPTH_EXCEEDED");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "MAX_DEPTH_EXCEEDED"
+    );
     assert_eq!(shop.hits(), 0, "nothing reached the services");
     let metrics = gw.metrics().await;
     assert!(
-        metrics.contains(r#"portico_graphql_operations_total{operation="",result="refused",route="graphql"} 5"#),
+        metrics.contains(
+            r#"portico_graphql_operations_total{operation="",result="refused",route="graphql"} 5"#
+        ),
         "{metrics}"
     );
 }
@@ -324,11 +373,20 @@ async fn invalid_queries_are_graphql_errors_and_valid_ones_are_counted_by_name()
     let (gw, _dir) = gateway(&shop, "").await;
     let (status, body) = ask(&gw, "{ user(id: 1) { nosuchfield } }").await;
     assert_eq!(status, 400);
-    assert_eq!(body["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED");
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains("nosuchfield"));
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nosuchfield"));
     let (status, body) = ask(&gw, "{ user(id: ").await;
     assert_eq!(status, 400);
-    assert_eq!(body["errors"][0]["extensions"]["code"], "GRAPHQL_PARSE_FAILED");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "GRAPHQL_PARSE_FAILED"
+    );
     // GET works for queries, with variables.
     let resp = reqwest::Client::new()
         .get(gw.url("/graphql"))
@@ -357,7 +415,10 @@ async fn introspection_is_off_unless_turned_on() {
     let (gw, _dir) = gateway(&shop, "").await;
     let (status, body) = ask(&gw, "{ __schema { queryType { name } } }").await;
     assert_eq!(status, 400);
-    assert_eq!(body["errors"][0]["extensions"]["code"], "INTROSPECTION_DISABLED");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "INTROSPECTION_DISABLED"
+    );
     let (_, body) = ask(&gw, "{ __typename }").await;
     assert_eq!(body["data"]["__typename"], "Query");
 
@@ -382,12 +443,22 @@ async fn a_query_has_one_deadline_for_all_its_calls() {
     let started = Instant::now();
     let (status, body) = ask(&gw, "{ orders { id } fast { name } }").await;
     assert_eq!(status, 200, "{body}");
-    assert!(started.elapsed() < Duration::from_millis(140), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(140),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(status, 200);
     assert_eq!(body["data"]["orders"], Value::Null);
-    assert_eq!(body["data"]["fast"]["name"], "User 1", "the quick call still answered");
+    assert_eq!(
+        body["data"]["fast"]["name"], "User 1",
+        "the quick call still answered"
+    );
     assert_eq!(body["errors"][0]["path"], json!(["orders"]));
-    assert_eq!(body["errors"][0]["extensions"]["code"], "UPSTREAM_TIMEOUT", "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "UPSTREAM_TIMEOUT",
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -429,15 +500,24 @@ graphql = "shop"
         assert!(out.contains(expected), "{expected:?} not in:\n{out}");
     }
     // Each with its line and column in the config.
-    let line = out.lines().find(|l| l.contains("resolvers[0].path")).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.contains("resolvers[0].path"))
+        .unwrap();
     let place = line.split("portico.toml:").nth(1).unwrap();
     let (row, rest) = place.split_once(':').unwrap();
-    assert!(row.parse::<u32>().is_ok() && rest.split(':').next().unwrap().parse::<u32>().is_ok(), "{line}");
+    assert!(
+        row.parse::<u32>().is_ok() && rest.split(':').next().unwrap().parse::<u32>().is_ok(),
+        "{line}"
+    );
 
     std::fs::write(&sdl, "type Query { user: Usr }").unwrap();
     let (code, out) = validate_text(&config);
     assert_ne!(code, 0);
-    assert!(out.contains("shop.graphql:1:14") && out.contains("Usr"), "{out}");
+    assert!(
+        out.contains("shop.graphql:1:14") && out.contains("Usr"),
+        "{out}"
+    );
 }
 
 /// The shipped example (`conf/examples/graphql.toml`) on the real demo backends, served in
@@ -446,15 +526,36 @@ async fn shipped_example(introspection: bool) -> (Gateway, Vec<tokio::task::Join
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/examples");
     let mut config = std::fs::read_to_string(examples.join("graphql.toml")).unwrap();
     let mut backends = Vec::new();
-    for (name, port) in [("users", 3001), ("orders", 3002), ("products", 3003), ("recs", 3004)] {
+    for (name, port) in [
+        ("users", 3001),
+        ("orders", 3002),
+        ("products", 3003),
+        ("recs", 3004),
+    ] {
         let (addr, task) = portico_loadtest::start(name, "127.0.0.1:0").await.unwrap();
         backends.push(task);
-        config = replace_once(&config, &format!("\"127.0.0.1:{port}\""), &format!("\"{addr}\""));
+        config = replace_once(
+            &config,
+            &format!("\"127.0.0.1:{port}\""),
+            &format!("\"{addr}\""),
+        );
     }
-    config = replace_once(&config, "listen = [\"127.0.0.1:8080\"]", "listen = [\"${PORTICO_LISTEN}\"]");
-    config = replace_once(&config, "listen = \"127.0.0.1:9901\"", "listen = \"${PORTICO_ADMIN}\"");
+    config = replace_once(
+        &config,
+        "listen = [\"127.0.0.1:8080\"]",
+        "listen = [\"${PORTICO_LISTEN}\"]",
+    );
+    config = replace_once(
+        &config,
+        "listen = \"127.0.0.1:9901\"",
+        "listen = \"${PORTICO_ADMIN}\"",
+    );
     let schema = examples.join("shop.graphql");
-    config = replace_once(&config, "schema = \"shop.graphql\"", &format!("schema = \"{}\"", schema.display()));
+    config = replace_once(
+        &config,
+        "schema = \"shop.graphql\"",
+        &format!("schema = \"{}\"", schema.display()),
+    );
     config = replace_once(
         &config,
         "introspection = false",
@@ -464,7 +565,11 @@ async fn shipped_example(introspection: bool) -> (Gateway, Vec<tokio::task::Join
 }
 
 fn replace_once(text: &str, from: &str, to: &str) -> String {
-    assert_eq!(text.matches(from).count(), 1, "{from:?} once in the shipped example");
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "{from:?} once in the shipped example"
+    );
     text.replacen(from, to, 1)
 }
 
@@ -487,18 +592,38 @@ async fn the_shipped_example_answers_the_seeds_dashboard_from_the_demo_backends(
     // The recommendations service was sent the orders the orders service gave.
     assert_eq!(recs[0]["based_on_orders"], orders.len());
 
-    let (status, body) = ask(&gw, r#"{ user(id: "7") { orders { id items { product_id } products { id name } } } }"#).await;
+    let (status, body) = ask(
+        &gw,
+        r#"{ user(id: "7") { orders { id items { product_id } products { id name } } } }"#,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.get("errors").is_none(), "{body}");
     for order in body["data"]["user"]["orders"].as_array().unwrap() {
-        let want: Vec<&Value> = order["items"].as_array().unwrap().iter().map(|i| &i["product_id"]).collect();
-        let got: Vec<&Value> = order["products"].as_array().unwrap().iter().map(|p| &p["id"]).collect();
-        assert_eq!(got, want, "each order's products, matched back from the batch");
+        let want: Vec<&Value> = order["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| &i["product_id"])
+            .collect();
+        let got: Vec<&Value> = order["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["id"])
+            .collect();
+        assert_eq!(
+            got, want,
+            "each order's products, matched back from the batch"
+        );
     }
     // Introspection is off in the shipped example.
     let (status, body) = ask(&gw, "{ __schema { types { name } } }").await;
     assert_eq!(status, 400);
-    assert_eq!(body["errors"][0]["extensions"]["code"], "INTROSPECTION_DISABLED");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "INTROSPECTION_DISABLED"
+    );
 }
 
 /// graphql-core (Python's reference port of graphql-js), which scripts/ensure-deps.sh
@@ -519,9 +644,18 @@ fn graphql_core(script: &str, input: &str) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "graphql-core: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "graphql-core: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 

@@ -376,6 +376,20 @@ impl<'a> Measurer<'a> {
             "__type" => Some("__type"),
             _ => None,
         };
+        // An introspection field is answered from the schema, with no upstream call, and the
+        // standard introspection query alone is 15 deep: when introspection is allowed it
+        // costs one field, bounded instead by max_query_size and the engine's own nesting
+        // limit. (When it is not, the refusal above names it.)
+        if introspection.is_some() {
+            return Ok(Measure {
+                depth: 1,
+                complexity: 1,
+                aliases: children
+                    .aliases
+                    .saturating_add(usize::from(field.alias.is_some())),
+                introspection,
+            });
+        }
         Ok(Measure {
             depth: children.depth.saturating_add(1),
             complexity: children_cost.saturating_add(1),

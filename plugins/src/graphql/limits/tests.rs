@@ -434,3 +434,23 @@ fn the_name_is_known_even_when_a_limit_refuses() {
     let (name, _) = check_named("query Broken {", None, &Map::new(), &shallow, None);
     assert_eq!(name, None);
 }
+
+#[test]
+fn an_allowed_introspection_query_is_not_held_to_the_depth_of_the_data() {
+    // The shape of the standard introspection query's TypeRef fragment: 9 levels of ofType.
+    let deep = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { ofType { name } } } } } } } } } } }";
+    let on = Limits {
+        max_depth: 3,
+        introspection: true,
+        ..Limits::default()
+    };
+    let checked = check(deep, None, &Map::new(), &on, None).unwrap();
+    assert_eq!((checked.depth, checked.complexity), (1, 1));
+    // The data beside it still counts.
+    let both = format!(
+        "{{ a {{ b {{ c {{ d }} }} }} {} }}",
+        &deep[1..deep.len() - 1]
+    );
+    let err = check(&both, None, &Map::new(), &on, None).unwrap_err();
+    assert_eq!(err.code, code::MAX_DEPTH_EXCEEDED);
+}
