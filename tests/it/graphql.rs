@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::gateway::validate_text;
-use crate::common::{spawn_upstream, Gateway, Reply, Upstream};
+use crate::common::{eventually, spawn_upstream, Gateway, Reply, Upstream};
 
 const SCHEMA: &str = r#"
 type Query {
@@ -113,11 +113,16 @@ async fn shop() -> Upstream {
 
 /// A gateway serving the shop schema at `/graphql`, with `extra` in its `[graphql.shop]`.
 async fn gateway(shop: &Upstream, extra: &str) -> (Gateway, tempfile::TempDir) {
+    gateway_with(shop, extra, "").await
+}
+
+/// The same, with `head` (a `[server]` section, say) at the top of the config.
+async fn gateway_with(shop: &Upstream, extra: &str, head: &str) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let sdl = dir.path().join("shop.graphql");
     std::fs::write(&sdl, SCHEMA).unwrap();
     let gw = Gateway::start(&format!(
-        "[upstreams.shop]\ntargets = [\"{}\"]\n\n[graphql.shop]\nschema = \"{}\"\n{extra}\n{RESOLVERS}\n\n[[routes]]\nname = \"graphql\"\npath = \"/graphql\"\ngraphql = \"shop\"\n",
+        "{head}\n[upstreams.shop]\ntargets = [\"{}\"]\n\n[graphql.shop]\nschema = \"{}\"\n{extra}\n{RESOLVERS}\n\n[[routes]]\nname = \"graphql\"\npath = \"/graphql\"\ngraphql = \"shop\"\n",
         shop.addr,
         sdl.display()
     ))
@@ -407,6 +412,30 @@ async fn invalid_queries_are_graphql_errors_and_valid_ones_are_counted_by_name()
         r#"portico_graphql_operations_total{operation="",result="invalid",route="graphql"} 2"#,
     ])
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_names_the_operation() {
+    let shop = shop().await;
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("access.log");
+    let server = format!(
+        "[server]\nlisten = [\"${{PORTICO_LISTEN}}\"]\naccess_log = \"{}\"\n",
+        log.display()
+    );
+    let (gw, _dir) = gateway_with(&shop, "", &server).await;
+    let (status, _) = ask(&gw, r#"query Who { user(id: "3") { name } }"#).await;
+    assert_eq!(status, 200);
+    let mut text = String::new();
+    eventually("the access log line", Duration::from_secs(5), async || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        !text.is_empty()
+    })
+    .await;
+    let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["operation"], "Who", "{line}");
+    assert_eq!(line["route"], "graphql");
+    assert_eq!(line["status"], 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
