@@ -533,7 +533,7 @@ pub fn compile(
     // Schemas with problems of their own: routes naming them are not told again.
     let mut broken_schemas = file.broken_graphql.clone();
     for (name, section) in &file.graphql {
-        match GraphqlSchema::compile(section, &config_dir, &pools) {
+        match GraphqlSchema::compile(name, section, &config_dir, &pools) {
             Ok(schema) => {
                 schemas.insert(name.clone(), Arc::new(schema));
             }

@@ -143,6 +143,7 @@ impl AdminApi {
                     "upstream": route.upstream.as_ref().map(|u| &*u.name),
                     "split": route.split.as_ref().map(|s| s.upstreams().map(|(u, weight)| json!({ "upstream": &*u.name, "weight": weight })).collect::<Vec<_>>()),
                     "compose": route.compose.as_ref().map(|c| c.calls.iter().map(|call| &*call.key).collect::<Vec<_>>()),
+                    "graphql": route.graphql.as_ref().map(|g| &*g.name),
                     "plugins": route.plugins.iter().map(|(name, _)| &**name).collect::<Vec<_>>(),
                     "cache": route.cache.is_some(),
                 })

@@ -309,6 +309,47 @@ fn describe(
             "Composed: Portico calls {} and answers one JSON object.",
             describe_calls(route)
         ));
+    } else if let Some(schema) = &route.graphql {
+        // GraphQL answers are GraphQL's own documents, never problems (SPEC.md).
+        let document = json!({
+            "type": "object",
+            "properties": {
+                "data": { "description": "the query's answer; a failed nullable field is null" },
+                "errors": { "type": "array", "items": { "type": "object", "properties": {
+                    "message": { "type": "string" },
+                    "path": { "type": "array" },
+                    "extensions": { "type": "object", "properties": { "code": { "type": "string" } } },
+                } } },
+            },
+        });
+        let content = json!({
+            "application/graphql-response+json": { "schema": document },
+            "application/json": { "schema": document },
+        });
+        responses.insert(
+            "200".into(),
+            json!({
+                "description": "The query's answer (with `errors` for the fields that failed); for a client that accepts only application/json, also a refused or invalid query",
+                "headers": success_headers.clone(),
+                "content": content,
+            }),
+        );
+        responses.insert(
+            "400".into(),
+            json!({
+                "description": "A query that is not valid or that a limit refused, as application/graphql-response+json: `errors` and no `data`",
+                "content": content,
+            }),
+        );
+        what.push(format!(
+            "GraphQL: Portico serves the schema \"{}\" here (POST a JSON body with `query`, `operationName`, `variables`; or GET with them in the query string, queries only) and resolves its fields by calls to its upstreams. Limits: max_depth {}, max_complexity {}, max_aliases {}, max_query_size {} bytes, introspection {}.",
+            schema.name,
+            schema.limits.max_depth,
+            schema.limits.max_complexity,
+            schema.limits.max_aliases,
+            schema.limits.max_query_size,
+            if schema.limits.introspection { "on" } else { "off" },
+        ));
     } else {
         errors.extend([502, 503, 504]);
         if route.tunnel_idle_timeout.is_some() {

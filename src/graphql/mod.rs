@@ -28,6 +28,8 @@ use crate::upstream::live::Upstream;
 
 /// One `[graphql.NAME]`, compiled: ready to execute queries.
 pub struct GraphqlSchema {
+    /// Its `[graphql.NAME]`.
+    pub name: Arc<str>,
     pub schema: async_graphql::dynamic::Schema,
     /// What the edge limits read: which fields are lists, and of what.
     pub model: sdl::Model,
@@ -43,6 +45,7 @@ pub struct GraphqlSchema {
 impl GraphqlSchema {
     /// Compile one schema; errors are (key under `graphql.NAME`, message).
     pub fn compile(
+        name: &str,
         section: &GraphqlSection,
         config_dir: &Path,
         pools: &BTreeMap<String, Arc<Upstream>>,
@@ -91,6 +94,7 @@ impl GraphqlSchema {
         let schema = build::schema(&model, &plans, section.introspection)
             .map_err(|e| vec![("schema".to_string(), format!("{}: {e}", section.schema))])?;
         Ok(GraphqlSchema {
+            name: name.into(),
             schema,
             model,
             limits,

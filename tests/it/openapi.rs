@@ -22,7 +22,9 @@ async fn every_shipped_config_is_described_by_a_valid_openapi_document() {
     for file in files {
         let what = file.display().to_string();
         let text = std::fs::read_to_string(&file).unwrap();
-        let gw = Gateway::start_with_env(&on_free_ports(&text, &what), &env).await;
+        let dir = file.parent().unwrap();
+        let gw =
+            Gateway::start_with_env(&files_from(&on_free_ports(&text, &what), dir), &env).await;
         let resp = gw
             .client
             .get(gw.admin_url("/openapi.json"))
@@ -55,6 +57,12 @@ fn on_free_ports(text: &str, what: &str) -> String {
             "[server]\nupgrade_sock = \"${PORTICO_UPGRADE_SOCK}\"\n",
             1,
         )
+}
+
+/// The files a shipped config names relative to itself (a GraphQL schema) found from the
+/// test's own folder: their absolute paths.
+fn files_from(text: &str, dir: &std::path::Path) -> String {
+    text.replace("schema = \"", &format!("schema = \"{}/", dir.display()))
 }
 
 /// Every `[[routes]]` entry of the config file has an operation for each of its methods, with
