@@ -106,32 +106,24 @@ if [ "${#missing[@]}" -gt 0 ]; then
     done
 fi
 
-if [ "$need_validator" = true ]; then
-    log "installing openapi-spec-validator (PyPI) into ${VALIDATOR_VENV#"$ROOT/"}"
+# A tool from PyPI in a virtualenv of its own: pip_venv NAME VENV REQUIREMENT.
+pip_venv() {
+    local name="$1" venv="$2" requirement="$3" pip_log
+    log "installing $name (PyPI) into ${venv#"$ROOT/"}"
     pip_log="$(mktemp "${TMPDIR:-/tmp}/ensure-deps.XXXXXX")"
-    # 0.7 and later validate OpenAPI 3.1 documents.
-    if ! { python3 -m venv "$VALIDATOR_VENV" &&
-        "$VALIDATOR_VENV/bin/pip" install -q 'openapi-spec-validator>=0.7,<1'; } >"$pip_log" 2>&1; then
+    if ! { python3 -m venv "$venv" && "$venv/bin/pip" install -q "$requirement"; } >"$pip_log" 2>&1; then
         cat "$pip_log" >&2
         rm -f "$pip_log"
-        rm -rf "$VALIDATOR_VENV"
-        die "installing openapi-spec-validator failed"
+        rm -rf "$venv"
+        die "installing $name failed"
     fi
     rm -f "$pip_log"
-fi
+}
 
-if [ "$need_graphql" = true ]; then
-    log "installing graphql-core (PyPI) into ${GRAPHQL_VENV#"$ROOT/"}"
-    pip_log="$(mktemp "${TMPDIR:-/tmp}/ensure-deps.XXXXXX")"
-    if ! { python3 -m venv "$GRAPHQL_VENV" &&
-        "$GRAPHQL_VENV/bin/pip" install -q 'graphql-core>=3.2,<4'; } >"$pip_log" 2>&1; then
-        cat "$pip_log" >&2
-        rm -f "$pip_log"
-        rm -rf "$GRAPHQL_VENV"
-        die "installing graphql-core failed"
-    fi
-    rm -f "$pip_log"
-fi
+# 0.7 and later validate OpenAPI 3.1 documents.
+[ "$need_validator" = false ] ||
+    pip_venv openapi-spec-validator "$VALIDATOR_VENV" 'openapi-spec-validator>=0.7,<1'
+[ "$need_graphql" = false ] || pip_venv graphql-core "$GRAPHQL_VENV" 'graphql-core>=3.2,<4'
 
 if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then

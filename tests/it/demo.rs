@@ -55,11 +55,11 @@ async fn start_demo() -> (Gateway, Vec<tokio::task::JoinHandle<()>>) {
 
 /// `text` with its one `from` replaced: the shipped config must still have the addresses the
 /// demo script assumes, or this test would quietly run something else.
-fn replace_once(text: &str, from: &str, to: &str) -> String {
+pub fn replace_once(text: &str, from: &str, to: &str) -> String {
     assert_eq!(
         text.matches(from).count(),
         1,
-        "conf/portico.toml should have {from} exactly once"
+        "the shipped config should have {from} exactly once"
     );
     text.replacen(from, to, 1)
 }

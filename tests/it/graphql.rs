@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::common::gateway::validate_text;
 use crate::common::{eventually, spawn_upstream, Gateway, Reply, Upstream};
+use crate::demo::replace_once;
 
 const SCHEMA: &str = r#"
 type Query {
@@ -591,15 +592,6 @@ async fn shipped_example(introspection: bool) -> (Gateway, Vec<tokio::task::Join
         &format!("introspection = {introspection}"),
     );
     (Gateway::start(&config).await, backends)
-}
-
-fn replace_once(text: &str, from: &str, to: &str) -> String {
-    assert_eq!(
-        text.matches(from).count(),
-        1,
-        "{from:?} once in the shipped example"
-    );
-    text.replacen(from, to, 1)
 }
 
 #[tokio::test(flavor = "multi_thread")]
