@@ -706,3 +706,41 @@ async fn a_third_party_graphql_implementation_builds_the_schema_from_introspecti
         assert!(sdl.contains(expected), "{expected:?} not in:\n{sdl}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_persisted_list_lets_only_its_queries_run_by_text_or_by_hash() {
+    let shop = shop().await;
+    let listed = r#"query Who { user(id: "9") { name } }"#;
+    let hash = portico_plugins::graphql::persisted::sha256_hex(listed);
+    let lists = tempfile::tempdir().unwrap();
+    let list = lists.path().join("persisted.json");
+    std::fs::write(&list, json!({ &hash: listed }).to_string()).unwrap();
+    let (gw, _dir) = gateway(
+        &shop,
+        &format!("persisted_queries = \"{}\"", list.display()),
+    )
+    .await;
+
+    let (status, body) = ask(&gw, listed).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["user"]["name"], "User 9");
+    // Apollo's APQ form: the hash alone.
+    let apq = json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": hash } } });
+    let (status, body) = ask_with(&gw, apq, "application/graphql-response+json").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["user"]["name"], "User 9");
+
+    let (status, body) = ask(&gw, r#"{ user(id: "9") { email } }"#).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "PERSISTED_QUERY_NOT_IN_LIST"
+    );
+    let unknown = json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": "ab".repeat(32) } } });
+    let (_, body) = ask_with(&gw, unknown, "application/graphql-response+json").await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "PERSISTED_QUERY_NOT_FOUND"
+    );
+    assert_eq!(shop.hits(), 2, "only the listed query reached the service");
+}
