@@ -206,9 +206,14 @@ pub fn compile(
                 continue;
             };
             if let Resolver::Call {
-                after: back, call, ..
+                after: back,
+                call,
+                batch,
             } = theirs.as_ref()
             {
+                if batch.is_some() {
+                    errors.push((format!("resolvers.{type_name}.{field_name}"), format!("waits for {type_name}.{sibling}, which is batched over many parents: wait for a call of this object's own")));
+                }
                 if !back.is_empty() {
                     errors.push((format!("resolvers.{type_name}.{field_name}"), format!("waits for {type_name}.{sibling}, which waits for others itself: keep `after` one level deep")));
                 }
