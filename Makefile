@@ -41,9 +41,10 @@ test: deps ## install missing system packages, build the workspace, run all test
 bench: ## Portico side by side with nginx, HAProxy and bare Pingora (wrk, oha); writes loadtest/RESULTS.md (BENCH_ARGS=--quick)
 	bash loadtest/bench.sh $(BENCH_ARGS)
 
-bench-micro: deps ## criterion benchmarks of hot functions (routing, JWT verification, rate-limit decisions, GraphQL queries)
+bench-micro: deps ## criterion benchmarks of hot functions (routing, JWT verification, rate-limit decisions, GraphQL queries, OTLP encoding)
 	$(CARGO) bench -p portico --bench router
 	$(CARGO) bench -p portico --bench graphql
+	$(CARGO) bench -p portico --bench otlp
 	$(CARGO) bench -p portico-plugins --bench jwt
 	$(CARGO) bench -p portico-plugins --bench rate_limit
 

@@ -1,17 +1,15 @@
 //! Sending spans: OpenTelemetry's batch span processor (a thread of its own, batches of up to
-//! 512 every 5 s or sooner when full, `OTEL_BSP_*` to change them) with the OTLP/HTTP
-//! protobuf exporter and its blocking HTTP client. Nothing here runs on a request's thread
+//! 512 every 5 s or sooner when full, `OTEL_BSP_*` to change them), each batch written as an
+//! OTLP/HTTP protobuf request (`otlp`) and POSTed with reqwest's blocking client. Nothing here runs on a request's thread
 //! but [`Export::send`], which never waits: a span that finds the queue full is dropped and
 //! counted, and so are the spans of a batch the collector did not take.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanExporter, SpanProcessor,
 };
@@ -41,24 +39,30 @@ impl Export {
         // Collectors behind TLS: the HTTP client uses the process's rustls provider, the ring
         // one Portico's own TLS uses. Installing it twice is harmless (the first one stays).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let headers: HashMap<String, String> = settings
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(EXPORT_TIMEOUT)
-            .with_headers(headers)
+        let mut headers = reqwest_otlp::header::HeaderMap::new();
+        for (name, value) in &settings.headers {
+            let name = reqwest_otlp::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| format!("tracing.headers: \"{name}\": {e}"))?;
+            let value = reqwest_otlp::header::HeaderValue::from_str(value)
+                .map_err(|e| format!("tracing.headers: {name}: {e}"))?;
+            headers.insert(name, value);
+        }
+        headers.insert(
+            reqwest_otlp::header::CONTENT_TYPE,
+            reqwest_otlp::header::HeaderValue::from_static("application/x-protobuf"),
+        );
+        let client = reqwest_otlp::blocking::Client::builder()
+            .timeout(EXPORT_TIMEOUT)
+            .default_headers(headers)
             .build()
             .map_err(|e| e.to_string())?;
-        exporter.set_resource(
-            &Resource::builder()
+        let exporter = OtlpHttp {
+            client,
+            endpoint: settings.endpoint.clone(),
+            resource: Resource::builder()
                 .with_service_name(settings.service_name.clone())
                 .build(),
-        );
+        };
         let capacity = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -126,9 +130,49 @@ impl Drop for Export {
     }
 }
 
+/// POSTs each batch to the collector as one OTLP/HTTP protobuf request.
+struct OtlpHttp {
+    client: reqwest_otlp::blocking::Client,
+    endpoint: String,
+    resource: Resource,
+}
+
+impl fmt::Debug for OtlpHttp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpHttp")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+impl SpanExporter for OtlpHttp {
+    /// Runs on the batch processor's own thread, which may block.
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let body = super::otlp::encode(&batch, &self.resource);
+        let answer = self
+            .client
+            .post(&self.endpoint)
+            .body(body)
+            .send()
+            .map_err(|e| OTelSdkError::InternalFailure(format!("{e}")))?;
+        let status = answer.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(OTelSdkError::InternalFailure(format!(
+                "the collector answered {status}"
+            )))
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = resource.clone();
+    }
+}
+
 /// The OTLP exporter, counting what leaves the queue and what the collector did not take.
 struct Counted {
-    inner: opentelemetry_otlp::SpanExporter,
+    inner: OtlpHttp,
     queued: Arc<AtomicUsize>,
     dropped: IntCounter,
     failing: AtomicBool,

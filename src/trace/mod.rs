@@ -13,6 +13,7 @@
 //! in one way only.
 
 mod export;
+pub mod otlp;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
