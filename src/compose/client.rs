@@ -128,10 +128,12 @@ async fn exchange(
         });
         match sent {
             Ok(answer) => {
-                exchange.answered(answer.status);
+                // The connection goes back to the pool first: recording the answer ends the
+                // attempt, and with it the pool slot the connection would go back into.
                 if let Some(stream) = answer.reusable {
                     exchange.give_back(stream);
                 }
+                exchange.answered(answer.status);
                 return match answer.status {
                     200..=299 => Ok(answer.body),
                     status => Err(PartError {

@@ -323,3 +323,26 @@ compose = { calls = [
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_one_after_another_reuse_pooled_connections() {
+    let svc = services().await;
+    let gw = compose_gateway(
+        &svc,
+        r#"[[routes]]
+name = "one"
+path = "/one"
+compose = { calls = [{ key = "user", upstream = "svc", path = "/users/1" }] }"#,
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(gw.get("/one").await.status(), 200);
+    }
+    let metrics = gw.metrics().await;
+    let opened = format!(
+        "portico_upstream_connections_opened_total{{target=\"{}\",upstream=\"svc\"}} 1\n",
+        svc.addr
+    );
+    assert!(metrics.contains(&opened), "{opened} in\n{metrics}");
+    assert_eq!(svc.hits(), 5);
+}
