@@ -33,7 +33,10 @@
 #             with its full chain (JWT HS256 + local rate limit + metrics + JSON access log),
 #             with cors + ip_filter (every request with an allowed Origin), and with a 90/10
 #             split keyed by client address, and with tracing at sample_ratio 0.01 and 1.0
-#             (spans exported over OTLP/HTTP to the backend)
+#             (spans exported over OTLP/HTTP to the backend); and one duo of Portico against
+#             Portico: the seed's dashboard as a GraphQL query (GET /graphql?query=..., the
+#             shop schema: user and orders at once, then recommendations as a POST of the
+#             orders) against the same three calls as the composition route GET /dashboard/42
 # The proxies' configs are in loadtest/peers/; the report and chart come from report.py.
 #
 # Every proxy is pinned to CPU 0; the backend, redis-server and the load generators share CPU 1,
@@ -85,8 +88,13 @@ declare -A SC_ROUNDS=([c64]=3 [rate10k]=3 [c1]=2 [c256]=2 [bytes16k]=2 [newconn]
     [tls]=3 [tlsnew]=3 [h2]=3)
 # HTTP/2 streams per connection (h2load -m): under both proxies' stream limits (128, 100).
 H2_STREAMS=64
-# Same-window pairs: Portico against each of these, at once (see "same window" below).
-PAIRS=(bare local redis full policy split trace001 trace1)
+# Same-window pairs: Portico against each of these, at once (see "same window" below); pgql
+# (the GraphQL dashboard) against the same dashboard by composition instead.
+PAIRS=(bare local redis full policy split trace001 trace1 pgql)
+declare -A PAIR_WITH=([pgql]=pcompose)
+# The dashboard as GraphQL: every field GET /dashboard/42 answers (the composition passes the
+# services' JSON through whole), so both sides carry the same data.
+DASHBOARD_QUERY='{ userDashboard(userId: "42") { user { id name email tier } recentOrders { id user_id total items { product_id quantity price } product_ids } recommendations { id name price currency in_stock reason score } } }'
 PAIR_SECS=4
 PAIR_ROUNDS=3
 SCALE_SECS=4
@@ -197,13 +205,15 @@ URL[direct]="http://$BACKEND_ADDR"
 command_used proxy "backend: $(quoted "${PIN_LOAD[@]}" "$BACKEND_BIN" backend=127.0.0.1:0)"
 log "backend on $BACKEND_ADDR (pid $BACKEND_PID)"
 
-ALL_TARGETS=(nginx haproxy bare portico local redis full policy split trace001 trace1 ngxcache pcache ngxgzip pgzip ngxtls ptls)
-read -r -a PORTS < <(free_ports 30) || true
-[ "${#PORTS[@]}" -eq 30 ] || die "could not get free ports from python3"
+ALL_TARGETS=(nginx haproxy bare portico local redis full policy split trace001 trace1 ngxcache pcache ngxgzip pgzip ngxtls ptls
+    pcompose pgql)
+PORTICO_TARGETS=(portico local redis full policy split trace001 trace1 pcache pgzip ptls pcompose pgql)
+read -r -a PORTS < <(free_ports 34) || true
+[ "${#PORTS[@]}" -eq 34 ] || die "could not get free ports from python3"
 declare -A PORT=() ADMIN_PORT=()
 i=0
 for t in "${ALL_TARGETS[@]}"; do PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
-for t in portico local redis full policy split trace001 trace1 pcache pgzip ptls; do ADMIN_PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
+for t in "${PORTICO_TARGETS[@]}"; do ADMIN_PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
 REDIS_PORT="${PORTS[$i]}"
 PTLS_PLAIN_PORT="${PORTS[$((i + 1))]}"
 # The TLS targets are reached over https, with the run's own certificate (curl -k: the checks
@@ -279,8 +289,10 @@ declare -A FRAGMENT=([local]=portico-local.toml [redis]=portico-redis.toml [full
     [pcache]=portico-cache.toml [policy]=portico-policy.toml [pgzip]=portico-gzip.toml
     [trace001]=portico-trace.toml [trace1]=portico-trace.toml)
 declare -A SAMPLE_RATIO=([trace001]=0.01 [trace1]=1.0)
-# Portico terminating TLS, and splitting its route, have whole configs of their own.
-declare -A BASE=([ptls]=portico-tls.toml [split]=portico-split.toml)
+# Portico terminating TLS, splitting its route, composing the dashboard and serving it over
+# GraphQL have whole configs of their own.
+declare -A BASE=([ptls]=portico-tls.toml [split]=portico-split.toml [pcompose]=portico-compose.toml
+    [pgql]=portico-graphql.toml)
 # The header each target's load sends (the policy route's: an allowed Origin, as a browser's).
 declare -A AUTH_HEADER=([policy]="Origin: https://app.example.com" [ngxgzip]="Accept-Encoding: gzip"
     [pgzip]="Accept-Encoding: gzip")
@@ -293,13 +305,17 @@ j = lambda d: e(json.dumps(d, separators=(",", ":")).encode())
 m = j({"alg": "HS256", "typ": "JWT"}) + b"." + j({"sub": "bench", "exp": int(time.time()) + 3600})
 print((m + b"." + e(hmac.digest(os.environ["BENCH_JWT_SECRET"].encode(), m, "sha256"))).decode())')"
 AUTH_HEADER[full]="Authorization: Bearer $BENCH_TOKEN"
+# What each pair's load asks for: GET / but for the dashboard duo (the query URL-encoded).
+declare -A PAIR_PATH=([pcompose]=/dashboard/42
+    [pgql]="/graphql?query=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$DASHBOARD_QUERY")")
 
 portico_config() {
     local t="$1" conf="$WORK/portico-$1.toml" access_log=off
     [ "$t" != full ] || access_log="$WORK/access.log"
     if [ -n "${BASE[$t]:-}" ]; then
         render "$PEERS/${BASE[$t]}" "$conf" NAME="$t" WORK="$WORK" PORT="${PORT[$t]}" \
-            ADMIN_PORT="${ADMIN_PORT[$t]}" BACKEND="$BACKEND_ADDR" PLAIN_PORT="$PTLS_PLAIN_PORT" CERT="$CERT" KEY="$KEY"
+            ADMIN_PORT="${ADMIN_PORT[$t]}" BACKEND="$BACKEND_ADDR" PLAIN_PORT="$PTLS_PLAIN_PORT" CERT="$CERT" KEY="$KEY" \
+            SCHEMA="$PEERS/shop.graphql"
         echo "$conf"
         return
     fi
@@ -353,7 +369,7 @@ if [ -z "$GATEWAY_WHY" ] && [ -z "$REDIS_WHY" ]; then
 fi
 
 CACHE_EXPECTED_GAP=0
-for t in portico local redis full policy split trace001 trace1 pcache pgzip ptls; do
+for t in "${PORTICO_TARGETS[@]}"; do
     if [ -n "$GATEWAY_WHY" ]; then
         WHY[$t]="$GATEWAY_WHY"
     elif [ "$t" = redis ] && [ -n "$REDIS_WHY" ]; then
@@ -429,6 +445,52 @@ cache_check() {
 }
 [ -z "${URL[ngxcache]:-}" ] || cache_check ngxcache X-Cache-Status "before measuring"
 [ -z "${URL[pcache]:-}" ] || cache_check pcache X-Cache "before measuring"
+# The dashboard duo serves the same thing: the composition answers 200 with its three parts, and
+# the GraphQL query 200 without "errors" and with the same user, orders and recommendations. A
+# mismatch is warned about (the duo then compares different work) but still measured; the
+# metrics after measuring say whether every request of the load was complete too.
+dashboard_check() {
+    local c_code g_code kind line
+    c_code="$(curl -sS --max-time 5 -o "$WORK/pcompose.json" -w '%{http_code}' "${URL[pcompose]}${PAIR_PATH[pcompose]}" || true)"
+    g_code="$(curl -sS --max-time 5 -o "$WORK/pgql.json" -w '%{http_code}' "${URL[pgql]}${PAIR_PATH[pgql]}" || true)"
+    # One line per finding, "check TEXT" or "warn TEXT"; a check that cannot run is a warning too.
+    python3 - "$WORK/pcompose.json" "$c_code" "$WORK/pgql.json" "$g_code" >"$WORK/dashboard-check.txt" <<'EOF' ||
+import json, os, sys
+c_path, c_code, g_path, g_code = sys.argv[1:]
+
+def answer(path, code, what):
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        doc = None
+    ok = code == "200" and isinstance(doc, dict)
+    print(("check" if ok else "warn") + f" {what} answered {code or 'nothing'}, {size} bytes"
+          + ("" if ok else ", not 200 with a JSON object"))
+    return doc if isinstance(doc, dict) else {}
+
+c = answer(c_path, c_code, "pcompose: GET /dashboard/42")
+g = answer(g_path, g_code, "pgql: GET /graphql?query=(the dashboard query)")
+missing = [k for k in ("user", "orders", "recommendations") if not c.get(k)]
+if missing or "_errors" in c:
+    print(f"warn pcompose: the composed dashboard is incomplete: missing {', '.join(missing) or 'nothing'}, "
+          f"_errors {json.dumps(c.get('_errors'))}")
+if "errors" in g:
+    print(f"warn pgql: the GraphQL dashboard has errors: {json.dumps(g['errors'])[:300]}")
+dash = (g.get("data") or {}).get("userDashboard")
+want = {"user": c.get("user"), "recentOrders": c.get("orders"), "recommendations": c.get("recommendations")}
+if dash == want:
+    print("check pgql: its data is GET /dashboard/42's (user, orders as recentOrders, recommendations)")
+else:
+    print("warn pgql: the GraphQL dashboard's data is not GET /dashboard/42's: the duo compares different work")
+EOF
+        echo "warn pgql: the dashboard check could not run (python3 failed)" >>"$WORK/dashboard-check.txt"
+    while read -r kind line; do
+        if [ "$kind" = check ]; then check "$line"; else warn "$line"; fi
+    done <"$WORK/dashboard-check.txt"
+}
+[ -z "${URL[pcompose]:-}" ] || [ -z "${URL[pgql]:-}" ] || dashboard_check
 for t in "${ALL_TARGETS[@]}"; do
     if [ -n "${WHY[$t]:-}" ]; then
         URL[$t]=""
@@ -511,6 +573,15 @@ run_load() {
     esac
 }
 
+# One side of a same-window pair: wrk -t1 -c32 for $3 seconds (PAIR_SECS by default) against
+# target $1, its output in $2.
+pair_load() {
+    local t="$1" out="$2" secs="${3:-$PAIR_SECS}"
+    local cmd=("${PIN_LOAD[@]}" wrk -t1 -c32 -d"${secs}s")
+    [ -z "${AUTH_HEADER[$t]:-}" ] || cmd+=(-H "${AUTH_HEADER[$t]}")
+    timeout $((secs + 60)) "${cmd[@]}" "${URL[$t]}${PAIR_PATH[$t]:-/}" >"$out" 2>&1
+}
+
 redis_script_calls() {
     { redis-cli -p "$REDIS_PORT" info commandstats 2>/dev/null || true; } | tr -d '\r' |
         awk -F'[:=,]' '/^cmdstat_(eval|evalsha):/ { n += $3 } END { print n + 0 }'
@@ -536,7 +607,13 @@ log "measuring: about $((ESTIMATE + WARMUP * ${#ALL_TARGETS[@]}))s of load (load
 if [ "$WARMUP" -gt 0 ]; then
     for t in direct "${ALL_TARGETS[@]}"; do
         [ -n "${URL[$t]:-}" ] || continue
-        run_load c64 "$WARMUP" "$t" >/dev/null
+        # The dashboard duo serves only its pair, so it warms up on its dashboard (the pool of
+        # upstream connections filled, the query's first parse done).
+        if [ -n "${PAIR_PATH[$t]:-}" ]; then
+            pair_load "$t" "$WORK/warmup.out" "$WARMUP" || { cat "$WORK/warmup.out" >&2; die "wrk against $t failed"; }
+        else
+            run_load c64 "$WARMUP" "$t" >/dev/null
+        fi
         all_alive
     done
 fi
@@ -578,46 +655,42 @@ done
 # loaded by its own wrk with half of the 64 connections on the load core, so drift hits both
 # alike. Each one's CPU time per request comes from /proc; the ratio of the two is the ratio of
 # their requests per second per core, which the targets on bare Pingora and on the plugins'
-# costs are judged on.
-pair_load() {
-    local t="$1" out="$2"
-    local cmd=("${PIN_LOAD[@]}" wrk -t1 -c32 -d"${PAIR_SECS}s")
-    [ -z "${AUTH_HEADER[$t]:-}" ] || cmd+=(-H "${AUTH_HEADER[$t]}")
-    timeout $((PAIR_SECS + 60)) "${cmd[@]}" "${URL[$t]}/" >"$out" 2>&1
-}
-if [ -n "${URL[portico]:-}" ]; then
-    command_used load "pairs: two at once, $(quoted "${PIN_LOAD[@]}" wrk -t1 -c32 -d"${PAIR_SECS}s") URL, one per proxy (full chain: with -H 'Authorization: Bearer <token>')"
-    for round in $(seq 1 "$PAIR_ROUNDS"); do
-        for i in $(seq 0 $((${#PAIRS[@]} - 1))); do
-            t="${PAIRS[$(((i + round - 1) % ${#PAIRS[@]}))]}"
-            [ -n "${URL[$t]:-}" ] || continue
-            log "pairs round $round/$PAIR_ROUNDS: Portico and $t at once (${PAIR_SECS}s)"
-            a_before="$(cpu_ticks "${PID[portico]}")"
-            b_before="$(cpu_ticks "${PID[$t]}")"
-            if [ "$t" = redis ]; then
-                redis_before="$(cpu_ticks "$REDIS_PID")"
-                calls_before="$(redis_script_calls)"
-            fi
-            pair_load portico "$WORK/pair-a.out" & a_job=$!
-            pair_load "$t" "$WORK/pair-b.out" || { all_alive; cat "$WORK/pair-b.out" >&2; die "wrk against $t failed"; }
-            wait "$a_job" || { all_alive; cat "$WORK/pair-a.out" >&2; die "wrk against portico failed"; }
-            a_us=$((($(cpu_ticks "${PID[portico]}") - a_before) * 1000000 / CLK_TCK))
-            b_us=$((($(cpu_ticks "${PID[$t]}") - b_before) * 1000000 / CLK_TCK))
-            if [ "$t" = redis ]; then
-                REDIS_TICKS=$((REDIS_TICKS + $(cpu_ticks "$REDIS_PID") - redis_before))
-                REDIS_CALLS=$((REDIS_CALLS + $(redis_script_calls) - calls_before))
-            fi
-            cat "$WORK/pair-a.out" "$WORK/pair-b.out" >>"$WORK/load.log"
-            read -r a_rps _ _ _ a_req a_err < <(parse_wrk <"$WORK/pair-a.out")
-            read -r b_rps _ _ _ b_req b_err < <(parse_wrk <"$WORK/pair-b.out")
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$round" "$a_rps" "$a_req" "$a_us" \
-                "$b_rps" "$b_req" "$b_us" >>"$WORK/pairs.tsv"
-            [ "$a_err" -eq 0 ] || warn "portico: pairs with $t, round $round: $a_err of $a_req requests failed or were not 2xx"
-            [ "$b_err" -eq 0 ] || warn "$t: pairs, round $round: $b_err of $b_req requests failed or were not 2xx"
-            all_alive
-        done
+# costs are judged on. The dashboard duo is the same measurement with Portico's composition
+# route on the first side and its GraphQL answer of the same dashboard on the other (pairs.tsv:
+# the first side's figures are then pcompose's).
+command_used load "pairs: two at once, $(quoted "${PIN_LOAD[@]}" wrk -t1 -c32 -d"${PAIR_SECS}s") URL, one per proxy (full chain: with -H 'Authorization: Bearer <token>')"
+command_used load "pairs, the dashboard duo: the same, URL/dashboard/42 (pcompose) and URL/graphql?query=... (pgql: $DASHBOARD_QUERY, URL-encoded)"
+for round in $(seq 1 "$PAIR_ROUNDS"); do
+    for i in $(seq 0 $((${#PAIRS[@]} - 1))); do
+        t="${PAIRS[$(((i + round - 1) % ${#PAIRS[@]}))]}"
+        a="${PAIR_WITH[$t]:-portico}"
+        [ -n "${URL[$a]:-}" ] && [ -n "${URL[$t]:-}" ] || continue
+        log "pairs round $round/$PAIR_ROUNDS: $a and $t at once (${PAIR_SECS}s)"
+        a_before="$(cpu_ticks "${PID[$a]}")"
+        b_before="$(cpu_ticks "${PID[$t]}")"
+        if [ "$t" = redis ]; then
+            redis_before="$(cpu_ticks "$REDIS_PID")"
+            calls_before="$(redis_script_calls)"
+        fi
+        pair_load "$a" "$WORK/pair-a.out" & a_job=$!
+        pair_load "$t" "$WORK/pair-b.out" || { all_alive; cat "$WORK/pair-b.out" >&2; die "wrk against $t failed"; }
+        wait "$a_job" || { all_alive; cat "$WORK/pair-a.out" >&2; die "wrk against $a failed"; }
+        a_us=$((($(cpu_ticks "${PID[$a]}") - a_before) * 1000000 / CLK_TCK))
+        b_us=$((($(cpu_ticks "${PID[$t]}") - b_before) * 1000000 / CLK_TCK))
+        if [ "$t" = redis ]; then
+            REDIS_TICKS=$((REDIS_TICKS + $(cpu_ticks "$REDIS_PID") - redis_before))
+            REDIS_CALLS=$((REDIS_CALLS + $(redis_script_calls) - calls_before))
+        fi
+        cat "$WORK/pair-a.out" "$WORK/pair-b.out" >>"$WORK/load.log"
+        read -r a_rps _ _ _ a_req a_err < <(parse_wrk <"$WORK/pair-a.out")
+        read -r b_rps _ _ _ b_req b_err < <(parse_wrk <"$WORK/pair-b.out")
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$round" "$a_rps" "$a_req" "$a_us" \
+            "$b_rps" "$b_req" "$b_us" >>"$WORK/pairs.tsv"
+        [ "$a_err" -eq 0 ] || warn "$a: pairs with $t, round $round: $a_err of $a_req requests failed or were not 2xx"
+        [ "$b_err" -eq 0 ] || warn "$t: pairs, round $round: $b_err of $b_req requests failed or were not 2xx"
+        all_alive
     done
-fi
+done
 
 # --- scale: one worker against two ---------------------------------------------------------------
 # The other proxies are idle meanwhile. Each worker count runs as its own process on both CPUs
@@ -737,6 +810,20 @@ if [ -n "${URL[split]:-}" ]; then
     canary="$(metric split portico_split_requests_total 'upstream="canary"')"
     check "split: /metrics portico_split_requests_total stable $stable, canary $canary (one client address: all on one variant)"
     [ $((stable + canary)) -gt 0 ] || warn "split: no request went through the split"
+fi
+# The dashboard duo: every composed part and every GraphQL operation of the load complete (a
+# request with a failed part or resolver is still a 200, so wrk's count cannot tell).
+if [ -n "${URL[pcompose]:-}" ]; then
+    ok="$(metric pcompose portico_compose_calls_total 'outcome="success"')"
+    failed="$(metric pcompose portico_compose_calls_total 'outcome="failed"')"
+    check "pcompose: /metrics portico_compose_calls_total success $ok, failed $failed"
+    [ "$failed" -eq 0 ] && [ "$ok" -gt 0 ] || warn "pcompose: $failed composed parts failed during the load (of $((ok + failed)))"
+fi
+if [ -n "${URL[pgql]:-}" ]; then
+    ok="$(metric pgql portico_graphql_operations_total 'result="ok"')"
+    all="$(metric pgql portico_graphql_operations_total '')"
+    check "pgql: /metrics portico_graphql_operations_total ok $ok of $all"
+    [ "$ok" -eq "$all" ] && [ "$ok" -gt 0 ] || warn "pgql: $((all - ok)) of $all GraphQL operations were not ok (partial, error, invalid or refused)"
 fi
 [ -z "${URL[pcache]:-}" ] || check "pcache: /metrics portico_cache_lookups_total hit = $(metric pcache portico_cache_lookups_total 'result="hit"')"
 [ -z "${URL[ngxcache]:-}" ] || cache_check ngxcache X-Cache-Status "after measuring"

@@ -11,6 +11,8 @@ Standard library only. WORK holds (tab-separated, written by bench.sh):
     idle.tsv        target, "opened=N still_open=N rss_before_kib=N rss_after_kib=N"
     rss.tsv         target, pid, VmHWM KiB
     scale.tsv       proxy+workers (portico1, nginx2, ...), round, req/s, p99 us, requests, errors, CPU us
+    pairs.tsv       target, round, then req/s, requests, CPU us of the first side (Portico; for pgql,
+                    pcompose) and of the target
     meta.tsv        key, value;  commands.tsv  kind (proxy | load), command
     checks.txt, warnings.txt
 """
@@ -39,6 +41,8 @@ LABELS = {
     "pgzip": "Portico compress gzip",
     "ngxtls": "nginx TLS",
     "ptls": "Portico TLS",
+    "pcompose": "Portico composition /dashboard",
+    "pgql": "Portico GraphQL dashboard",
 }
 PROXIES = ["nginx", "haproxy", "bare", "portico"]
 TITLES = {
@@ -63,6 +67,10 @@ POLICY_COST_MAX = 0.03
 SPLIT_COST_MAX = 0.02
 # Tracing (issue 24): spans exported over OTLP/HTTP, at sample_ratio 0.01 and 1.0.
 TRACE_COST_MAX = {"trace001": 0.03, "trace1": 0.15}
+# GraphQL: the seed's dashboard as a query, against the same three calls composed by a route.
+GQL_VS_COMPOSE_MAX = 1.5
+# A pair's first side: plain Portico, but for the GraphQL dashboard, whose is the composition.
+PAIR_WITH = {"pgql": "pcompose"}
 IDLE_KIB_MAX = 20
 RL_COST = {"local": 5.0, "redis": 15.0}
 TLS_VS_PLAIN = 0.8
@@ -169,7 +177,8 @@ class Run:
     def pair_not_measured(self, t):
         if self.pairs.get(t):
             return None
-        return self.why.get(("*", t)) or self.why.get(("*", "portico")) or "no pair round completed"
+        return (self.why.get(("*", t)) or self.why.get(("*", PAIR_WITH.get(t, "portico")))
+                or "no pair round completed")
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -315,15 +324,20 @@ def pairs_table(run):
         "(the same backend), keyed by client address; tracing: `[tracing]` at sample_ratio 0.01 and 1.0, every "
         "sampled request a server and a client span, exported by the batch processor over OTLP/HTTP protobuf "
         "to the backend (its CPU counts in Portico's)"
-        + (f". {redis_note(run)}" if redis_note(run) else ""),
+        + (f". {redis_note(run)}" if redis_note(run) else "")
+        + ". GraphQL dashboard: its \"Portico\" is Portico's composition route `GET /dashboard/42` (user, orders "
+        "and recommendations, three calls at once to the backend, merged), against the same dashboard as a GraphQL "
+        "`GET /graphql?query=...` selecting every field the composition answers (user and recentOrders at once, "
+        "then recommendations as a POST of the orders)",
     )
-    for tg in ["bare", "local", "redis", "full", "policy", "split", "trace001", "trace1"]:
+    for tg in ["bare", "local", "redis", "full", "policy", "split", "trace001", "trace1", "pgql"]:
+        label = LABELS[tg] + (" (vs the composition)" if tg in PAIR_WITH else "")
         why = run.pair_not_measured(tg)
         if why:
-            t.gap(LABELS[tg], why)
+            t.gap(label, why)
             continue
         med = lambda k: statistics.median(r[k] for r in run.pairs[tg])
-        t.row(LABELS[tg], fmt_int(med("b_rps")), fmt_cpu(run.pair_cpu(tg, "b")), fmt_int(med("a_rps")),
+        t.row(label, fmt_int(med("b_rps")), fmt_cpu(run.pair_cpu(tg, "b")), fmt_int(med("a_rps")),
               fmt_cpu(run.pair_cpu(tg, "a")), fmt_pct(run.pair_ratio(tg)))
     return t
 
@@ -417,6 +431,14 @@ def targets_table(run):
               f"{fmt_cpu(run.pair_cpu(tg, 'a'))} CPU µs/req)" if r else
               "not measured: " + (run.pair_not_measured(tg) or "-"),
               verdict(run, None if cost is None else cost <= most))
+    r = run.pair_ratio("pgql")
+    times = None if r is None else 1 / r
+    t.row("GraphQL dashboard vs the same composition, 64 connections",
+          f"costs at most {GQL_VS_COMPOSE_MAX}x the composition's CPU per request",
+          f"{fmt_ratio(times)} CPU per request in the same windows ({fmt_cpu(run.pair_cpu('pgql', 'b'))} vs "
+          f"{fmt_cpu(run.pair_cpu('pgql', 'a'))} CPU µs/req)" if r else
+          "not measured: " + (run.pair_not_measured("pgql") or "-"),
+          verdict(run, None if times is None else times <= GQL_VS_COMPOSE_MAX))
     per = idle_kib_per_conn(run, "portico")
     t.row("idle keep-alive connections", f"Portico < {IDLE_KIB_MAX} KiB RSS each",
           f"{per:.1f} KiB each" if per is not None else
