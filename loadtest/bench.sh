@@ -315,7 +315,7 @@ portico_config() {
     if [ -n "${BASE[$t]:-}" ]; then
         render "$PEERS/${BASE[$t]}" "$conf" NAME="$t" WORK="$WORK" PORT="${PORT[$t]}" \
             ADMIN_PORT="${ADMIN_PORT[$t]}" BACKEND="$BACKEND_ADDR" PLAIN_PORT="$PTLS_PLAIN_PORT" CERT="$CERT" KEY="$KEY" \
-            SCHEMA="$PEERS/shop.graphql"
+            SCHEMA="$ROOT/conf/examples/shop.graphql"
         echo "$conf"
         return
     fi
