@@ -68,7 +68,8 @@ fn bench(c: &mut Criterion) {
         args_objects: BTreeMap::new(),
         captures: Vec::new(),
     };
-    let schema = build::schema(&model, &plans, false).expect("the schema builds");
+    let schema = build::schema(&model, &plans, false, async_graphql::ValidationMode::Strict)
+        .expect("the schema builds");
     let limits = Limits {
         max_complexity: 100_000,
         ..Limits::default()

@@ -13,9 +13,15 @@ use super::execute::{self, FieldPlan, Out, Scalar};
 use super::plan::{Plans, Resolver};
 use super::sdl::{Kind, Model};
 
-/// The schema of `model`, resolved by `plans`.
-pub fn schema(model: &Model, plans: &Plans, introspection: bool) -> Result<Schema, String> {
-    let mut builder = Schema::build(&model.query, model.mutation.as_deref(), None);
+/// The schema of `model`, resolved by `plans`, validating queries with `validation`.
+pub fn schema(
+    model: &Model,
+    plans: &Plans,
+    introspection: bool,
+    validation: async_graphql::ValidationMode,
+) -> Result<Schema, String> {
+    let mut builder =
+        Schema::build(&model.query, model.mutation.as_deref(), None).validation_mode(validation);
     let mut next_id = 0;
     for (name, def) in &model.types {
         builder = match &def.kind {

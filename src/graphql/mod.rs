@@ -13,6 +13,7 @@
 //! shared with the `graphql_guard` plugin; answering a route is `proxy::graphql`.
 
 pub mod build;
+pub mod documents;
 pub mod execute;
 pub mod plan;
 pub mod sdl;
@@ -30,7 +31,12 @@ use crate::upstream::live::Upstream;
 pub struct GraphqlSchema {
     /// Its `[graphql.NAME]`.
     pub name: Arc<str>,
+    /// The schema, validating each query in full.
     pub schema: async_graphql::dynamic::Schema,
+    /// The same schema with async-graphql's fast validation, for the texts in `documents`,
+    /// which passed the full one before.
+    pub fast: async_graphql::dynamic::Schema,
+    pub documents: documents::Documents,
     /// What the edge limits read: which fields are lists, and of what.
     pub model: sdl::Model,
     pub limits: Limits,
@@ -91,11 +97,17 @@ impl GraphqlSchema {
         let (Some(plans), true) = (plans, errors.is_empty()) else {
             return Err(errors);
         };
-        let schema = build::schema(&model, &plans, section.introspection)
-            .map_err(|e| vec![("schema".to_string(), format!("{}: {e}", section.schema))])?;
+        let build = |mode| {
+            build::schema(&model, &plans, section.introspection, mode)
+                .map_err(|e| vec![("schema".to_string(), format!("{}: {e}", section.schema))])
+        };
+        let schema = build(async_graphql::ValidationMode::Strict)?;
+        let fast = build(async_graphql::ValidationMode::Fast)?;
         Ok(GraphqlSchema {
             name: name.into(),
             schema,
+            fast,
+            documents: documents::Documents::default(),
             model,
             limits,
             persisted,

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_graphql::parser::types::ExecutableDocument;
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora_error::Result;
@@ -166,13 +167,26 @@ impl Portico {
             Ok(q) => q,
             Err(refusal) => return Ok(Err((refusal, None))),
         };
-        let checked = match edge::check(
-            query,
-            request.operation_name.as_deref(),
-            &request.variables,
-            limits,
-            Some(&schema.model),
-        ) {
+        // A text that passed full validation before is not parsed or validated again
+        // (`graphql::documents`); its operation is measured again, for its variables.
+        let known = schema.documents.get(query);
+        let checked = match &known {
+            Some(document) => edge::check_document(
+                ExecutableDocument::clone(document),
+                request.operation_name.as_deref(),
+                &request.variables,
+                limits,
+                Some(&schema.model),
+            ),
+            None => edge::check(
+                query,
+                request.operation_name.as_deref(),
+                &request.variables,
+                limits,
+                Some(&schema.model),
+            ),
+        };
+        let checked = match checked {
             Ok(c) => c,
             Err(refusal) => return Ok(Err((refusal, None))),
         };
@@ -190,14 +204,16 @@ impl Portico {
         if let Some(name) = &request.operation_name {
             gql = gql.operation_name(name.clone());
         }
+        let to_keep = known.is_none().then(|| checked.document.clone());
         gql.set_parsed_query(checked.document);
+        let engine = match known {
+            Some(_) => &schema.fast,
+            None => &schema.schema,
+        };
         let timeout = route.timeout.unwrap_or(DEFAULT_TIMEOUT);
         // Every call is bounded by the deadline already; this only bounds the engine.
-        let response = tokio::time::timeout(
-            timeout + Duration::from_millis(50),
-            schema.schema.execute(gql),
-        )
-        .await;
+        let response =
+            tokio::time::timeout(timeout + Duration::from_millis(50), engine.execute(gql)).await;
         let Ok(response) = response else {
             let refusal = Refusal::new("TIMEOUT", "the query's deadline passed");
             return Ok(Err((refusal, Some(504))));
@@ -216,6 +232,9 @@ impl Portico {
                 Refusal::new(code::GRAPHQL_VALIDATION_FAILED, message),
                 None,
             )));
+        }
+        if let Some(document) = to_keep {
+            schema.documents.insert(query, document);
         }
         let outcome = match (response.errors.is_empty(), &response.data) {
             (true, _) => Outcome::Ok,

@@ -744,3 +744,33 @@ async fn a_persisted_list_lets_only_its_queries_run_by_text_or_by_hash() {
     );
     assert_eq!(shop.hits(), 2, "only the listed query reached the service");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_seen_before_is_held_to_the_limits_with_its_new_variables() {
+    let shop = shop().await;
+    let (gw, _dir) = gateway(&shop, "max_complexity = 100").await;
+    let query = r#"query Orders($n: Int) { user(id: "1") { name orders(first: $n) { id } } }"#;
+    let asked = |n: u32| json!({ "query": query, "variables": { "n": n } });
+    let graphql = "application/graphql-response+json";
+    for _ in 0..3 {
+        // Parsed and validated the first time, from the kept document after.
+        let (status, body) = ask_with(&gw, asked(2), graphql).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["user"]["orders"][1]["id"], "1-2");
+    }
+    let (status, body) = ask_with(&gw, asked(500), graphql).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "MAX_COMPLEXITY_EXCEEDED"
+    );
+    // A text that failed validation is not kept: it fails the same way each time.
+    for _ in 0..2 {
+        let (status, body) = ask(&gw, r#"{ user(id: "1") { nosuch } }"#).await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"],
+            "GRAPHQL_VALIDATION_FAILED"
+        );
+    }
+}

@@ -149,6 +149,19 @@ pub fn check_named(
     (name, checked)
 }
 
+/// Like [`check`], for a document parsed before (from a query text that was within the
+/// limits' size then): only the operation's measure is taken again, since the variables, and
+/// so the counts of list fields, may differ.
+pub fn check_document(
+    document: ExecutableDocument,
+    operation_name: Option<&str>,
+    variables: &Map<String, serde_json::Value>,
+    limits: &Limits,
+    shape: Option<&dyn Shape>,
+) -> Result<Checked, Refusal> {
+    hold_to_limits(document, operation_name, variables, limits, shape)
+}
+
 /// The document, if it is within `max_query_size` and parses.
 fn parse(query: &str, limits: &Limits) -> Result<ExecutableDocument, Refusal> {
     if query.len() > limits.max_query_size {

@@ -12,7 +12,7 @@ mod refusal;
 pub mod request;
 
 pub use answer::{errors_body, refusal_status, MediaType};
-pub use limits::{check, check_named, Checked, FieldShape, Limits, Shape};
+pub use limits::{check, check_document, check_named, Checked, FieldShape, Limits, Shape};
 pub use names::OperationNames;
 pub use persisted::{resolve_without_list, PersistedError, PersistedQueries};
 pub use refusal::{code, Refusal};
