@@ -29,11 +29,21 @@ fn root() -> &'static Path {
 /// The demo backends (the real ones, `portico_loadtest`, served in this process) and the real
 /// gateway on `conf/portico.toml`, with only its addresses changed.
 async fn start_demo() -> (Gateway, Vec<tokio::task::JoinHandle<()>>) {
-    let mut config = std::fs::read_to_string(root().join("conf/portico.toml")).unwrap();
-    let mut backends = Vec::new();
-    for (name, port) in BACKENDS {
+    let config = std::fs::read_to_string(root().join("conf/portico.toml")).unwrap();
+    let (config, backends) = on_demo_backends(config, &BACKENDS).await;
+    (Gateway::start(&config).await, backends)
+}
+
+/// A shipped config on demo backends started here, `(name, port)` each, with its fixed
+/// addresses (the backends', `make run`'s listeners) changed to theirs and free ones.
+pub async fn on_demo_backends(
+    mut config: String,
+    backends: &[(&str, u16)],
+) -> (String, Vec<tokio::task::JoinHandle<()>>) {
+    let mut tasks = Vec::new();
+    for (name, port) in backends {
         let (addr, task) = portico_loadtest::start(name, "127.0.0.1:0").await.unwrap();
-        backends.push(task);
+        tasks.push(task);
         config = replace_once(
             &config,
             &format!("\"127.0.0.1:{port}\""),
@@ -50,7 +60,7 @@ async fn start_demo() -> (Gateway, Vec<tokio::task::JoinHandle<()>>) {
         "listen = \"127.0.0.1:9901\"",
         "listen = \"${PORTICO_ADMIN}\"",
     );
-    (Gateway::start(&config).await, backends)
+    (config, tasks)
 }
 
 /// `text` with its one `from` replaced: the shipped config must still have the addresses the

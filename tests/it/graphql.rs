@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::common::gateway::validate_text;
 use crate::common::{eventually, spawn_upstream, Gateway, Reply, Upstream};
-use crate::demo::replace_once;
+use crate::demo::{on_demo_backends, replace_once};
 
 const SCHEMA: &str = r#"
 type Query {
@@ -554,32 +554,14 @@ graphql = "shop"
 /// this process, with only its addresses changed (and `introspection` as asked).
 async fn shipped_example(introspection: bool) -> (Gateway, Vec<tokio::task::JoinHandle<()>>) {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/examples");
-    let mut config = std::fs::read_to_string(examples.join("graphql.toml")).unwrap();
-    let mut backends = Vec::new();
-    for (name, port) in [
+    let config = std::fs::read_to_string(examples.join("graphql.toml")).unwrap();
+    let backends = [
         ("users", 3001),
         ("orders", 3002),
         ("products", 3003),
         ("recs", 3004),
-    ] {
-        let (addr, task) = portico_loadtest::start(name, "127.0.0.1:0").await.unwrap();
-        backends.push(task);
-        config = replace_once(
-            &config,
-            &format!("\"127.0.0.1:{port}\""),
-            &format!("\"{addr}\""),
-        );
-    }
-    config = replace_once(
-        &config,
-        "listen = [\"127.0.0.1:8080\"]",
-        "listen = [\"${PORTICO_LISTEN}\"]",
-    );
-    config = replace_once(
-        &config,
-        "listen = \"127.0.0.1:9901\"",
-        "listen = \"${PORTICO_ADMIN}\"",
-    );
+    ];
+    let (mut config, backends) = on_demo_backends(config, &backends).await;
     let schema = examples.join("shop.graphql");
     config = replace_once(
         &config,
