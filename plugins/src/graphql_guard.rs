@@ -32,10 +32,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{ACCEPT, ALLOW, CONTENT_TYPE, EXPECT, UPGRADE};
 use http::{HeaderValue, Method, StatusCode};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 use serde::Deserialize;
 
@@ -43,8 +43,8 @@ use crate::graphql::limits::{
     self, DEFAULT_MAX_ALIASES, DEFAULT_MAX_COMPLEXITY, DEFAULT_MAX_DEPTH, DEFAULT_MAX_QUERY_SIZE,
 };
 use crate::graphql::{
-    answer, code, persisted, request, GraphqlRequest, Limits, MediaType, OperationNames,
-    PersistedQueries, Refusal,
+    answer, code, query_of, receive, request, GraphqlRequest, Limits, MediaType, OperationNames,
+    PersistedQueries, Received, Refusal,
 };
 use crate::metrics::PluginMetrics;
 use crate::units::ByteSize;
@@ -178,32 +178,25 @@ impl GraphqlGuardPlugin {
                 "graphql_guard does not let WebSocket upgrades through: what crosses the socket could not be checked",
             ))));
         }
-        let graphql = if method == Method::GET {
-            request::from_get(req.uri.query().unwrap_or(""))
-        } else if method == Method::POST {
-            match self.read_body(session, cx).await? {
-                Ok(body) => {
-                    let content_type = session
-                        .req_header()
-                        .headers
-                        .get(CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok());
-                    request::from_post(content_type, &body)
-                }
-                Err(refusal) => Err(refusal),
+        if method == Method::POST {
+            // The body read here is all there: the upstream is not asked to send a 100.
+            cx.extensions.insert(BodyRead);
+        }
+        let graphql = match receive(session, self.max_body, self.limits.max_query_size, true)
+            .await
+            .map_err(internal)?
+        {
+            Received::Request(graphql) => graphql,
+            Received::Refused(refusal) => return Ok(Some(Outcome::Refused(refusal))),
+            Received::MethodNotAllowed(refusal, allow) => {
+                return Ok(Some(Outcome::MethodNotAllowed(refusal, allow)))
             }
-        } else {
-            return Ok(Some(Outcome::MethodNotAllowed(
-                Refusal::new(
-                    code::BAD_REQUEST,
-                    format!("GraphQL requests are GET or POST, not {method}"),
-                ),
-                "GET, POST",
-            )));
-        };
-        let graphql = match graphql {
-            Ok(graphql) => graphql,
-            Err(refusal) => return Ok(Some(Outcome::Refused(refusal))),
+            Received::BodyFailed(code) => {
+                return Err(Flow::Reject(Rejection::new(
+                    code,
+                    "the request body did not arrive whole",
+                )))
+            }
         };
         name.clone_from(&graphql.operation_name);
         Ok(Some(self.check(&graphql, &method, name)))
@@ -215,11 +208,7 @@ impl GraphqlGuardPlugin {
         method: &Method,
         name: &mut Option<String>,
     ) -> Outcome {
-        let query = match &self.persisted {
-            Some(list) => list.resolve(graphql),
-            None => persisted::resolve_without_list(graphql),
-        };
-        let query = match query {
+        let query = match query_of(self.persisted.as_ref(), graphql) {
             Ok(query) => query,
             Err(refusal) => return Outcome::Refused(refusal),
         };
@@ -243,89 +232,6 @@ impl GraphqlGuardPlugin {
             }
             Err(refusal) => Outcome::Refused(refusal),
         }
-    }
-
-    /// The whole request body, or the refusal when it is over `max_body`. Read into the
-    /// session's retry buffer too, so the driver that forwards the request sends these same
-    /// bytes upstream. `Err(flow)`: the client failed while sending it.
-    async fn read_body(
-        &self,
-        session: &mut Session,
-        cx: &mut PluginCtx,
-    ) -> Result<Result<Bytes, Refusal>, Flow> {
-        let too_large = |session: &mut Session| {
-            // What is left of the body is not read: the connection cannot carry another
-            // request.
-            session.set_keepalive(None);
-            Refusal::new(
-                code::QUERY_TOO_LARGE,
-                format!(
-                    "the request body is over {} bytes (room for max_query_size {} and the JSON around it)",
-                    self.max_body, self.limits.max_query_size
-                ),
-            )
-        };
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body as u64) {
-            return Ok(Err(too_large(session)));
-        }
-        let expects_continue = session
-            .req_header()
-            .headers
-            .get(EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue {
-            // The client waits for a 100 before it sends the body, and the upstream, which
-            // would send it, is not asked before the body is read.
-            let go_on = ResponseHeader::build(StatusCode::CONTINUE, Some(0)).map_err(internal)?;
-            session
-                .downstream_session
-                .write_response_header(Box::new(go_on))
-                .await
-                .map_err(|_| {
-                    Flow::Reject(Rejection::new(
-                        ErrorCode::BadRequest,
-                        "the client could not be told to send its body",
-                    ))
-                })?;
-        }
-        cx.extensions.insert(BodyRead);
-        session.enable_retry_buffering();
-        let mut body = BytesMut::with_capacity(declared.map_or(1024, |n| n as usize));
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > self.max_body {
-                        return Ok(Err(too_large(session)));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    log::debug!(
-                        "graphql_guard: reading the request body of {}: {e}",
-                        cx.request_id
-                    );
-                    // What is left of the body cannot be found: nor can the next request.
-                    session.set_keepalive(None);
-                    let code = if e.etype == pingora_error::ErrorType::ReadTimedout {
-                        ErrorCode::RequestTimeout
-                    } else {
-                        ErrorCode::BadRequest
-                    };
-                    return Err(Flow::Reject(Rejection::new(
-                        code,
-                        "the request body did not arrive whole",
-                    )));
-                }
-            }
-        }
-        Ok(Ok(body.freeze()))
     }
 
     /// The label for `name`: what the persisted list knows, or one of the first names seen.

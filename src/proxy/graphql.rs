@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_graphql::parser::types::ExecutableDocument;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::Method;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use portico_plugins::graphql::{self as edge, code, MediaType, Refusal};
+use portico_plugins::graphql::{self as edge, code, MediaType, Received, Refusal};
 
 use super::ctx::RequestCtx;
 use super::forwarding::{edit_request_headers, gateway_request_headers, TRACEPARENT, X_REQUEST_ID};
@@ -132,38 +132,15 @@ impl Portico {
     ) -> Result<std::result::Result<Reply, (Refusal, Option<u16>)>> {
         let limits = &schema.limits;
         let method = session.req_header().method.clone();
-        let request = if method == Method::GET {
-            edge::from_get(session.req_header().uri.query().unwrap_or(""))
-        } else if method == Method::POST {
-            // The JSON around a query adds to its size; past twice the limit it is not one.
-            let most = limits.max_query_size.saturating_mul(2).saturating_add(4096);
-            match read_body(session, most).await? {
-                Some(body) => {
-                    let content_type = session
-                        .req_header()
-                        .headers
-                        .get(http::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok());
-                    edge::from_post(content_type, &body)
-                }
-                None => Err(Refusal::new(
-                    code::QUERY_TOO_LARGE,
-                    format!("the request body is over {most} bytes"),
-                )),
-            }
-        } else {
-            let refusal = Refusal::new(code::BAD_REQUEST, "GraphQL is asked with GET or POST");
-            return Ok(Err((refusal, Some(405))));
+        // The JSON around a query adds to its size; past twice the limit it is not one.
+        let most = limits.max_query_size.saturating_mul(2).saturating_add(4096);
+        let request = match edge::receive(session, most, limits.max_query_size, false).await? {
+            Received::Request(request) => request,
+            Received::Refused(refusal) => return Ok(Err((refusal, None))),
+            Received::MethodNotAllowed(refusal, _) => return Ok(Err((refusal, Some(405)))),
+            Received::BodyFailed(code) => return Ok(Err((body_failed(code), Some(code.status())))),
         };
-        let request = match request {
-            Ok(r) => r,
-            Err(refusal) => return Ok(Err((refusal, None))),
-        };
-        let query = match &schema.persisted {
-            Some(list) => list.resolve(&request),
-            None => edge::resolve_without_list(&request),
-        };
-        let query = match query {
+        let query = match edge::query_of(schema.persisted.as_ref(), &request) {
             Ok(q) => q,
             Err(refusal) => return Ok(Err((refusal, None))),
         };
@@ -285,14 +262,11 @@ impl Portico {
     }
 }
 
-/// The whole request body, or `None` past `most` bytes.
-async fn read_body(session: &mut Session, most: usize) -> Result<Option<BytesMut>> {
-    let mut body = BytesMut::new();
-    while let Some(chunk) = session.read_request_body().await? {
-        if body.len() + chunk.len() > most {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
+/// The GraphQL error of a body the client did not send whole (the connection then closes).
+fn body_failed(code: portico_plugins::ErrorCode) -> Refusal {
+    let message = match code {
+        portico_plugins::ErrorCode::RequestTimeout => "the request body did not arrive in time",
+        _ => "the request body did not arrive whole",
+    };
+    Refusal::new(code::BAD_REQUEST, message)
 }

@@ -145,6 +145,18 @@ impl PersistedQueries {
     }
 }
 
+/// The query `req` runs: from `list` when the config has one, else as
+/// [`resolve_without_list`] says.
+pub fn query_of<'a>(
+    list: Option<&'a PersistedQueries>,
+    req: &'a GraphqlRequest,
+) -> Result<&'a str, Refusal> {
+    match list {
+        Some(list) => list.resolve(req),
+        None => resolve_without_list(req),
+    }
+}
+
 /// The query text of a request where no persisted list is configured: its own query, whose
 /// APQ hash (if it sends one) must match it. A hash alone cannot be resolved.
 pub fn resolve_without_list(req: &GraphqlRequest) -> Result<&str, Refusal> {
