@@ -17,7 +17,7 @@ use prometheus::IntCounterVec;
 
 use crate::proxy::direct::read_final_head;
 use crate::proxy::failure::{self, GatewayError};
-use crate::proxy::forwarding::TRACEPARENT;
+use crate::proxy::forwarding::{GATEWAY_HEADERS, TRACEPARENT};
 use crate::upstream::exchange::{ConnectFailure, Exchange, Stage};
 use crate::upstream::live::Upstream;
 
@@ -42,6 +42,69 @@ impl PartError {
     pub fn new(code: &'static str) -> PartError {
         PartError { status: None, code }
     }
+}
+
+/// Who a sub-request (a composition's part, a GraphQL resolver's call) is made for: what
+/// the route's plugins see of the client's request when they shape it.
+#[derive(Clone)]
+pub struct Caller {
+    pub route: std::sync::Arc<str>,
+    pub client_ip: std::net::IpAddr,
+    pub request_id: String,
+    pub identity: Option<std::sync::Arc<portico_plugins::Identity>>,
+}
+
+impl Caller {
+    pub fn of(cx: &portico_plugins::PluginCtx) -> Caller {
+        Caller {
+            route: std::sync::Arc::clone(&cx.route),
+            client_ip: cx.client_ip,
+            request_id: cx.request_id.clone(),
+            identity: cx.identity.clone(),
+        }
+    }
+
+    /// Let the route's plugins shape `request` as they shape a proxied one, so verified
+    /// identity (`forward_claims`, a consumer header) reaches every sub-request.
+    pub async fn shape(
+        &self,
+        request: &mut RequestHeader,
+        plugins: &[(
+            std::sync::Arc<str>,
+            std::sync::Arc<dyn portico_plugins::Plugin>,
+        )],
+    ) -> Result<(), PartError> {
+        let mut cx = portico_plugins::PluginCtx::new(
+            std::sync::Arc::clone(&self.route),
+            self.client_ip,
+            self.request_id.clone(),
+        );
+        cx.identity = self.identity.clone();
+        for (_, plugin) in plugins {
+            plugin
+                .on_upstream_request(request, &mut cx)
+                .await
+                .map_err(|_| PartError::gateway(ErrorCode::Internal))?;
+        }
+        Ok(())
+    }
+}
+
+/// A sub-request to `uri` carrying what every sub-request of the client's request carries:
+/// `base`'s gateway headers (`X-Forwarded-*`, the request id, `traceparent`) and its `Host`.
+pub fn sub_request(
+    method: http::Method,
+    uri: &str,
+    base: &RequestHeader,
+) -> Result<RequestHeader, PartError> {
+    let mut request = RequestHeader::build(method, uri.as_bytes(), None)
+        .map_err(|_| PartError::new("bad_request"))?;
+    for name in GATEWAY_HEADERS.iter().cloned().chain([http::header::HOST]) {
+        if let Some(v) = base.headers.get(&name) {
+            let _ = request.insert_header(name, v.clone());
+        }
+    }
+    Ok(request)
 }
 
 /// What composition calls are sent with: new connections are made by `transport`; every

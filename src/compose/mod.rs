@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use http::{HeaderName, Method};
 use pingora_http::RequestHeader;
-use portico_plugins::{ErrorCode, Plugin, PluginCtx};
+use portico_plugins::{Plugin, PluginCtx};
 use serde_json::{Map, Value};
 
 use crate::config::ComposeSpec;
-use crate::proxy::forwarding::GATEWAY_HEADERS;
 use crate::upstream::live::Upstream;
 use client::{PartError, Sender};
 use template::{as_text, lookup, parse_path, Source, Step, Template};
@@ -336,22 +335,11 @@ impl Composition {
             .iter()
             .map(|item| self.request(call, item.as_ref(), results, inputs, base))
             .collect();
+        let caller = client::Caller::of(inputs.cx);
         let mut sent = Vec::new();
         for request in requests {
             let mut request = request?;
-            let mut cx = PluginCtx::new(
-                inputs.cx.route.clone(),
-                inputs.cx.client_ip,
-                inputs.cx.request_id.clone(),
-            );
-            cx.identity = inputs.cx.identity.clone();
-            for (_, plugin) in plugins {
-                // Identity headers (forward_claims, consumer) go to every part.
-                plugin
-                    .on_upstream_request(&mut request, &mut cx)
-                    .await
-                    .map_err(|_| PartError::gateway(ErrorCode::Internal))?;
-            }
+            caller.shape(&mut request, plugins).await?;
             sent.push(request);
         }
         let answers = join_all(
@@ -419,13 +407,7 @@ impl Composition {
             uri.push(if uri.contains('?') { '&' } else { '?' });
             uri.push_str(&query.join("&"));
         }
-        let mut request = RequestHeader::build(call.method.clone(), uri.as_bytes(), None)
-            .map_err(|_| PartError::new("bad_request"))?;
-        for name in GATEWAY_HEADERS.iter().cloned().chain([http::header::HOST]) {
-            if let Some(v) = base.headers.get(&name) {
-                let _ = request.insert_header(name, v.clone());
-            }
-        }
+        let mut request = client::sub_request(call.method.clone(), &uri, base)?;
         for (name, template) in &call.headers {
             let value = template
                 .render(&resolve)

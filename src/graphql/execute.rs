@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -26,14 +26,13 @@ use async_graphql::{ErrorExtensions, Name, ServerError, Value as GqlValue};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use pingora_http::RequestHeader;
-use portico_plugins::{Identity, Plugin, PluginCtx};
+use portico_plugins::{Plugin, PluginCtx};
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
 use super::plan::{Batch, Body, Call, Resolver, Source};
-use crate::compose::client::{self, PartError, Sender};
+use crate::compose::client::{self, Caller, PartError, Sender};
 use crate::compose::template::{as_text, lookup, Step};
-use crate::proxy::forwarding::GATEWAY_HEADERS;
 use crate::state::GatewayState;
 
 /// What a field's value is, as the schema types it.
@@ -78,10 +77,7 @@ pub struct QueryState {
     /// request id, `traceparent`): copied onto each call.
     pub base: RequestHeader,
     pub captures: Vec<(Arc<str>, String)>,
-    pub route: Arc<str>,
-    pub client_ip: IpAddr,
-    pub request_id: String,
-    pub identity: Option<Arc<Identity>>,
+    pub caller: Caller,
     pub plugins: Vec<(Arc<str>, Arc<dyn Plugin>)>,
     memo: Mutex<HashMap<CallKey, Arc<OnceCell<Fetched>>>>,
 }
@@ -153,10 +149,7 @@ impl QueryState {
             deadline,
             base,
             captures,
-            route: Arc::clone(&cx.route),
-            client_ip: cx.client_ip,
-            request_id: cx.request_id.clone(),
-            identity: cx.identity.clone(),
+            caller: Caller::of(cx),
             plugins,
             memo: Mutex::new(HashMap::new()),
         }
@@ -392,19 +385,10 @@ impl QueryState {
             upstream: Arc::clone(&call.upstream.name),
             error,
         };
-        let mut cx = PluginCtx::new(
-            Arc::clone(&self.route),
-            self.client_ip,
-            self.request_id.clone(),
-        );
-        cx.identity = self.identity.clone();
-        for (_, plugin) in &self.plugins {
-            // Identity headers (forward_claims, consumer) go to every call.
-            plugin
-                .on_upstream_request(&mut head, &mut cx)
-                .await
-                .map_err(|_| failed(PartError::gateway(portico_plugins::ErrorCode::Internal)))?;
-        }
+        self.caller
+            .shape(&mut head, &self.plugins)
+            .await
+            .map_err(failed)?;
         let deadline = call
             .timeout
             .map_or(self.deadline, |t| self.deadline.min(Instant::now() + t));
@@ -460,13 +444,8 @@ impl QueryState {
             uri.push('=');
             uri.push_str(&v);
         }
-        let mut head = RequestHeader::build(call.method.clone(), uri.as_bytes(), None)
-            .map_err(|_| "bad_request")?;
-        for name in GATEWAY_HEADERS.iter().cloned().chain([http::header::HOST]) {
-            if let Some(v) = self.base.headers.get(&name) {
-                let _ = head.insert_header(name, v.clone());
-            }
-        }
+        let mut head =
+            client::sub_request(call.method.clone(), &uri, &self.base).map_err(|e| e.code)?;
         let text = |s: &Source| value(s).as_deref().and_then(as_text);
         for (name, template) in &call.headers {
             let v = template
@@ -535,8 +514,8 @@ impl QueryState {
                 .iter()
                 .find(|(n, _)| n.as_ref() == name)
                 .and_then(|(_, v)| owned(v.clone())),
-            Source::Consumer => owned(self.identity.as_ref()?.consumer.clone()),
-            Source::Claim(name) => owned(self.identity.as_ref()?.claims.get(name)?.clone()),
+            Source::Consumer => owned(self.caller.identity.as_ref()?.consumer.clone()),
+            Source::Claim(name) => owned(self.caller.identity.as_ref()?.claims.get(name)?.clone()),
         }
     }
 }
