@@ -210,38 +210,36 @@ fn hold_to_limits(
             ));
         }
     }
-    let over = |code, what: &str, measured: usize, limit: usize, name: &str| {
-        Err(Refusal::new(
-            code,
-            format!("query {what} {measured} exceeds {name} {limit}"),
-        ))
-    };
-    if measure.depth > limits.max_depth {
-        return over(
+    // In this order: the first limit a query is over is the one it is told about.
+    for (code, what, measured, limit, name) in [
+        (
             code::MAX_DEPTH_EXCEEDED,
             "depth",
             measure.depth,
             limits.max_depth,
             "max_depth",
-        );
-    }
-    if measure.aliases > limits.max_aliases {
-        return over(
+        ),
+        (
             code::MAX_ALIASES_EXCEEDED,
             "aliases",
             measure.aliases,
             limits.max_aliases,
             "max_aliases",
-        );
-    }
-    if measure.complexity > limits.max_complexity {
-        return over(
+        ),
+        (
             code::MAX_COMPLEXITY_EXCEEDED,
             "complexity",
             measure.complexity,
             limits.max_complexity,
             "max_complexity",
-        );
+        ),
+    ] {
+        if measured > limit {
+            return Err(Refusal::new(
+                code,
+                format!("query {what} {measured} exceeds {name} {limit}"),
+            ));
+        }
     }
     let operation_name = operation_name
         .map(str::to_owned)
