@@ -178,6 +178,7 @@ pub fn resolve<'a>(ctx: ResolverContext<'a>, plan: Arc<FieldPlan>) -> FieldFutur
             )))))
         }
         Some(Resolver::Call { .. }) => FieldFuture::new(async move {
+            // Matched again in here: the future owns `plan`, and the match above borrows it.
             let Some(Resolver::Call { call, batch, .. }) = plan.resolver.as_deref() else {
                 return Ok(None);
             };

@@ -1,7 +1,7 @@
 //! Sending spans: OpenTelemetry's batch span processor (a thread of its own, batches of up to
 //! 512 every 5 s or sooner when full, `OTEL_BSP_*` to change them), each batch written as an
-//! OTLP/HTTP protobuf request (`otlp`) and POSTed with reqwest's blocking client. Nothing here runs on a request's thread
-//! but [`Export::send`], which never waits: a span that finds the queue full is dropped and
+//! OTLP/HTTP protobuf request (`otlp`) and POSTed with reqwest's blocking client. Nothing
+//! here runs on a request's thread but [`Export::send`], which never waits: a span that finds the queue full is dropped and
 //! counted, and so are the spans of a batch the collector did not take.
 
 use std::fmt;
@@ -39,6 +39,7 @@ impl Export {
         // Collectors behind TLS: the HTTP client uses the process's rustls provider, the ring
         // one Portico's own TLS uses. Installing it twice is harmless (the first one stays).
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Names and values were checked when the config was compiled (`trace::compile`).
         let mut headers = reqwest_otlp::header::HeaderMap::new();
         for (name, value) in &settings.headers {
             let name = reqwest_otlp::header::HeaderName::from_bytes(name.as_bytes())
