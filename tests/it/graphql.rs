@@ -756,3 +756,51 @@ async fn a_query_seen_before_is_held_to_the_limits_with_its_new_variables() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_post_body_is_read_as_the_guard_reads_it_100_continue_and_a_bound() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let shop = shop().await;
+    let (gw, _dir) = gateway(&shop, "").await;
+    // A client that waits for 100 Continue gets it, then its answer.
+    let body = r#"{"query":"{ user(id: \"4\") { name } }"}"#;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut first = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut first))
+        .await
+        .expect("a 100 Continue before the body is sent")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 100"));
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.contains("HTTP/1.1 200") && text.contains("User 4"),
+        "{text}"
+    );
+
+    // A body declared over the bound is refused unread, and the connection closes: what
+    // follows on it is not a request.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"POST /graphql HTTP/1.1\r\nHost: t\r\nAccept: application/graphql-response+json\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection closes after the refusal")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 400") && text.contains("QUERY_TOO_LARGE"),
+        "{text}"
+    );
+    assert_eq!(shop.hits(), 1);
+}
