@@ -14,6 +14,7 @@ pub mod log_reopen;
 pub mod metrics;
 pub mod problem;
 pub mod proxy;
+pub mod redis_service;
 pub mod reload;
 pub mod router;
 pub mod server;

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub tls_certificate_expiry: IntGaugeVec,
     pub tls_handshakes: IntCounterVec,
     pub cache_lookups: IntCounterVec,
+    pub cache_shared: IntCounterVec,
     /// The response store's figures, read from it when scraped.
     pub cache_size_bytes: IntGauge,
     pub cache_max_size_bytes: IntGauge,
@@ -164,6 +165,13 @@ impl Metrics {
             ),
             &["route", "result"],
         )?;
+        let cache_shared = IntCounterVec::new(
+            Opts::new(
+                "portico_cache_shared_operations_total",
+                "The shared cache tier in Redis, by result: hit, miss (looked up after a memory miss), write, or error (Redis failed or did not answer within redis.timeout).",
+            ),
+            &["result"],
+        )?;
         let cache_size_bytes = IntGauge::new(
             "portico_cache_size_bytes",
             "Bytes the response cache holds: bodies, headers and bookkeeping.",
@@ -204,6 +212,7 @@ impl Metrics {
         registry.register(Box::new(client_connections_max.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(cache_lookups.clone()))?;
+        registry.register(Box::new(cache_shared.clone()))?;
         registry.register(Box::new(cache_size_bytes.clone()))?;
         registry.register(Box::new(cache_max_size_bytes.clone()))?;
         registry.register(Box::new(cache_entries.clone()))?;
@@ -248,6 +257,7 @@ impl Metrics {
             tls_certificate_expiry,
             tls_handshakes,
             cache_lookups,
+            cache_shared,
             cache_size_bytes,
             cache_max_size_bytes,
             cache_entries,

@@ -192,6 +192,12 @@ pub fn run(snapshot: Snapshot, metrics: Metrics, options: StartOptions) -> Resul
         },
     ));
     server.add_service(background_service(
+        "redis connections",
+        crate::redis_service::RedisConnections {
+            state: Arc::clone(&state),
+        },
+    ));
+    server.add_service(background_service(
         "upstream pool sweeper",
         PoolSweeper {
             state: Arc::clone(&state),

@@ -307,6 +307,8 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<Upstream>>,
     /// `[cache] max_size`: the limit of the response store; 0 without a `[cache]` table.
     pub cache_max_size: u64,
+    /// `[cache] shared = "redis"`: a second tier in `reuse.redis`.
+    pub cache_shared: bool,
     /// Whether any route is served only by Pingora's proxy (`Route::needs_proxy`), so the
     /// direct path (`proxy::direct`) looks up the route of each request it takes while one is.
     pub proxy_routes: bool,
@@ -388,15 +390,12 @@ pub fn compile(
     if let Some(previous) = previous {
         fixed_at_start(previous, &server, admin_listen, &mut problems);
     }
-    if let Some(redis) = &file.redis {
-        if redis.url.starts_with("rediss://") {
-            problems.at(
-                "redis.url",
-                "TLS to Redis (rediss://) is not supported yet; use redis:// on a trusted network",
-            );
-        } else if !redis.url.starts_with("redis://") {
-            problems.at("redis.url", "must start with redis://");
-        }
+    // `[redis]` itself was checked when the file was read (config::redis).
+    if file.cache.as_ref().is_some_and(|c| c.shared.is_some()) && file.redis.is_none() {
+        problems.at(
+            "cache.shared",
+            "is \"redis\" but there is no [redis] section saying where Redis is",
+        );
     }
 
     if file.cache.as_ref().is_some_and(|c| c.max_size.0 == 0) {
@@ -778,6 +777,7 @@ pub fn compile(
             routes,
             pools,
             cache_max_size: file.cache.as_ref().map_or(0, |c| c.max_size.0),
+            cache_shared: file.cache.as_ref().is_some_and(|c| c.shared.is_some()),
             proxy_routes,
             tls,
             tracer,

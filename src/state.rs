@@ -64,6 +64,11 @@ impl GatewayState {
         metrics.config_reloads.with_label_values(&["ok"]).inc();
         let cache =
             CacheStore::leak(usize::try_from(snapshot.cache_max_size).unwrap_or(usize::MAX));
+        cache.set_shared(crate::cache::shared::tier_for(
+            &snapshot,
+            None,
+            &metrics.cache_shared,
+        ));
         let tls = snapshot
             .tls
             .as_ref()
@@ -187,6 +192,11 @@ impl GatewayState {
                 }
                 self.cache
                     .set_max_size(usize::try_from(snapshot.cache_max_size).unwrap_or(usize::MAX));
+                self.cache.set_shared(crate::cache::shared::tier_for(
+                    &snapshot,
+                    self.cache.shared().as_ref(),
+                    &self.metrics.cache_shared,
+                ));
                 self.snapshot.store(Arc::new(snapshot));
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 *self.loaded_at.lock().unwrap_or_else(|p| p.into_inner()) = now;

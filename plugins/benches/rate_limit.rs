@@ -96,7 +96,7 @@ fn bench(c: &mut Criterion) {
 
     let server = RedisServer::start();
     let store =
-        |url: &str| Arc::new(RedisStore::new(url, Duration::from_millis(100)).expect("url"));
+        |url: &str| Arc::new(RedisStore::single(url, Duration::from_millis(100)).expect("url"));
     let local = plugin("local", None);
     // Through Redis, admissions are reserved in batches, so most decisions are local; the
     // figure is the average over the round trips too.

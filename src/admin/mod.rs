@@ -17,6 +17,7 @@ use portico_plugins::ErrorCode;
 use serde_json::{json, Value};
 
 use crate::access_log::format_rfc3339;
+use crate::cache::shared::PurgeMessage;
 use crate::cache::RequestIdentity;
 use crate::router::path::normalize_path;
 use crate::router::HostMatch;
@@ -89,12 +90,12 @@ impl AdminApi {
                 return problem(ErrorCode::BadRequest, &detail, path);
             }
         };
-        let purged = match (&target.url, &target.route) {
+        let message = match (&target.url, &target.route) {
             (Some(url), None) => match url_hash(url) {
-                Ok(hash) => self.state.cache.purge_url(&hash),
+                Ok(hash) => PurgeMessage::Url(hash),
                 Err(why) => return problem(ErrorCode::BadRequest, &why, path),
             },
-            (None, Some(route)) => self.state.cache.purge_route(route),
+            (None, Some(route)) => PurgeMessage::Route(route.clone()),
             _ => {
                 return problem(
                     ErrorCode::BadRequest,
@@ -103,8 +104,29 @@ impl AdminApi {
                 )
             }
         };
+        let purged = self.state.cache.purge(&message);
         log::info!("cache purge {target:?}: {purged} entries removed");
-        json_response(StatusCode::OK, &json!({ "purged": purged }))
+        let Some(tier) = self.state.cache.shared() else {
+            return json_response(StatusCode::OK, &json!({ "purged": purged }));
+        };
+        // The shared tier, then every instance's memory through publish/subscribe.
+        match tier.purge(&message).await {
+            Ok(shared) => {
+                log::info!("cache purge {target:?}: {shared} shared entries removed, published");
+                json_response(
+                    StatusCode::OK,
+                    &json!({ "purged": purged, "shared": { "purged": shared } }),
+                )
+            }
+            Err(why) => {
+                let detail = format!(
+                    "{purged} entries purged on this instance, but the shared tier failed ({why}); \
+                     other instances may still serve them: try again"
+                );
+                log::warn!("cache purge {target:?}: {detail}");
+                problem(ErrorCode::UpstreamUnavailable, &detail, path)
+            }
+        }
     }
 
     /// Circuit states are read when scraped, so the request path never touches the gauge.

@@ -3,6 +3,7 @@
 
 pub mod key;
 pub mod policy;
+pub mod shared;
 pub mod store;
 
 pub use key::RequestIdentity;

@@ -28,6 +28,8 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 
 use super::key::UrlHash;
+use super::shared::SharedTier;
+use arc_swap::ArcSwapOption;
 
 const SHARDS: usize = 16;
 
@@ -45,6 +47,8 @@ pub struct CacheStore {
     used: AtomicUsize,
     entries: AtomicUsize,
     next_id: AtomicU64,
+    /// `[cache] shared = "redis"`: the tier a memory miss asks next, and every fill writes.
+    shared: ArcSwapOption<SharedTier>,
 }
 
 /// Freshness and the header of a stored response: everything of pingora's `CacheMeta` that
@@ -126,7 +130,37 @@ impl CacheStore {
             used: AtomicUsize::new(0),
             entries: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            shared: ArcSwapOption::empty(),
         }))
+    }
+
+    /// The shared tier of the config serving now (a reload may add, keep or remove it).
+    pub fn set_shared(&self, tier: Option<Arc<SharedTier>>) {
+        let same = match (&*self.shared.load(), &tier) {
+            (Some(old), Some(new)) => Arc::ptr_eq(old, new),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.shared.store(tier);
+        }
+    }
+
+    pub fn shared(&self) -> Option<Arc<SharedTier>> {
+        self.shared.load_full()
+    }
+
+    /// Apply a purge to this instance's memory; how many entries were removed.
+    pub fn purge(&self, message: &super::shared::PurgeMessage) -> usize {
+        match message {
+            super::shared::PurgeMessage::Url(url) => self.purge_url(url),
+            super::shared::PurgeMessage::Route(route) => self.purge_route(route),
+        }
+    }
+
+    /// Empty the memory store (a purge may have been missed while the purge channel was lost).
+    pub fn purge_all(&self) -> usize {
+        self.purge_where(|_| true)
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -244,6 +278,44 @@ impl CacheStore {
         }
     }
 
+    /// A memory miss asks the shared tier; what it has is kept in memory from then on.
+    async fn fetch_shared(&self, key: &CacheKey, combined: HashBinary) -> Option<Arc<Entry>> {
+        let tier = self.shared.load_full()?;
+        let url = key.extensions.get::<UrlHash>()?.0;
+        let found = tier.fetch(&url, &combined).await?;
+        let meta = StoredMeta::from_meta(&found.meta);
+        let size = entry_size(&meta, found.body.len(), &found.route);
+        let entry = Entry {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            url: Some(url),
+            route: found.route,
+            meta,
+            body: found.body,
+            size,
+            referenced: AtomicBool::new(true),
+        };
+        self.insert(combined, entry);
+        self.get(&combined)
+    }
+
+    /// Write a response to the shared tier too, off the request's path.
+    fn share(
+        &self,
+        url: Option<HashBinary>,
+        key: HashBinary,
+        route: &str,
+        meta: &StoredMeta,
+        body: &Bytes,
+    ) {
+        let (Some(tier), Some(url)) = (self.shared.load_full(), url) else {
+            return;
+        };
+        let (meta, route, body) = (meta.to_meta(), route.to_string(), body.clone());
+        tokio::spawn(async move {
+            tier.store(&url, &key, &route, &meta, &body).await;
+        });
+    }
+
     /// Test hook: whether this exact key is held.
     #[cfg(test)]
     fn contains(&self, key: &HashBinary) -> bool {
@@ -270,8 +342,13 @@ impl Storage for CacheStore {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(entry) = self.get(&key.combined_bin()) else {
-            return Ok(None);
+        let combined = key.combined_bin();
+        let entry = match self.get(&combined) {
+            Some(entry) => entry,
+            None => match self.fetch_shared(key, combined).await {
+                Some(entry) => entry,
+                None => return Ok(None),
+            },
         };
         let hit = Hit {
             body: entry.body.clone(),
@@ -349,6 +426,7 @@ impl Storage for CacheStore {
             referenced: AtomicBool::new(true),
         };
         let old_size = old.size;
+        self.share(entry.url, key, &entry.route, &entry.meta, &entry.body);
         map.insert(key, Arc::new(entry));
         self.used.fetch_add(size, Ordering::Relaxed);
         self.used.fetch_sub(old_size, Ordering::Relaxed);
@@ -465,6 +543,8 @@ impl HandleMiss for Fill {
             size,
             referenced: AtomicBool::new(false),
         };
+        fill.store
+            .share(entry.url, fill.key, &entry.route, &entry.meta, &entry.body);
         fill.store.insert(fill.key, entry);
         Ok(MissFinishType::Created(size))
     }

@@ -178,9 +178,46 @@ impl Default for AdminSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSection {
-    pub url: String,
+    /// One server. Exactly one of `url`, `cluster` and `sentinel`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster.
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
+    #[serde(default)]
+    pub sentinel: Option<SentinelSection>,
+    /// Certificates for `rediss://`.
+    #[serde(default)]
+    pub tls: Option<RedisTlsSection>,
     #[serde(default = "default_redis_timeout")]
     pub timeout: ConfigDuration,
+}
+
+/// `[redis] sentinel = { master, nodes }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelSection {
+    pub master: String,
+    pub nodes: Vec<String>,
+}
+
+/// `[redis] tls = { ca, cert, key }`: files, relative to the config's folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTlsSection {
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// `[cache] shared`: where the second tier lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedCache {
+    Redis,
 }
 
 /// `[cache]`: the one store every `cache` plugin shares.
@@ -189,6 +226,9 @@ pub struct RedisSection {
 pub struct CacheSection {
     /// The most the store holds, counting bodies, headers and bookkeeping.
     pub max_size: ByteSize,
+    /// A second tier behind the memory store, shared by every instance.
+    #[serde(default)]
+    pub shared: Option<SharedCache>,
 }
 
 fn default_redis_timeout() -> ConfigDuration {

@@ -74,7 +74,11 @@ pub fn parse_str(
     for (path, message) in env_errors {
         problems.at(path, message);
     }
-    let file = deserialize_sections(&doc, ctx, &mut problems);
+    let config_dir = std::path::Path::new(origin)
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let file = deserialize_sections(&doc, ctx, &config_dir, &mut problems);
     let problems = problems.into_errors();
     Ok(ParsedConfig {
         file,
@@ -217,6 +221,7 @@ fn deserialize_named<T: DeserializeOwned>(
 fn deserialize_sections(
     doc: &ImDocument<String>,
     ctx: &BuildContext,
+    config_dir: &std::path::Path,
     problems: &mut Problems,
 ) -> FileConfig {
     let mut file = FileConfig::default();
@@ -269,28 +274,40 @@ fn deserialize_sections(
             ),
         }
     }
+    let section_text = |key: &str| {
+        doc.as_table()
+            .get(key)
+            .map(|i| i.to_string())
+            .unwrap_or_default()
+    };
+    // The store is kept across a reload when nothing about it changed, certificates included.
+    let redis_spec = file
+        .redis
+        .as_ref()
+        .and_then(|r| super::redis::compile(r, config_dir, problems));
+    let redis_fingerprint = format!(
+        "{}\n{:x}",
+        section_text("redis"),
+        redis_spec.as_ref().map_or(0, |spec| {
+            use std::hash::{BuildHasher, BuildHasherDefault};
+            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one(spec)
+        })
+    );
+    let redis = match (redis_spec, &ctx.reuse.redis) {
+        (Some(_), Some((fp, store))) if *fp == redis_fingerprint => Some(Arc::clone(store)),
+        (Some(spec), _) => RedisStore::new(spec).ok().map(Arc::new),
+        (None, _) => None,
+    };
+    file.redis_store = redis
+        .clone()
+        .map(|store| (redis_fingerprint.clone(), store));
     if let Some(item) = plugins {
         let mut consumers = Consumers::default();
         for (name, c) in &file.consumers {
             // Keys held twice are reported when the snapshot is compiled.
             let _ = consumers.insert(name, c.tier.as_deref(), &c.api_keys);
         }
-        let section_text = |key: &str| {
-            doc.as_table()
-                .get(key)
-                .map(|i| i.to_string())
-                .unwrap_or_default()
-        };
-        let redis_fingerprint = section_text("redis");
-        let redis = match (&file.redis, &ctx.reuse.redis) {
-            (Some(_), Some((fp, store))) if *fp == redis_fingerprint => Some(Arc::clone(store)),
-            // A bad URL is reported by the snapshot compiler, once.
-            (Some(r), _) => RedisStore::new(&r.url, r.timeout.0).ok().map(Arc::new),
-            (None, _) => None,
-        };
-        file.redis_store = redis
-            .clone()
-            .map(|store| (redis_fingerprint.clone(), store));
         // Plugins that read consumers or Redis are rebuilt when those change.
         let depends_on = format!("{}\n{redis_fingerprint}", section_text("consumers"));
         let env = PluginEnv {

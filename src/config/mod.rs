@@ -4,6 +4,7 @@ pub mod env;
 pub mod error;
 pub mod file;
 pub mod load;
+pub mod redis;
 pub mod source_map;
 pub mod units;
 

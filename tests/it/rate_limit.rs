@@ -278,7 +278,7 @@ async fn counted_in_redis(gw: &Gateway, redis: &RedisServer, what: &str) {
             && redis
                 .command(&["KEYS", "portico:rl:*"])
                 .await
-                .is_some_and(|r| r.contains("portico:rl:limit:"))
+                .is_some_and(|r| r.contains("portico:rl:{limit:"))
     })
     .await;
 }
@@ -314,7 +314,7 @@ async fn when_redis_dies_requests_fall_back_and_when_it_returns_sharing_resumes(
     redis.restart().await;
     counted_in_redis(&gw, &redis, "requests are counted in Redis again").await;
     assert!(
-        gw.stderr().contains("shared rate limiting resumes"),
+        gw.stderr().contains("is back; shared rate limits and the shared cache resume"),
         "the recovery is logged"
     );
 }

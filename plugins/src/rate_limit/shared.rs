@@ -28,7 +28,8 @@ use super::window::{Decision, Window};
 use super::KeyDigest;
 use crate::redis_store::{RedisStore, StoreError};
 
-/// KEYS[1]: the key prefix. ARGV: window ms, limit, wanted admissions.
+/// KEYS[1]: the key prefix, hash-tagged whole (`portico:rl:{plugin:digest}`), so in a Redis
+/// Cluster both windows' counters (`KEYS[1]:start`) live in the prefix's slot. ARGV: window ms, limit, wanted admissions.
 /// Returns {granted, current, previous, elapsed ms in the current window}.
 const RESERVE: &str = r#"
 local t = redis.call('TIME')
@@ -95,7 +96,7 @@ impl SharedLimiter {
         SharedLimiter {
             redis,
             script: redis::Script::new(RESERVE),
-            prefix: format!("portico:rl:{plugin}"),
+            prefix: format!("portico:rl:{{{plugin}"),
             keys: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard: max_keys.div_ceil(SHARDS).max(1),
             hasher: RandomState::new(),
@@ -180,8 +181,9 @@ impl SharedLimiter {
         }
     }
 
+    /// `portico:rl:{plugin:digest}`: the braces are the Cluster hash tag.
     fn key_name(&self, key: &KeyDigest) -> String {
-        format!("{}:{}", self.prefix, hex(key))
+        format!("{}:{}}}", self.prefix, hex(key))
     }
 
     /// Reserve the next batch in the background, once at a time per key. A failure is left to
