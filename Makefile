@@ -1,6 +1,7 @@
 # Portico: the commands a developer needs. `make` alone lists them.
 #
 #   make run     build (release) and run the demo: backends on :3001-3004, Portico on :8080
+#   make cluster build (release), then three Portico instances on a Redis Cluster behind HAProxy on :8000
 #   make test    install missing system packages, build the workspace, run every test
 
 SHELL := bash
@@ -10,15 +11,18 @@ CARGO ?= cargo
 TEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help run build test bench bench-micro lint fmt clean deps
+.PHONY: help run cluster build test bench bench-micro lint fmt clean deps
 
 help: ## list the targets
 	@echo 'Portico make targets:'
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  make %-7s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
-	@echo 'Variables: TEST_ARGS (passed to cargo test), BENCH_ARGS (e.g. --quick), PORTICO_CONFIG (make run)'
+	@echo 'Variables: TEST_ARGS (passed to cargo test), BENCH_ARGS (e.g. --quick), PORTICO_CONFIG (make run), PORTICO_CLUSTER_CONFIG (make cluster)'
 
 run: build ## build (release) and run the demo backends and Portico on conf/portico.toml
 	scripts/run-demo.sh
+
+cluster: build ## build (release) and run 3 Portico instances on one config, a 3-node Redis Cluster and HAProxy on :8000
+	scripts/cluster.sh
 
 build: deps ## release build of the gateway and the demo/benchmark backend
 	$(CARGO) build --release -p portico -p portico-loadtest

@@ -16,7 +16,13 @@
 # Silent when everything is there; one line per package it installs. Cargo cannot come from
 # apt here (Debian's is too old for this workspace), so a missing cargo is an error with advice.
 #
-#   scripts/ensure-deps.sh        (run by `make test` and `make run`)
+# Given command names, it installs only what those need, from the same table, and checks nothing
+# else (no cargo, no PyPI tools): scripts/cluster.sh asks for redis-server, redis-cli (Debian's
+# redis-tools) and haproxy (Debian's package starts a haproxy service on /etc/haproxy/haproxy.cfg,
+# which listens on no port; the demo runs its own).
+#
+#   scripts/ensure-deps.sh                 (run by `make test` and `make run`)
+#   scripts/ensure-deps.sh CMD [CMD...]    e.g. scripts/ensure-deps.sh redis-server haproxy
 set -euo pipefail
 
 log() { printf 'ensure-deps: %s\n' "$*" >&2; }
@@ -30,14 +36,26 @@ declare -A PACKAGE_FOR=(
     [make]=build-essential
     [pkg-config]=pkg-config
     [redis-server]=redis-server
+    [redis-cli]=redis-tools
     [curl]=curl
     [h2load]=nghttp2-client
     [dnsmasq]=dnsmasq-base
     [promtool]=prometheus
     [openssl]=openssl
     [chromium]=chromium
+    [haproxy]=haproxy
 )
 ORDER=(cmake cc c++ make pkg-config redis-server curl h2load dnsmasq promtool openssl chromium)
+# Named commands: only those (the demo of many instances needs no compiler and no test tools).
+ONLY_NAMED=false
+if [ "$#" -gt 0 ]; then
+    for cmd in "$@"; do
+        [ -n "${PACKAGE_FOR[$cmd]:-}" ] ||
+            die "no package known for \"$cmd\" (known: ${!PACKAGE_FOR[*]})"
+    done
+    ORDER=("$@")
+    ONLY_NAMED=true
+fi
 
 missing=()
 for cmd in "${ORDER[@]}"; do
@@ -53,7 +71,7 @@ done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VALIDATOR_VENV="$ROOT/target/tools/openapi-spec-validator"
 need_validator=false
-if ! command -v openapi-spec-validator >/dev/null 2>&1 &&
+if [ "$ONLY_NAMED" = false ] && ! command -v openapi-spec-validator >/dev/null 2>&1 &&
     [ ! -x "$VALIDATOR_VENV/bin/openapi-spec-validator" ]; then
     need_validator=true
     if ! command -v python3 >/dev/null 2>&1; then
@@ -66,7 +84,7 @@ fi
 # graphql-core: in our own virtualenv (where the tests look).
 GRAPHQL_VENV="$ROOT/target/tools/graphql-core"
 need_graphql=false
-if ! "$GRAPHQL_VENV/bin/python" -c 'import graphql' >/dev/null 2>&1; then
+if [ "$ONLY_NAMED" = false ] && ! "$GRAPHQL_VENV/bin/python" -c 'import graphql' >/dev/null 2>&1; then
     need_graphql=true
     if ! command -v python3 >/dev/null 2>&1; then
         missing+=(python3 python3-venv)
@@ -125,6 +143,7 @@ pip_venv() {
     pip_venv openapi-spec-validator "$VALIDATOR_VENV" 'openapi-spec-validator>=0.7,<1'
 [ "$need_graphql" = false ] || pip_venv graphql-core "$GRAPHQL_VENV" 'graphql-core>=3.2,<4'
 
+[ "$ONLY_NAMED" = false ] || exit 0
 if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
         die "cargo is installed in ~/.cargo/bin but not on PATH: run  . \"\$HOME/.cargo/env\"  (or add ~/.cargo/bin to PATH)"
