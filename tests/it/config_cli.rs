@@ -104,7 +104,7 @@ impl ShippedEnv {
         }
     }
 
-    pub fn vars(&self) -> [(&str, &str); 6] {
+    pub fn vars(&self) -> [(&str, &str); 10] {
         [
             ("JWT_SECRET", "an-example-secret-of-at-least-32-bytes"),
             ("ACME_KEY", "acme-example-key-123"),
@@ -112,6 +112,11 @@ impl ShippedEnv {
             ("TLS_CERT", self.cert.as_str()),
             ("TLS_KEY", self.key.as_str()),
             ("CONSUL_TOKEN", "an-example-consul-token"),
+            // conf/examples/cluster.toml: what each instance's environment file sets.
+            ("PORTICO_INSTANCE", "a"),
+            ("PORTICO_PORT", "8101"),
+            ("PORTICO_ADMIN_PORT", "9101"),
+            ("PORTICO_RUN_DIR", "/run/portico-a"),
         ]
     }
 }

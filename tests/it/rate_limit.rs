@@ -314,7 +314,8 @@ async fn when_redis_dies_requests_fall_back_and_when_it_returns_sharing_resumes(
     redis.restart().await;
     counted_in_redis(&gw, &redis, "requests are counted in Redis again").await;
     assert!(
-        gw.stderr().contains("is back; shared rate limits and the shared cache resume"),
+        gw.stderr()
+            .contains("is back; shared rate limits and the shared cache resume"),
         "the recovery is logged"
     );
 }
