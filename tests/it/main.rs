@@ -36,6 +36,7 @@ mod reload;
 mod resilience;
 mod rewrite;
 mod routing;
+mod scale_out;
 mod shared_cache;
 mod slow;
 mod soak;
