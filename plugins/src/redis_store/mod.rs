@@ -25,7 +25,7 @@ pub use topology::{TlsPem, Topology};
 /// How long a failed store is left alone before a request tries it again.
 const DOWN_FOR: Duration = Duration::from_millis(500);
 /// The longest wait between two connection attempts while Redis stays unreachable.
-const RECONNECT_AT_MOST: Duration = Duration::from_secs(5);
+const RECONNECT_AT_MOST: Duration = Duration::from_secs(2);
 
 /// `[redis]` as the config compiled it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
