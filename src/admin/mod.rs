@@ -221,7 +221,13 @@ impl AdminApi {
                 "max_size": cache.max_size,
                 "size": cache.used,
                 "entries": cache.entries,
+                "shared": state.cache.shared().is_some(),
             },
+            "redis": snapshot.reuse.redis.as_ref().map(|(_, redis)| json!({
+                "topology": redis.spec().topology.kind(),
+                "nodes": redis.for_logs(),
+                "up": redis.is_up(),
+            })),
         })
     }
 

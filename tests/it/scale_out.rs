@@ -436,8 +436,9 @@ async fn a_redis_certificate_from_another_ca_is_reported_and_redis_counts_as_dow
         line.contains(&redis.url().replace("rediss://", "")),
         "names the server: {line}"
     );
-    // Down meanwhile: on_store_error = "deny" refuses.
+    // Down meanwhile: on_store_error = "deny" refuses, and /status says so.
     assert_eq!(gw.get("/api/x").await.status(), 429);
+    assert_eq!(gw.admin_json("/status").await["redis"]["up"], false);
     gw.metrics_showing(&[
         r#"portico_rate_limit_decisions_total{decision="store_error",plugin="limit"}"#,
     ])

@@ -158,6 +158,10 @@ async fn instance_b_serves_what_instance_a_fetched_variants_included() {
         r#"portico_cache_lookups_total{result="hit",route="r"} 3"#,
     ])
     .await;
+    let status = b.admin_json("/status").await;
+    assert_eq!(status["cache"]["shared"], true);
+    assert_eq!(status["redis"]["topology"], "server");
+    assert_eq!(status["redis"]["up"], true);
     // The shared copy keeps its age: B's Age counts from when A fetched it.
     let resp = b
         .client

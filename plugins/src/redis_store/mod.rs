@@ -138,6 +138,11 @@ impl RedisStore {
         until != 0 && nanos_since_epoch(Instant::now()) < until
     }
 
+    /// Connected, and the last call did not fail: what `/status` reports.
+    pub fn is_up(&self) -> bool {
+        self.inner.current.load().is_some() && !self.is_down()
+    }
+
     /// Open the connection now (at start and after a reload), so a Redis that cannot be
     /// reached is logged before the first request needs it. Must run inside a Tokio runtime.
     pub fn connect_now(&self) {
@@ -196,6 +201,11 @@ impl RedisStore {
         tokio::pin!(opened);
         opened.as_mut().enable();
         self.connect_in_background();
+        // Only the first connect is worth waiting for: once one has failed, the background
+        // loop retries on its own and requests take their fallback meanwhile.
+        if self.inner.failing.load(Ordering::Relaxed) {
+            return Err(StoreError::Down);
+        }
         if let Some(c) = self.inner.current.load_full() {
             return Ok((*c).clone());
         }
