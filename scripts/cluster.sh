@@ -266,7 +266,7 @@ echo "ones are served from the shared tier by the other instances (HIT); a purge
 echo "removes it everywhere:"
 echo
 example "for i in 1 2 3; do curl -si http://$LB/api/v1/products/7 | grep -i -E '^(x-cache|x-served-by)'; done" "MISS from one, then HIT from the others"
-example "curl -s -X POST http://$HOST:${ADMIN_PORT[b]}/cache/purge -d '{\"url\":\"http://$LB/api/v1/products/7\"}'" "{\"purged\":N}, on instance b"
+example "curl -s -X POST http://$HOST:${ADMIN_PORT[b]}/cache/purge -d '{\"url\":\"http://$LB/api/v1/products/7\"}'" "{\"purged\":1,\"shared\":{\"purged\":1}}: from b, from Redis, and published to a and c"
 example "curl -si http://$LB/api/v1/products/7 | grep -i '^x-cache'" "MISS again, whichever instance answers"
 echo
 echo "The load balancer and the instances:"
