@@ -154,9 +154,14 @@ impl RedisStore {
     fn mark(&self, outcome: Result<(), &dyn std::fmt::Display>) {
         let inner = &self.inner;
         match outcome {
+            // Read before writing: every successful call lands here, from every worker.
             Ok(()) => {
-                inner.down_until.store(0, Ordering::Relaxed);
-                if inner.failing.swap(false, Ordering::Relaxed) {
+                if inner.down_until.load(Ordering::Relaxed) != 0 {
+                    inner.down_until.store(0, Ordering::Relaxed);
+                }
+                if inner.failing.load(Ordering::Relaxed)
+                    && inner.failing.swap(false, Ordering::Relaxed)
+                {
                     log::info!(
                         "Redis {} is back; shared rate limits and the shared cache resume",
                         inner.for_logs
@@ -193,9 +198,9 @@ impl RedisStore {
     }
 
     /// The open connection, or (after starting a connect) one that opens within the timeout.
-    async fn connection(&self) -> Result<Connection, StoreError> {
+    async fn connection(&self) -> Result<Arc<Connection>, StoreError> {
         if let Some(c) = self.inner.current.load_full() {
-            return Ok((*c).clone());
+            return Ok(c);
         }
         let opened = self.inner.opened.notified();
         tokio::pin!(opened);
@@ -207,13 +212,10 @@ impl RedisStore {
             return Err(StoreError::Down);
         }
         if let Some(c) = self.inner.current.load_full() {
-            return Ok((*c).clone());
+            return Ok(c);
         }
         let _ = tokio::time::timeout(self.timeout, opened).await;
-        match self.inner.current.load_full() {
-            Some(c) => Ok((*c).clone()),
-            None => Err(StoreError::Down),
-        }
+        self.inner.current.load_full().ok_or(StoreError::Down)
     }
 
     /// Run `call` on the connection, bounded by the timeout; track whether Redis is healthy.
@@ -221,7 +223,8 @@ impl RedisStore {
         if self.is_down() {
             return Err(StoreError::Down);
         }
-        let mut connection = self.connection().await?;
+        let opened = self.connection().await?;
+        let mut connection = (*opened).clone();
         let sent = async {
             match call {
                 Call::Script(invocation) => {
@@ -247,7 +250,7 @@ impl RedisStore {
             Err(error) => {
                 self.mark(Err(error));
                 if should_reopen(&connection, error) {
-                    self.reopen();
+                    self.reopen(&opened);
                 }
             }
         }
@@ -257,9 +260,15 @@ impl RedisStore {
     /// Drop a connection that failed and open another: after a failover the sentinels name
     /// a new primary, and a server that hangs may be gone for good. (The cluster client
     /// follows its nodes by itself.)
-    fn reopen(&self) {
-        self.inner.current.store(None);
-        self.connect_in_background();
+    /// Only the connection that failed: another request may have replaced it already.
+    fn reopen(&self, failed: &Arc<Connection>) {
+        let previous = self
+            .inner
+            .current
+            .compare_and_swap(failed, None::<Arc<Connection>>);
+        if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, failed)) {
+            self.connect_in_background();
+        }
     }
 
     /// Run a script, bounded by the timeout, and track whether Redis is healthy. In a
