@@ -36,10 +36,17 @@
 #             (spans exported over OTLP/HTTP to the backend); and one duo of Portico against
 #             Portico: the seed's dashboard as a GraphQL query (GET /graphql?query=..., the
 #             shop schema: user and orders at once, then recommendations as a POST of the
-#             orders) against the same three calls as the composition route GET /dashboard/42
+#             orders) against the same three calls as the composition route GET /dashboard/42;
+#             and the scale-out pieces: the Redis rate limit counted in a Redis Cluster of three
+#             primaries (rcluster) against plain Portico, and a shared cache tier hit
+#             (pshared: the memory tier too small to keep anything, so every GET / is a memory
+#             miss, a Redis GET and a hit) in two pairs of its own, against a memory hit
+#             (pcache) and against an upstream fetch (plain Portico, no cache), each of the
+#             three answering GET / with the same body
 # The proxies' configs are in loadtest/peers/; the report and chart come from report.py.
 #
-# Every proxy is pinned to CPU 0; the backend, redis-server and the load generators share CPU 1,
+# Every proxy is pinned to CPU 0; the backend, redis-server (the single server and the cluster's
+# three) and the load generators share CPU 1,
 # so a proxy's core does nothing but proxy and its CPU time per request (from /proc) is a clean
 # number. Each proxy is its own process, idle while the others are measured. Rounds interleave
 # the targets in a rotating order, so drift (thermal, noisy neighbours) hits them all alike; the
@@ -89,9 +96,14 @@ declare -A SC_ROUNDS=([c64]=3 [rate10k]=3 [c1]=2 [c256]=2 [bytes16k]=2 [newconn]
 # HTTP/2 streams per connection (h2load -m): under both proxies' stream limits (128, 100).
 H2_STREAMS=64
 # Same-window pairs: Portico against each of these, at once (see "same window" below); pgql
-# (the GraphQL dashboard) against the same dashboard by composition instead.
-PAIRS=(bare local redis full policy split trace001 trace1 pgql)
-declare -A PAIR_WITH=([pgql]=pcompose)
+# (the GraphQL dashboard) against the same dashboard by composition instead. A pair has one
+# partner, so a target compared with two others is in two pairs, the second under a name of
+# its own that PAIR_TARGET maps to the target: the shared-tier hit (pshared) is paired with
+# plain Portico (an upstream fetch, pair pshared) and, in windows of their own, with Portico's
+# cache (a memory hit, pair pshared_mem). Each ratio then comes from its own same windows.
+PAIRS=(bare local redis rcluster full policy split trace001 trace1 pgql pshared pshared_mem)
+declare -A PAIR_WITH=([pgql]=pcompose [pshared_mem]=pcache)
+declare -A PAIR_TARGET=([pshared_mem]=pshared)
 # The dashboard as GraphQL: every field GET /dashboard/42 answers (the composition passes the
 # services' JSON through whole), so both sides carry the same data.
 DASHBOARD_QUERY='{ userDashboard(userId: "42") { user { id name email tier } recentOrders { id user_id total items { product_id quantity price } product_ids } recommendations { id name price currency in_stock reason score } } }'
@@ -205,17 +217,22 @@ URL[direct]="http://$BACKEND_ADDR"
 command_used proxy "backend: $(quoted "${PIN_LOAD[@]}" "$BACKEND_BIN" backend=127.0.0.1:0)"
 log "backend on $BACKEND_ADDR (pid $BACKEND_PID)"
 
-ALL_TARGETS=(nginx haproxy bare portico local redis full policy split trace001 trace1 ngxcache pcache ngxgzip pgzip ngxtls ptls
-    pcompose pgql)
-PORTICO_TARGETS=(portico local redis full policy split trace001 trace1 pcache pgzip ptls pcompose pgql)
-read -r -a PORTS < <(free_ports 34) || true
-[ "${#PORTS[@]}" -eq 34 ] || die "could not get free ports from python3"
+ALL_TARGETS=(nginx haproxy bare portico local redis rcluster full policy split trace001 trace1 ngxcache pcache pshared
+    ngxgzip pgzip ngxtls ptls pcompose pgql)
+PORTICO_TARGETS=(portico local redis rcluster full policy split trace001 trace1 pcache pshared pgzip ptls pcompose pgql)
+# A port and an admin port per Portico, a port per other proxy, redis-server's, the TLS target's
+# plain listener, and the Redis Cluster's three nodes with a cluster bus port each.
+N_PORTS=$((${#ALL_TARGETS[@]} + ${#PORTICO_TARGETS[@]} + 2 + 6))
+read -r -a PORTS < <(free_ports "$N_PORTS") || true
+[ "${#PORTS[@]}" -eq "$N_PORTS" ] || die "could not get free ports from python3"
 declare -A PORT=() ADMIN_PORT=()
 i=0
 for t in "${ALL_TARGETS[@]}"; do PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
 for t in "${PORTICO_TARGETS[@]}"; do ADMIN_PORT[$t]="${PORTS[$i]}"; i=$((i + 1)); done
 REDIS_PORT="${PORTS[$i]}"
 PTLS_PLAIN_PORT="${PORTS[$((i + 1))]}"
+CLUSTER_PORTS=("${PORTS[@]:$((i + 2)):3}")
+CLUSTER_BUS_PORTS=("${PORTS[@]:$((i + 5)):3}")
 # The TLS targets are reached over https, with the run's own certificate (curl -k: the checks
 # are about the answers; both proxies serve the same self-signed certificate).
 declare -A SCHEME=([ngxtls]=https [ptls]=https)
@@ -283,11 +300,11 @@ start_bare() {
 }
 
 # Portico: peers/portico.toml, plus peers/portico-VARIANT.toml for everything but plain.
-declare -A PLUGINS=([portico]="" [local]='"limit"' [redis]='"limit"' [full]='"auth", "limit"' [pcache]='"cache"'
-    [policy]='"web", "office"' [pgzip]='"squeeze"' [trace001]="" [trace1]="")
-declare -A FRAGMENT=([local]=portico-local.toml [redis]=portico-redis.toml [full]=portico-full.toml
-    [pcache]=portico-cache.toml [policy]=portico-policy.toml [pgzip]=portico-gzip.toml
-    [trace001]=portico-trace.toml [trace1]=portico-trace.toml)
+declare -A PLUGINS=([portico]="" [local]='"limit"' [redis]='"limit"' [rcluster]='"limit"' [full]='"auth", "limit"'
+    [pcache]='"cache"' [pshared]='"cache"' [policy]='"web", "office"' [pgzip]='"squeeze"' [trace001]="" [trace1]="")
+declare -A FRAGMENT=([local]=portico-local.toml [redis]=portico-redis.toml [rcluster]=portico-rcluster.toml
+    [full]=portico-full.toml [pcache]=portico-cache.toml [pshared]=portico-shared.toml [policy]=portico-policy.toml
+    [pgzip]=portico-gzip.toml [trace001]=portico-trace.toml [trace1]=portico-trace.toml)
 declare -A SAMPLE_RATIO=([trace001]=0.01 [trace1]=1.0)
 # Portico terminating TLS, splitting its route, composing the dashboard and serving it over
 # GraphQL have whole configs of their own.
@@ -323,7 +340,8 @@ portico_config() {
         ADMIN_PORT="${ADMIN_PORT[$t]}" BACKEND="$BACKEND_ADDR" ACCESS_LOG="$access_log" PLUGINS="${PLUGINS[$t]}"
     if [ -n "${FRAGMENT[$t]:-}" ]; then
         render "$PEERS/${FRAGMENT[$t]}" "$conf.part" RL_LIMIT="$RL_LIMIT" RL_WINDOW="$RL_WINDOW" REDIS_PORT="$REDIS_PORT" \
-            BACKEND="$BACKEND_ADDR" SAMPLE_RATIO="${SAMPLE_RATIO[$t]:-}"
+            BACKEND="$BACKEND_ADDR" SAMPLE_RATIO="${SAMPLE_RATIO[$t]:-}" CLUSTER_PORT1="${CLUSTER_PORTS[0]}" \
+            CLUSTER_PORT2="${CLUSTER_PORTS[1]}" CLUSTER_PORT3="${CLUSTER_PORTS[2]}"
         cat "$conf.part" >>"$conf"
     fi
     echo "$conf"
@@ -368,12 +386,55 @@ if [ -z "$GATEWAY_WHY" ] && [ -z "$REDIS_WHY" ]; then
     fi
 fi
 
+# A Redis Cluster of three primaries for the cluster scenario (rcluster): redis-server like the
+# one above (in memory only, on the load core), each node with its cluster bus on a free port of
+# its own (--cluster-port: the default, the port + 10000, can be past 65535 for a port the
+# kernel gave), the 16384 slots assigned by one `redis-cli --cluster create`, stopped on exit.
+CLUSTER_WHY="$REDIS_WHY"
+CLUSTER_PIDS=()
+CLUSTER_NODES=()
+cluster_ok() {
+    local port
+    for port in "${CLUSTER_PORTS[@]}"; do
+        redis-cli -p "$port" cluster info 2>/dev/null | tr -d '\r' | grep -q '^cluster_state:ok$' || return 1
+    done
+}
+if [ -z "$GATEWAY_WHY" ] && [ -z "$CLUSTER_WHY" ]; then
+    for n in 0 1 2; do
+        mkdir -p "$WORK/cluster-$n"
+        start_bg "$WORK/cluster-$n.log" "${PIN_LOAD[@]}" redis-server --port "${CLUSTER_PORTS[$n]}" --bind 127.0.0.1 \
+            --cluster-enabled yes --cluster-config-file "$WORK/cluster-$n/nodes.conf" \
+            --cluster-port "${CLUSTER_BUS_PORTS[$n]}" --save "" --appendonly no --dir "$WORK/cluster-$n"
+        CLUSTER_PIDS+=("$STARTED_PID")
+        CLUSTER_NODES+=("127.0.0.1:${CLUSTER_PORTS[$n]}")
+        if ! wait_until "redis-server (cluster node $((n + 1)))" "$STARTED_PID" "$WORK/cluster-$n.log" \
+            sh -c "redis-cli -p ${CLUSTER_PORTS[$n]} ping | grep -q PONG"; then
+            CLUSTER_WHY="a Redis Cluster node did not start (see its output above)"
+            break
+        fi
+    done
+fi
+if [ -z "$GATEWAY_WHY" ] && [ -z "$CLUSTER_WHY" ]; then
+    if ! "${PIN_LOAD[@]}" redis-cli --cluster create "${CLUSTER_NODES[@]}" --cluster-replicas 0 --cluster-yes \
+        >"$WORK/cluster-create.log" 2>&1; then
+        cat "$WORK/cluster-create.log" >&2
+        CLUSTER_WHY="redis-cli --cluster create failed (see its output above)"
+    elif ! wait_until "the Redis Cluster" "${CLUSTER_PIDS[0]}" "$WORK/cluster-create.log" cluster_ok; then
+        CLUSTER_WHY="the Redis Cluster did not reach cluster_state:ok (see above)"
+    else
+        log "Redis Cluster on ${CLUSTER_NODES[*]} (pids ${CLUSTER_PIDS[*]})"
+    fi
+    command_used proxy "rcluster's Redis Cluster: three of ${PIN_LOAD[*]} redis-server --port PORT --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file WORK/cluster-N/nodes.conf --cluster-port BUS_PORT --save '' --appendonly no --dir WORK/cluster-N, then ${PIN_LOAD[*]} redis-cli --cluster create 127.0.0.1:PORT1 127.0.0.1:PORT2 127.0.0.1:PORT3 --cluster-replicas 0 --cluster-yes"
+fi
+
 CACHE_EXPECTED_GAP=0
 for t in "${PORTICO_TARGETS[@]}"; do
     if [ -n "$GATEWAY_WHY" ]; then
         WHY[$t]="$GATEWAY_WHY"
-    elif [ "$t" = redis ] && [ -n "$REDIS_WHY" ]; then
+    elif { [ "$t" = redis ] || [ "$t" = pshared ]; } && [ -n "$REDIS_WHY" ]; then
         WHY[$t]="$REDIS_WHY"
+    elif [ "$t" = rcluster ] && [ -n "$CLUSTER_WHY" ]; then
+        WHY[$t]="$CLUSTER_WHY"
     elif [ -n "${WHY[$t]:-}" ]; then
         :
     elif [ "$t" = pcache ] && ! "$PORTICO_BIN" -t -c "$(portico_config pcache)" >"$WORK/pcache-t.log" 2>&1; then
@@ -381,6 +442,9 @@ for t in "${PORTICO_TARGETS[@]}"; do
         WHY[$t]="this build has no cache plugin (\`portico -t\` rejects its config, see Checks)"
         CACHE_EXPECTED_GAP=1
         check "pcache: \`portico -t\` rejects the cache config: $(awk 'NR <= 2 { sub(/^ +/, ""); line = $0 } END { print line }' "$WORK/pcache-t.log" | sed "s|$WORK/||g")"
+    elif [ "$t" = pshared ] && [ "$CACHE_EXPECTED_GAP" -eq 1 ]; then
+        # No cache plugin, no shared tier either: the same known gap.
+        WHY[$t]="${WHY[pcache]}"
     else
         start_portico "$t"
     fi
@@ -392,6 +456,13 @@ for t in "${ALL_TARGETS[@]}"; do
 done
 
 # --- checks before measuring: every proxy serves the same thing ------------------------------------
+# A counter from a Portico's /metrics, summed over the series whose labels contain $3 (all of
+# them when $3 is empty); 0 when the series does not exist yet.
+metric() {
+    { curl -fsS "http://127.0.0.1:${ADMIN_PORT[$1]}/metrics" 2>/dev/null || true; } |
+        awk -v m="$2" -v l="$3" '(index($0, m "{") == 1 || index($0, m " ") == 1) && (l == "" || index($0, l)) { n += $NF }
+            END { printf "%d\n", n }'
+}
 # 16 KiB through each plain proxy: a 200 with every byte.
 for t in $PROXIES; do
     [ -n "${URL[$t]:-}" ] || continue
@@ -418,7 +489,7 @@ for t in ngxtls ptls; do
     fi
 done
 # The limited routes really are limited...
-for t in local redis full; do
+for t in local redis rcluster full; do
     [ -n "${URL[$t]:-}" ] || continue
     if ! curl -sS -D - -o /dev/null -H "${AUTH_HEADER[$t]:-X-Bench: 1}" "${URL[$t]}/" | grep -qi "^ratelimit-limit: $RL_LIMIT"; then
         WHY[$t]="GET / answered without RateLimit-Limit: $RL_LIMIT"
@@ -445,6 +516,38 @@ cache_check() {
 }
 [ -z "${URL[ngxcache]:-}" ] || cache_check ngxcache X-Cache-Status "before measuring"
 [ -z "${URL[pcache]:-}" ] || cache_check pcache X-Cache "before measuring"
+# The shared-tier hit: GET / answered HIT while the memory tier holds nothing, and the shared
+# tier's hit count grew, so the answer came from Redis. A fill reaches Redis in the background,
+# so a fresh one is waited for (up to 5 s) rather than asked for at once.
+shared_check() {
+    local t=pshared when="$1" hits_before hits got="" entries deadline=$((SECONDS + 5))
+    hits_before="$(metric "$t" portico_cache_shared_operations_total 'result="hit"')"
+    curl -sS -o /dev/null "${URL[$t]}/" || true
+    while :; do
+        got="$(curl -sS -D - -o /dev/null "${URL[$t]}/" | tr -d '\r' | awk 'tolower($1) == "x-cache:" { print $2 }')" || true
+        if [ "$got" = HIT ] || [ "$SECONDS" -ge "$deadline" ]; then break; fi
+        sleep 0.1
+    done
+    hits="$(metric "$t" portico_cache_shared_operations_total 'result="hit"')"
+    entries="$(metric "$t" portico_cache_entries '')"
+    check "$t: $when, GET / answered X-Cache: ${got:-(none)}; shared-tier hits $hits_before -> $hits; the memory tier holds $entries entries"
+    [ "$got" = HIT ] && [ "$hits" -gt "$hits_before" ] && [ "$entries" -eq 0 ] && return 0
+    local why="GET / answered X-Cache: '${got:-none}' with shared-tier hits $hits_before -> $hits and $entries entries in memory, not a HIT from the shared tier with an empty memory tier"
+    if [ "$when" = "before measuring" ]; then WHY[$t]="$why"; else warn "$t: after measuring, $why"; fi
+}
+[ -z "${URL[pshared]:-}" ] || shared_check "before measuring"
+# The three cache rows' sides answer GET / with the same body: a shared-tier hit, a memory hit,
+# and an upstream fetch through plain Portico.
+if [ -n "${URL[pshared]:-}" ] && [ -n "${URL[pcache]:-}" ] && [ -n "${URL[portico]:-}" ]; then
+    sizes=""
+    for t in pshared pcache portico; do
+        sizes+="${sizes:+, }$t $(curl -sS -o "$WORK/$t.body" -w '%{http_code} with %{size_download}' "${URL[$t]}/" || true) bytes"
+    done
+    check "cache rows: GET / answered $sizes"
+    if ! cmp -s "$WORK/pshared.body" "$WORK/portico.body" || ! cmp -s "$WORK/pcache.body" "$WORK/portico.body"; then
+        warn "cache rows: GET / answered different bodies ($sizes): the shared-tier rows compare different answers"
+    fi
+fi
 # The dashboard duo serves the same thing: the composition answers 200 with its three parts, and
 # the GraphQL query 200 without "errors" and with the same user, orders and recommendations. A
 # mismatch is warned about (the duo then compares different work) but still measured; the
@@ -505,10 +608,11 @@ done
 # something else on the machine) turns the runs after it into error pages.
 all_alive() {
     local t pid rc
-    for t in backend redis-server "${ALL_TARGETS[@]}"; do
+    for t in backend redis-server cluster-1 cluster-2 cluster-3 "${ALL_TARGETS[@]}"; do
         case "$t" in
             backend) pid="$BACKEND_PID" ;;
-            redis-server) pid="${REDIS_PID:-}"; [ -n "${URL[redis]:-}" ] || pid="" ;;
+            redis-server) pid="${REDIS_PID:-}"; [ -n "${URL[redis]:-}${URL[pshared]:-}" ] || pid="" ;;
+            cluster-*) pid="${CLUSTER_PIDS[$((${t#cluster-} - 1))]:-}"; [ -n "${URL[rcluster]:-}" ] || pid="" ;;
             *) pid="${PID[$t]:-}"; [ -n "${URL[$t]:-}" ] || pid="" ;;
         esac
         [ -n "$pid" ] || continue
@@ -582,9 +686,31 @@ pair_load() {
     timeout $((secs + 60)) "${cmd[@]}" "${URL[$t]}${PAIR_PATH[$t]:-/}" >"$out" 2>&1
 }
 
-redis_script_calls() {
-    { redis-cli -p "$REDIS_PORT" info commandstats 2>/dev/null || true; } | tr -d '\r' |
-        awk -F'[:=,]' '/^cmdstat_(eval|evalsha):/ { n += $3 } END { print n + 0 }'
+# How many times redis-server ran a command (an extended regular expression of command names,
+# lower case), summed over the servers on ports $2...: the rate limit's scripts are eval|evalsha,
+# the shared cache tier's lookups get.
+redis_calls() {
+    local commands="$1" port; shift
+    for port in "$@"; do
+        { redis-cli -p "$port" info commandstats 2>/dev/null || true; } | tr -d '\r'
+    done | awk -F'[:=,]' -v c="^cmdstat_($commands)$" '$1 ~ c { n += $3 } END { print n + 0 }'
+}
+redis_script_calls() { redis_calls 'eval|evalsha' "$REDIS_PORT"; }
+# The Redis work of a pair's second side, measured around its windows: the store's processes,
+# ports and commands (pairs that use no Redis have none).
+declare -A STORE_TICKS=() STORE_CALLS=()
+store_of() {
+    STORE_PIDS=() STORE_PORTS=() STORE_COMMANDS=""
+    case "$1" in
+        redis) STORE_PIDS=("$REDIS_PID"); STORE_PORTS=("$REDIS_PORT"); STORE_COMMANDS='eval|evalsha' ;;
+        rcluster) STORE_PIDS=("${CLUSTER_PIDS[@]}"); STORE_PORTS=("${CLUSTER_PORTS[@]}"); STORE_COMMANDS='eval|evalsha' ;;
+        pshared|pshared_mem) STORE_PIDS=("$REDIS_PID"); STORE_PORTS=("$REDIS_PORT"); STORE_COMMANDS='get' ;;
+    esac
+}
+store_ticks() {
+    local pid n=0
+    for pid in "${STORE_PIDS[@]}"; do n=$((n + $(cpu_ticks "$pid"))); done
+    echo "$n"
 }
 
 # Other work on the machine skews everything: note how busy it was when measuring began.
@@ -618,8 +744,6 @@ if [ "$WARMUP" -gt 0 ]; then
     done
 fi
 
-REDIS_TICKS=0
-REDIS_CALLS=0
 for sc in "${SCENARIOS[@]}"; do
     mapfile -t targets < <(measured_targets "$sc")
     n="${#targets[@]}"
@@ -657,37 +781,43 @@ done
 # their requests per second per core, which the targets on bare Pingora and on the plugins'
 # costs are judged on. The dashboard duo is the same measurement with Portico's composition
 # route on the first side and its GraphQL answer of the same dashboard on the other (pairs.tsv:
-# the first side's figures are then pcompose's).
+# the first side's figures are then pcompose's); the shared-tier hit is the second side of two
+# pairs, pshared (against plain Portico's upstream fetch) and pshared_mem (against pcache's
+# memory hit, the first side's figures then pcache's). For the pairs that use Redis, its CPU
+# time and the commands it ran over their windows are recorded too (STORE_TICKS, STORE_CALLS).
 command_used load "pairs: two at once, $(quoted "${PIN_LOAD[@]}" wrk -t1 -c32 -d"${PAIR_SECS}s") URL, one per proxy (full chain: with -H 'Authorization: Bearer <token>')"
 command_used load "pairs, the dashboard duo: the same, URL/dashboard/42 (pcompose) and URL/graphql?query=... (pgql: $DASHBOARD_QUERY, URL-encoded)"
+command_used load "pairs, the shared-tier hit: the same, URL/ on both sides: pshared and portico, then pshared and pcache"
 for round in $(seq 1 "$PAIR_ROUNDS"); do
     for i in $(seq 0 $((${#PAIRS[@]} - 1))); do
-        t="${PAIRS[$(((i + round - 1) % ${#PAIRS[@]}))]}"
-        a="${PAIR_WITH[$t]:-portico}"
+        pair="${PAIRS[$(((i + round - 1) % ${#PAIRS[@]}))]}"
+        t="${PAIR_TARGET[$pair]:-$pair}"
+        a="${PAIR_WITH[$pair]:-portico}"
         [ -n "${URL[$a]:-}" ] && [ -n "${URL[$t]:-}" ] || continue
         log "pairs round $round/$PAIR_ROUNDS: $a and $t at once (${PAIR_SECS}s)"
+        store_of "$pair"
+        if [ "${#STORE_PIDS[@]}" -gt 0 ]; then
+            store_before="$(store_ticks)"
+            calls_before="$(redis_calls "$STORE_COMMANDS" "${STORE_PORTS[@]}")"
+        fi
         a_before="$(cpu_ticks "${PID[$a]}")"
         b_before="$(cpu_ticks "${PID[$t]}")"
-        if [ "$t" = redis ]; then
-            redis_before="$(cpu_ticks "$REDIS_PID")"
-            calls_before="$(redis_script_calls)"
-        fi
         pair_load "$a" "$WORK/pair-a.out" & a_job=$!
         pair_load "$t" "$WORK/pair-b.out" || { all_alive; cat "$WORK/pair-b.out" >&2; die "wrk against $t failed"; }
         wait "$a_job" || { all_alive; cat "$WORK/pair-a.out" >&2; die "wrk against $a failed"; }
         a_us=$((($(cpu_ticks "${PID[$a]}") - a_before) * 1000000 / CLK_TCK))
         b_us=$((($(cpu_ticks "${PID[$t]}") - b_before) * 1000000 / CLK_TCK))
-        if [ "$t" = redis ]; then
-            REDIS_TICKS=$((REDIS_TICKS + $(cpu_ticks "$REDIS_PID") - redis_before))
-            REDIS_CALLS=$((REDIS_CALLS + $(redis_script_calls) - calls_before))
+        if [ "${#STORE_PIDS[@]}" -gt 0 ]; then
+            STORE_TICKS[$pair]=$((${STORE_TICKS[$pair]:-0} + $(store_ticks) - store_before))
+            STORE_CALLS[$pair]=$((${STORE_CALLS[$pair]:-0} + $(redis_calls "$STORE_COMMANDS" "${STORE_PORTS[@]}") - calls_before))
         fi
         cat "$WORK/pair-a.out" "$WORK/pair-b.out" >>"$WORK/load.log"
         read -r a_rps _ _ _ a_req a_err < <(parse_wrk <"$WORK/pair-a.out")
         read -r b_rps _ _ _ b_req b_err < <(parse_wrk <"$WORK/pair-b.out")
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$round" "$a_rps" "$a_req" "$a_us" \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$round" "$a_rps" "$a_req" "$a_us" \
             "$b_rps" "$b_req" "$b_us" >>"$WORK/pairs.tsv"
         [ "$a_err" -eq 0 ] || warn "$a: pairs with $t, round $round: $a_err of $a_req requests failed or were not 2xx"
-        [ "$b_err" -eq 0 ] || warn "$t: pairs, round $round: $b_err of $b_req requests failed or were not 2xx"
+        [ "$b_err" -eq 0 ] || warn "$t: pairs with $a, round $round: $b_err of $b_req requests failed or were not 2xx"
         all_alive
     done
 done
@@ -745,14 +875,7 @@ if [ "$CPUS" -ge 2 ] && [ -z "$GATEWAY_WHY" ] && [ -z "${WHY[nginx]:-}" ]; then
 fi
 
 # --- checks after measuring ----------------------------------------------------------------------
-# A counter from a Portico's /metrics, summed over the series whose labels contain $3 (all of
-# them when $3 is empty); 0 when the series does not exist yet.
-metric() {
-    { curl -fsS "http://127.0.0.1:${ADMIN_PORT[$1]}/metrics" 2>/dev/null || true; } |
-        awk -v m="$2" -v l="$3" '(index($0, m "{") == 1 || index($0, m " ") == 1) && (l == "" || index($0, l)) { n += $NF }
-            END { printf "%d\n", n }'
-}
-for t in local redis full; do
+for t in local redis rcluster full; do
     [ -n "${URL[$t]:-}" ] || continue
     allowed="$(metric "$t" portico_rate_limit_decisions_total 'decision="allowed"')"
     limited="$(metric "$t" portico_rate_limit_decisions_total 'decision="limited"')"
@@ -770,6 +893,18 @@ if [ -n "${URL[redis]:-}" ]; then
         warn "redis: redis-server ran no rate-limit script: Redis was not used"
     else
         check "redis: redis-server ran the rate-limit script $calls time(s)"
+    fi
+fi
+# The same for the cluster, summed over its three primaries (one limiter's keys share a slot, so
+# one primary does the counting).
+if [ -n "${URL[rcluster]:-}" ]; then
+    per_node=""
+    for port in "${CLUSTER_PORTS[@]}"; do per_node+="${per_node:+, }$(redis_calls 'eval|evalsha' "$port")"; done
+    calls="$(redis_calls 'eval|evalsha' "${CLUSTER_PORTS[@]}")"
+    if [ "$calls" -eq 0 ]; then
+        warn "rcluster: no primary of the Redis Cluster ran a rate-limit script: the cluster was not used"
+    else
+        check "rcluster: the Redis Cluster's primaries ran the rate-limit script $calls time(s) (per node: $per_node)"
     fi
 fi
 if [ -n "${URL[full]:-}" ]; then
@@ -828,6 +963,21 @@ fi
 [ -z "${URL[pcache]:-}" ] || check "pcache: /metrics portico_cache_lookups_total hit = $(metric pcache portico_cache_lookups_total 'result="hit"')"
 [ -z "${URL[ngxcache]:-}" ] || cache_check ngxcache X-Cache-Status "after measuring"
 [ -z "${URL[pcache]:-}" ] || cache_check pcache X-Cache "after measuring"
+# The shared-tier hit: the tier answered the requests it served (a miss now and then is an entry
+# that expired, refilled by the next request), never an error, and GET / is still a HIT.
+if [ -n "${URL[pshared]:-}" ]; then
+    served="$(metric pshared portico_http_requests_total 'route="bench"')"
+    hit="$(metric pshared portico_cache_shared_operations_total 'result="hit"')"
+    miss="$(metric pshared portico_cache_shared_operations_total 'result="miss"')"
+    written="$(metric pshared portico_cache_shared_operations_total 'result="write"')"
+    failed="$(metric pshared portico_cache_shared_operations_total 'result="error"')"
+    answered="$(metric pshared portico_cache_lookups_total 'result="hit"')"
+    check "pshared: /metrics portico_http_requests_total $served on route bench, portico_cache_lookups_total hit $answered; portico_cache_shared_operations_total hit $hit, miss $miss, write $written, error $failed"
+    if [ "$failed" -ne 0 ] || [ $((hit * 100)) -lt $((served * 95)) ] || [ $((answered * 100)) -lt $((served * 95)) ]; then
+        warn "pshared: of $served requests, $answered were answered as cache hits and $hit were shared-tier hits ($failed errors): the rows are not all shared-tier hits"
+    fi
+    shared_check "after measuring"
+fi
 for t in "${ALL_TARGETS[@]}"; do
     [ -n "${URL[$t]:-}" ] || continue
     printf '%s\t%s\t%s\n' "$t" "${RSS_PID[$t]}" "$(status_kib "${RSS_PID[$t]}" VmHWM)" >>"$WORK/rss.tsv"
@@ -854,8 +1004,12 @@ meta pair_secs "$PAIR_SECS"
 meta pair_rounds "$PAIR_ROUNDS"
 meta idle_conns "$IDLE_CONNS"
 meta rl "limit = $RL_LIMIT, window = \"$RL_WINDOW\", key = \"ip\" (nothing is refused)"
-meta redis_ticks "$REDIS_TICKS"
-meta redis_calls "$REDIS_CALLS"
+# The Redis work in the pairs that use Redis: redis-server's CPU ticks (all the cluster's nodes
+# for rcluster) and the calls it ran, around those pairs' windows.
+for pair in "${!STORE_TICKS[@]}"; do
+    meta "store_ticks:$pair" "${STORE_TICKS[$pair]}"
+    meta "store_calls:$pair" "${STORE_CALLS[$pair]}"
+done
 meta versions "$(wrk --version 2>&1 | awk 'NR == 1 { print $1, $2 }'); $("$OHA" --version 2>/dev/null || echo 'oha: none'); $(h2load --version 2>/dev/null | awk 'NR == 1 { print "h2load", $NF }'); $(openssl version | awk '{ print $1, $2 }'); $(nginx -v 2>&1 | sed 's/.*version: //'); $(haproxy -v 2>/dev/null | awk 'NR == 1 { print "HAProxy", $3 }'); $(redis-server --version 2>/dev/null | awk '{ print "redis", $3 }' | sed 's/v=//'); Pingora 0.9.1"
 meta build_seconds "$((BUILT_AT - START_TIME))"
 meta measure_seconds "$((SECONDS - BUILT_AT))"
@@ -865,7 +1019,7 @@ python3 "$ROOT/loadtest/report.py" text "$WORK"
 # reported in its row; anything else that was not measured is a failure.
 UNMEASURED=0
 while IFS=$'\t' read -r _ t why; do
-    [ "$t" = pcache ] && [ "$CACHE_EXPECTED_GAP" -eq 1 ] && continue
+    { [ "$t" = pcache ] || [ "$t" = pshared ]; } && [ "$CACHE_EXPECTED_GAP" -eq 1 ] && continue
     log "not measured: $t: $why"
     UNMEASURED=1
 done <"$WORK/unmeasured.tsv"

@@ -11,9 +11,12 @@ Standard library only. WORK holds (tab-separated, written by bench.sh):
     idle.tsv        target, "opened=N still_open=N rss_before_kib=N rss_after_kib=N"
     rss.tsv         target, pid, VmHWM KiB
     scale.tsv       proxy+workers (portico1, nginx2, ...), round, req/s, p99 us, requests, errors, CPU us
-    pairs.tsv       target, round, then req/s, requests, CPU us of the first side (Portico; for pgql,
-                    pcompose) and of the target
-    meta.tsv        key, value;  commands.tsv  kind (proxy | load), command
+    pairs.tsv       pair, round, then req/s, requests, CPU us of the first side (Portico; for pgql,
+                    pcompose; for pshared_mem, pcache) and of the second (the target the pair is
+                    named after; for pshared_mem, pshared)
+    meta.tsv        key, value (store_ticks:PAIR and store_calls:PAIR: Redis's CPU ticks and the
+                    calls it ran in the windows of a pair that uses it);  commands.tsv  kind
+                    (proxy | load), command
     checks.txt, warnings.txt
 """
 
@@ -30,6 +33,7 @@ LABELS = {
     "portico": "Portico",
     "local": "Portico + rate_limit local",
     "redis": "Portico + rate_limit redis",
+    "rcluster": "Portico + rate_limit on a Redis Cluster",
     "full": "Portico full chain",
     "policy": "Portico + cors + ip_filter",
     "split": "Portico + split 90/10",
@@ -37,6 +41,7 @@ LABELS = {
     "trace1": "Portico + tracing at 1.0",
     "ngxcache": "nginx proxy_cache",
     "pcache": "Portico cache",
+    "pshared": "Portico cache, shared-tier hit",
     "ngxgzip": "nginx gzip level 1",
     "pgzip": "Portico compress gzip",
     "ngxtls": "nginx TLS",
@@ -69,8 +74,15 @@ SPLIT_COST_MAX = 0.02
 TRACE_COST_MAX = {"trace001": 0.03, "trace1": 0.15}
 # GraphQL: the seed's dashboard as a query, against the same three calls composed by a route.
 GQL_VS_COMPOSE_MAX = 1.5
-# A pair's first side: plain Portico, but for the GraphQL dashboard, whose is the composition.
-PAIR_WITH = {"pgql": "pcompose"}
+# A pair's first side: plain Portico, but for the GraphQL dashboard, whose is the composition,
+# and for the shared-tier hit against a memory hit, whose is Portico's cache.
+PAIR_WITH = {"pgql": "pcompose", "pshared_mem": "pcache"}
+# A pair named otherwise than its second side: the shared-tier hit's second pair.
+PAIR_TARGET = {"pshared_mem": "pshared"}
+# Scale-out (issue "Scale-out: many instances on Redis Cluster or Sentinel, ..."): the rate limit
+# counted in a Redis Cluster costs at most this much CPU per request over unlimited Portico (the
+# bound of the single-server row); the shared-tier rows are reported, with no goal.
+CLUSTER_COST_MAX = 0.15
 IDLE_KIB_MAX = 20
 RL_COST = {"local": 5.0, "redis": 15.0}
 TLS_VS_PLAIN = 0.8
@@ -177,7 +189,7 @@ class Run:
     def pair_not_measured(self, t):
         if self.pairs.get(t):
             return None
-        return (self.why.get(("*", t)) or self.why.get(("*", PAIR_WITH.get(t, "portico")))
+        return (self.why.get(("*", PAIR_TARGET.get(t, t))) or self.why.get(("*", PAIR_WITH.get(t, "portico")))
                 or "no pair round completed")
 
 
@@ -324,14 +336,18 @@ def pairs_table(run):
         "(the same backend), keyed by client address; tracing: `[tracing]` at sample_ratio 0.01 and 1.0, every "
         "sampled request a server and a client span, exported by the batch processor over OTLP/HTTP protobuf "
         "to the backend (its CPU counts in Portico's)"
-        + (f". {redis_note(run)}" if redis_note(run) else "")
+        + "".join(f". {note}" for note in store_notes(run))
         + ". GraphQL dashboard: its \"Portico\" is Portico's composition route `GET /dashboard/42` (user, orders "
         "and recommendations, three calls at once to the backend, merged), against the same dashboard as a GraphQL "
         "`GET /graphql?query=...` selecting every field the composition answers (user and recentOrders at once, "
-        "then recommendations as a POST of the orders)",
+        "then recommendations as a POST of the orders). Redis Cluster: the same rate limit as redis, counted in a "
+        "Redis Cluster of three primaries (`[redis] cluster`, the three as seeds). Shared-tier hit: Portico's "
+        "cache with `[cache] shared = \"redis\"` and a memory tier too small to keep any answer, so every GET / "
+        "is a memory miss and a Redis GET that hits; paired with plain Portico (its GET / an upstream fetch) and, in "
+        "windows of their own, with Portico's cache (a memory hit; its \"Portico\" is then that one)",
     )
-    for tg in ["bare", "local", "redis", "full", "policy", "split", "trace001", "trace1", "pgql"]:
-        label = LABELS[tg] + (" (vs the composition)" if tg in PAIR_WITH else "")
+    for tg in PAIR_ROWS:
+        label = PAIR_LABELS.get(tg, LABELS.get(tg, tg))
         why = run.pair_not_measured(tg)
         if why:
             t.gap(label, why)
@@ -480,6 +496,61 @@ def tls_rows(run, t):
           verdict(run, None if r is None else r >= H2_VS_NGINX))
 
 
+# The same-window table's rows, in order, and the labels of those that are not a target's.
+PAIR_ROWS = ["bare", "local", "redis", "rcluster", "full", "policy", "split", "trace001", "trace1", "pgql",
+             "pshared", "pshared_mem"]
+PAIR_LABELS = {
+    "pgql": LABELS["pgql"] + " (vs the composition)",
+    "pshared": LABELS["pshared"] + " (vs an upstream fetch)",
+    "pshared_mem": LABELS["pshared"] + " (vs a memory hit: Portico cache)",
+}
+
+
+def scale_out_table(run):
+    """The rate limit on a Redis Cluster against unlimited Portico (goal), and a shared-tier hit
+    against a memory hit and against an upstream fetch (reported), from their same-window pairs."""
+    t = Table(
+        "Scale-out: a rate limit on a Redis Cluster, the shared cache tier",
+        ["scenario", "against, in the same windows", "its req/s", "its CPU µs/req", "the other's req/s",
+         "the other's CPU µs/req", "its CPU per request vs the other's", "goal", "verdict"],
+        "each row a same-window pair of its own (the \"Same window\" table; medians of req/s over rounds, CPU µs/req "
+        "over all rounds, the ratio the median over rounds). Redis Cluster: three primaries started for the run "
+        "(`[redis] cluster` with the three as seeds), the rate limit of the redis row; the CPU form of the "
+        "single-server row's bound (15% more CPU per request is 13% less throughput per core). Shared-tier hit: "
+        "Portico's cache with `[cache] shared = \"redis\"` and a `max_size` smaller than one entry, so the memory "
+        "tier never keeps the answer and every GET / is a memory miss, a Redis GET and a hit; against Portico's "
+        "cache answering from memory and against plain Portico fetching from the backend, each pair in windows of "
+        "its own, all three answering GET / with the same body (see Checks)",
+        numeric=False,
+    )
+    rows = [("rcluster", "Portico, no rate limit", CLUSTER_COST_MAX),
+            ("pshared_mem", "a memory hit (Portico cache)", None),
+            ("pshared", "an upstream fetch (Portico, no cache)", None)]
+    for pair, against, most in rows:
+        label = {"rcluster": "rate limit counted in a Redis Cluster of 3 primaries",
+                 "pshared_mem": "shared-tier hit (memory miss, a Redis GET)",
+                 "pshared": "shared-tier hit (memory miss, a Redis GET)"}[pair]
+        goal = f"costs at most {most:.0%} CPU per request over unlimited" if most is not None else "none (reported)"
+        why = run.pair_not_measured(pair)
+        if why:
+            t.row(label, against, "-", "-", "-", "-", "not measured: " + why, goal,
+                  "unknown" if most is not None else "-")
+            continue
+        r = run.pair_ratio(pair)
+        times = None if not r else 1 / r
+        med = lambda k: statistics.median(x[k] for x in run.pairs[pair])
+        vs = "-" if times is None else f"{times:.2f}x ({times - 1:+.1%})"
+        if most is not None:
+            v = verdict(run, None if times is None else times - 1 <= most)
+            if times is not None:
+                vs += f"; throughput per core {r - 1:+.1%}"
+        else:
+            v = "reported (--quick: noisy)" if run.quick else "reported"
+        t.row(label, against, fmt_int(med("b_rps")), fmt_cpu(run.pair_cpu(pair, "b")), fmt_int(med("a_rps")),
+              fmt_cpu(run.pair_cpu(pair, "a")), vs, goal, v)
+    return t
+
+
 def rate_limit_table(run):
     t = Table('Targets (issue "rate limiting speed")', ["scenario", "target", "measured", "verdict"],
               "relative to the same route without a rate limit, per core, Portico and the limited "
@@ -495,18 +566,34 @@ def rate_limit_table(run):
     return t
 
 
-def redis_note(run):
-    rounds = run.pairs.get("redis")
-    if not rounds:
-        return ""
+def store_note(run, pairs, who, calls_are):
+    """What Redis did for the second sides of these pairs, over their windows: its CPU per
+    request and the calls it ran (from meta store_ticks:PAIR and store_calls:PAIR)."""
+    rounds = [r for p in pairs for r in run.pairs.get(p, [])]
     n = sum(r["b_req"] for r in rounds)
-    ticks, calls, hz = int(run.meta.get("redis_ticks", 0)), int(run.meta.get("redis_calls", 0)), int(run.meta.get("clk_tck", 100))
+    if not n:
+        return ""
+    hz = int(run.meta.get("clk_tck", 100))
+    ticks = sum(int(run.meta.get(f"store_ticks:{p}", 0)) for p in pairs)
+    calls = sum(int(run.meta.get(f"store_calls:{p}", 0)) for p in pairs)
     if ticks > 0:
         cpu = f"{ticks / hz * 1e6 / n:.2f} µs"
     else:
         cpu = f"under {1e6 / hz / n:.2f} µs (less than one clock tick in all)"
-    trips = f"{calls} script calls for {n} requests, one round trip per {n / calls:.0f} requests" if calls else "no script calls counted"
-    return f"redis-server (on the load core, not in the tables): {cpu} CPU per request; {trips}"
+    if not calls:
+        trips = f"no {calls_are} counted"
+    elif calls >= n:
+        trips = f"{calls} {calls_are} for {n} requests, {calls / n:.2f} per request"
+    else:
+        trips = f"{calls} {calls_are} for {n} requests, one round trip per {n / calls:.0f} requests"
+    return f"{who} (on the load core, not in the tables): {cpu} CPU per request; {trips}"
+
+
+def store_notes(run):
+    notes = [store_note(run, ["redis"], "redis-server", "script calls"),
+             store_note(run, ["rcluster"], "Redis Cluster: its three redis-servers", "script calls"),
+             store_note(run, ["pshared", "pshared_mem"], "Shared-tier hit: redis-server", "GETs")]
+    return [n for n in notes if n]
 
 
 # --- the chart -----------------------------------------------------------------------------------
@@ -597,7 +684,7 @@ def text_report(run):
     for t in scenario_tables(run):
         out += ["", t.text()]
     out += ["", scale_table(run).text()]
-    out += ["", targets_table(run).text(), "", rate_limit_table(run).text()]
+    out += ["", targets_table(run).text(), "", rate_limit_table(run).text(), "", scale_out_table(run).text()]
     if run.checks:
         out += ["", "Checks:"] + ["  " + labelled(c) for c in run.checks]
     if run.warnings:
@@ -631,6 +718,12 @@ def markdown_report(run, chart_name):
     out += ["", f"![Requests/s and p99 per proxy]({chart_name})", "", "## Targets", "",
             "Ratios from the same machine and the same run.", "", targets_table(run).markdown().split("\n", 2)[2]]
     out += ["", '## Targets (issue "rate limiting speed")', "", rate_limit_table(run).markdown().split("\n", 2)[2]]
+    out += ["", "## Scale-out: a rate limit on a Redis Cluster, the shared cache tier", "",
+            "The rate limit counted in a Redis Cluster against the same route unlimited, with its goal; a "
+            "shared-tier hit (the memory tier missed, Redis answered) against a memory hit and against an "
+            "upstream fetch, reported. A same-window pair has one partner, so the shared-tier hit is measured in "
+            "two pairs, each with windows of its own.", "",
+            scale_out_table(run).markdown().split("\n", 2)[2]]
     out += ["", "## Results", ""]
     for t in scenario_tables(run):
         out += [t.markdown(), ""]

@@ -228,14 +228,15 @@ impl CacheStore {
         Some(entry)
     }
 
-    /// Admit a complete response. One larger than the whole store is not kept.
-    fn insert(&self, key: HashBinary, entry: Entry) -> bool {
+    /// Admit a complete response, and hand it back. One larger than the whole store is not kept.
+    fn insert(&self, key: HashBinary, entry: Entry) -> Arc<Entry> {
+        let entry = Arc::new(entry);
         if entry.size > self.max_size.load(Ordering::Relaxed) {
-            return false;
+            return entry;
         }
         let (id, size) = (entry.id, entry.size);
         let mut ring = self.ring();
-        if let Some(old) = write(self.shard(&key)).insert(key, Arc::new(entry)) {
+        if let Some(old) = write(self.shard(&key)).insert(key, Arc::clone(&entry)) {
             self.forget(old.size);
         }
         self.used.fetch_add(size, Ordering::Relaxed);
@@ -248,7 +249,7 @@ impl CacheStore {
         if ring.len() > 2 * live + 64 {
             ring.retain(|(key, id)| read(self.shard(key)).get(key).is_some_and(|e| e.id == *id));
         }
-        true
+        entry
     }
 
     /// The CLOCK hand: evict unread entries, spare read ones once, until under the limit.
@@ -278,7 +279,8 @@ impl CacheStore {
         }
     }
 
-    /// A memory miss asks the shared tier; what it has is kept in memory from then on.
+    /// A memory miss asks the shared tier; what it has is kept in memory from then on, and
+    /// served either way: an entry larger than the whole memory tier is a hit all the same.
     async fn fetch_shared(&self, key: &CacheKey, combined: HashBinary) -> Option<Arc<Entry>> {
         let tier = self.shared.load_full()?;
         let url = key.extensions.get::<UrlHash>()?.0;
@@ -294,8 +296,7 @@ impl CacheStore {
             size,
             referenced: AtomicBool::new(true),
         };
-        self.insert(combined, entry);
-        self.get(&combined)
+        Some(self.insert(combined, entry))
     }
 
     /// Write a response to the shared tier too, off the request's path.

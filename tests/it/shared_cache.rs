@@ -269,3 +269,36 @@ async fn an_instance_that_never_fetched_serves_stale_from_the_shared_tier_when_t
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_tier_too_small_for_an_answer_still_serves_it_from_the_shared_tier() {
+    let redis = RedisServer::start().await;
+    let upstream = counting("max-age=300").await;
+    // Every entry counts 512 bytes of bookkeeping: this memory tier never keeps one.
+    let config =
+        shared(&upstream, &redis, "250ms").replace(r#"max_size = "16MiB""#, r#"max_size = "256B""#);
+    let a = Gateway::start(&config).await;
+    assert_eq!(
+        fetch(&a, "/item", None).await,
+        (200, "MISS".into(), "v1 none".into())
+    );
+    wait_for_shared_entries(&redis, 1).await;
+
+    // Each request is a memory miss that the shared tier answers, without the upstream.
+    for _ in 0..3 {
+        assert_eq!(
+            fetch(&a, "/item", None).await,
+            (200, "HIT".into(), "v1 none".into())
+        );
+    }
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "only the first request reached the upstream"
+    );
+    a.metrics_showing(&[
+        r#"portico_cache_shared_operations_total{result="hit"} 3"#,
+        "portico_cache_entries 0",
+    ])
+    .await;
+}
