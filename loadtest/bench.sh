@@ -963,8 +963,10 @@ fi
 [ -z "${URL[pcache]:-}" ] || check "pcache: /metrics portico_cache_lookups_total hit = $(metric pcache portico_cache_lookups_total 'result="hit"')"
 [ -z "${URL[ngxcache]:-}" ] || cache_check ngxcache X-Cache-Status "after measuring"
 [ -z "${URL[pcache]:-}" ] || cache_check pcache X-Cache "after measuring"
-# The shared-tier hit: the tier answered the requests it served (a miss now and then is an entry
-# that expired, refilled by the next request), never an error, and GET / is still a HIT.
+# The shared-tier hit: the tier answered the requests it served, and GET / is still a HIT. A miss
+# now and then is the entry expiring (the next request refills it), and an error a GET that took
+# longer than redis.timeout (25 ms) on the load core that redis-server shares with both wrks:
+# either is answered from the backend, so up to 5% of them still leave a row of shared-tier hits.
 if [ -n "${URL[pshared]:-}" ]; then
     served="$(metric pshared portico_http_requests_total 'route="bench"')"
     hit="$(metric pshared portico_cache_shared_operations_total 'result="hit"')"
@@ -973,8 +975,8 @@ if [ -n "${URL[pshared]:-}" ]; then
     failed="$(metric pshared portico_cache_shared_operations_total 'result="error"')"
     answered="$(metric pshared portico_cache_lookups_total 'result="hit"')"
     check "pshared: /metrics portico_http_requests_total $served on route bench, portico_cache_lookups_total hit $answered; portico_cache_shared_operations_total hit $hit, miss $miss, write $written, error $failed"
-    if [ "$failed" -ne 0 ] || [ $((hit * 100)) -lt $((served * 95)) ] || [ $((answered * 100)) -lt $((served * 95)) ]; then
-        warn "pshared: of $served requests, $answered were answered as cache hits and $hit were shared-tier hits ($failed errors): the rows are not all shared-tier hits"
+    if [ $((hit * 100)) -lt $((served * 95)) ] || [ $((answered * 100)) -lt $((served * 95)) ]; then
+        warn "pshared: of $served requests, $answered were answered as cache hits and $hit were shared-tier hits ($miss misses, $failed errors): the rows are not shared-tier hits"
     fi
     shared_check "after measuring"
 fi
