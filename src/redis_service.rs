@@ -70,9 +70,7 @@ impl BackgroundService for RedisConnections {
 }
 
 async fn listen_for_purges(cache: &'static crate::cache::CacheStore, store: Arc<RedisStore>) {
-    let handle = (*store).clone();
-    drop(store);
-    handle
+    store
         .subscribe(PURGE_CHANNEL, |event| match event {
             Event::Message(bytes) => match PurgeMessage::decode(bytes) {
                 Some(message) => {

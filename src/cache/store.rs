@@ -136,14 +136,7 @@ impl CacheStore {
 
     /// The shared tier of the config serving now (a reload may add, keep or remove it).
     pub fn set_shared(&self, tier: Option<Arc<SharedTier>>) {
-        let same = match (&*self.shared.load(), &tier) {
-            (Some(old), Some(new)) => Arc::ptr_eq(old, new),
-            (None, None) => true,
-            _ => false,
-        };
-        if !same {
-            self.shared.store(tier);
-        }
+        self.shared.store(tier);
     }
 
     pub fn shared(&self) -> Option<Arc<SharedTier>> {

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::common::redis::RedisServer;
 use crate::common::{eventually, upstream::spawn_ok, Gateway, Upstream};
 
-fn limited_route(plugin: &str, upstream: &Upstream, extra: &str) -> String {
+pub(crate) fn limited_route(plugin: &str, upstream: &Upstream, extra: &str) -> String {
     format!(
         r#"{extra}
 [plugins.limit]

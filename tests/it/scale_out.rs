@@ -101,26 +101,10 @@ fn a_redis_section_is_checked_whole_before_anything_connects() {
 /// A route limited to `limit` an hour in all, counted in the Redis `redis` names (a `[redis]`
 /// section), with `extra` plugin keys.
 fn limited(redis: &str, app: &Upstream, limit: u64, extra: &str) -> String {
-    format!(
-        r#"{redis}
-[plugins.limit]
-kind = "rate_limit"
-limit = {limit}
-window = "1h"
-key = "route"
-store = "redis"
-{extra}
-
-[upstreams.app]
-targets = ["{}"]
-
-[[routes]]
-name = "api"
-path = "/api"
-upstream = "app"
-plugins = ["limit"]
-"#,
-        app.addr
+    crate::rate_limit::limited_route(
+        &format!("limit = {limit}\nwindow = \"1h\"\nkey = \"route\"\nstore = \"redis\"\n{extra}"),
+        app,
+        redis,
     )
 }
 
